@@ -1,0 +1,3 @@
+"""mailproxy: an async email dispatch proxy."""
+
+__version__ = "1.0.0"

@@ -1,0 +1,3 @@
+from mailproxy.cli import main
+
+raise SystemExit(main())

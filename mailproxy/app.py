@@ -1,0 +1,163 @@
+"""The composition root: builds every part from Settings and runs them in one loop."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import secrets
+import signal
+import sys
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from aiohttp import web
+
+from mailproxy import intake
+from mailproxy.config import Settings
+from mailproxy.delivery import SmtpPool
+from mailproxy.errors import ConfigError
+from mailproxy.ingress import http
+from mailproxy.model import Priority
+from mailproxy.policy import RetryPolicy
+from mailproxy.service import Clock, MailService, Store, SystemClock
+from mailproxy.store import open_store
+from mailproxy.tokens import new_token
+from mailproxy.vault import Vault, load_key, write_private
+from mailproxy.worker import Observer, Worker, WorkerSettings
+
+log = logging.getLogger("mailproxy")
+
+PARTS = web.AppKey("parts", object)
+
+
+@dataclass
+class Parts:
+    settings: Settings
+    store: Store
+    service: MailService
+    worker: Worker
+    pool: SmtpPool
+    instance_id: str
+
+
+def admin_token(settings: Settings) -> str:
+    """GMP_API_TOKEN / config file, else <data_dir>/api_token (generated on first start)."""
+    if settings.api_token:
+        return settings.api_token
+    path = settings.data_dir / "api_token"
+    if path.exists():
+        token = path.read_text(encoding="ascii").strip()
+        if token:
+            return token
+    token = new_token()
+    write_private(path, token + "\n")
+    if sys.stderr.isatty():
+        print(f"mail-proxy: admin API token (shown once): {token}", file=sys.stderr)
+    else:
+        print(f"mail-proxy: admin API token written to {path}", file=sys.stderr)
+    return token
+
+
+async def build(
+    settings: Settings, *, clock: Clock | None = None, observer: Observer | None = None
+) -> Parts:
+    """Open the store and wire the parts; nothing runs yet."""
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    key = load_key(settings.encryption_key, settings.data_dir,
+                   may_generate=not settings.is_postgres)
+    vault = Vault(key)
+    store = open_store(settings, vault)
+    await store.open()
+    try:
+        check = await store.set_meta_if_absent("key_check", vault.key_check())
+        vault.verify(check)
+    except ConfigError:
+        await store.close()
+        raise
+    clock = clock or SystemClock()
+    instance_id = secrets.token_hex(6)
+    pool = SmtpPool(
+        pool_size=settings.smtp_pool_size, pool_wait=settings.smtp_pool_wait_seconds,
+        connect_timeout=settings.smtp_connect_timeout_seconds,
+        send_timeout=settings.smtp_send_timeout_seconds, tls_verify=settings.smtp_tls_verify,
+    )
+    worker = Worker(
+        store, pool, clock,
+        WorkerSettings(
+            owner=instance_id,
+            concurrency=settings.send_concurrency,
+            per_account=settings.send_concurrency_per_account,
+            loop_interval=settings.send_loop_interval,
+            lease_seconds=settings.lease_seconds,
+            renew_seconds=settings.lease_renew_seconds,
+            retry=RetryPolicy(settings.retry_max, settings.retry_base_seconds,
+                              settings.retry_factor, settings.retry_max_delay_seconds),
+            genro_header=settings.compat_genro_header,
+        ),
+        observer,
+    )
+    service = MailService(
+        store=store, clock=clock,
+        rules=intake.IntakeRules(default_priority=Priority(settings.default_priority),
+                                 max_raw_size=settings.smtp_max_size),
+        admin_token=admin_token(settings), waker=worker,
+    )
+    service.account_listeners.append(worker)
+    return Parts(settings, store, service, worker, pool, instance_id)
+
+
+def make_app(parts: Parts) -> web.Application:
+    """The aiohttp application; the worker starts and stops with it."""
+    app = web.Application(
+        middlewares=[http.error_middleware],
+        client_max_size=parts.settings.api_max_body_bytes,
+    )
+    app[PARTS] = parts
+    app[http.SERVICE] = parts.service
+    app[http.STATUS_INFO] = {"worker": parts.worker, "instance_id": parts.instance_id}
+    http.add_routes(app)
+
+    async def lifetime(_app: web.Application) -> AsyncIterator[None]:
+        await parts.worker.start(recover_all=not parts.settings.is_postgres)
+        yield
+        await parts.worker.stop(parts.settings.shutdown_grace_seconds)
+        await parts.pool.close()
+        await parts.store.close()
+
+    app.cleanup_ctx.append(lifetime)
+    return app
+
+
+async def serve(settings: Settings) -> None:
+    """Run until SIGTERM/SIGINT, then shut down gracefully."""
+    parts = await build(settings)
+    app = make_app(parts)
+    runner = web.AppRunner(app, access_log=None, handle_signals=False)
+    await runner.setup()
+    site = web.TCPSite(runner, settings.host, settings.port, reuse_address=True)
+    try:
+        await site.start()
+    except OSError as exc:
+        await runner.cleanup()
+        raise ConfigError(f"cannot listen on {settings.host}:{settings.port}: {exc}") from None
+    log.info("mail-proxy %s listening on http://%s:%d (instance %s, database %s)",
+             parts.instance_id, settings.host, settings.port, parts.instance_id,
+             _db_label(settings))
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await stop.wait()
+    finally:
+        log.info("shutting down")
+        with contextlib.suppress(Exception):
+            await runner.cleanup()
+
+
+def _db_label(settings: Settings) -> str:
+    if settings.is_postgres:
+        return settings.db_path.split("@")[-1]
+    return str(Path(settings.db_path))

@@ -1,0 +1,1 @@
+"""Protocol adapters that bring mail and commands in."""

@@ -1,0 +1,427 @@
+"""REST API: one explicit route table, validation at the edge, domain error -> HTTP status."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any, TypeVar
+
+from aiohttp import web
+from pydantic import BaseModel, TypeAdapter, ValidationError
+
+from mailproxy import __version__
+from mailproxy.errors import (
+    Forbidden,
+    InvalidRequest,
+    MailProxyError,
+    NotFound,
+    StoreError,
+    Unauthorized,
+)
+from mailproxy.ingress.schemas import (
+    AccountShape,
+    ApiKeyShape,
+    IdsShape,
+    MessageShape,
+    TenantShape,
+)
+from mailproxy.model import Account, Status, Tenant
+from mailproxy.service import Caller, MailService
+
+log = logging.getLogger("mailproxy.http")
+
+SERVICE = web.AppKey("service", MailService)
+STATUS_INFO = web.AppKey("status_info", dict)
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+M = TypeVar("M", bound=BaseModel)
+_MESSAGES = TypeAdapter(list[MessageShape])
+_STATUS_NAMES = {s.value for s in Status}
+
+
+class Unprocessable(Exception):
+    """422 with a list of {loc, msg, type} items."""
+
+    def __init__(self, detail: list[dict[str, Any]]) -> None:
+        super().__init__("unprocessable")
+        self.detail = detail
+
+
+def _json(data: Any, status: int = 200) -> web.Response:
+    return web.Response(
+        body=json.dumps(data, separators=(",", ":"), ensure_ascii=False).encode("utf-8"),
+        status=status, content_type="application/json", charset="utf-8",
+    )
+
+
+def _error(status: int, detail: Any, headers: Mapping[str, str] | None = None) -> web.Response:
+    response = _json({"detail": detail}, status)
+    if headers:
+        response.headers.update(headers)
+    return response
+
+
+@web.middleware
+async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Every failure becomes a JSON error; no traceback ever reaches a client."""
+    try:
+        return await handler(request)
+    except Unauthorized as exc:
+        return _error(401, str(exc))
+    except Forbidden as exc:
+        return _error(403, str(exc))
+    except NotFound as exc:
+        return _error(404, str(exc))
+    except InvalidRequest as exc:
+        return _error(400, str(exc))
+    except Unprocessable as exc:
+        return _error(422, exc.detail)
+    except StoreError as exc:
+        log.error("storage failure on %s %s: %s", request.method, request.path, exc)
+        return _error(503, "storage unavailable, nothing was changed; retry later")
+    except MailProxyError as exc:
+        return _error(400, str(exc))
+    except web.HTTPRequestEntityTooLarge:
+        return _error(413, "Request body too large")
+    except web.HTTPMethodNotAllowed as exc:
+        return _error(405, "Method Not Allowed", {"Allow": ",".join(sorted(exc.allowed_methods))})
+    except web.HTTPNotFound:
+        return _error(404, "Not Found")
+    except web.HTTPException as exc:
+        return _error(exc.status, exc.reason)
+    except Exception:
+        log.exception("unexpected failure on %s %s", request.method, request.path)
+        return _error(500, "Internal server error")
+
+
+# -- request helpers ---------------------------------------------------------------------------
+
+async def _caller(request: web.Request) -> Caller:
+    return await request.app[SERVICE].authenticate(request.headers.get("X-API-Token"))
+
+
+async def _body(request: web.Request, *, optional: bool = False) -> Any:
+    raw = await request.read()
+    if not raw.strip():
+        if optional:
+            return {}
+        raise Unprocessable([{"loc": ["body"], "msg": "Field required", "type": "missing"}])
+    try:
+        return json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise Unprocessable(
+            [{"loc": ["body"], "msg": f"JSON decode error: {exc}", "type": "json_invalid"}]
+        ) from None
+
+
+async def _object(request: web.Request, *, optional: bool = False) -> dict[str, Any]:
+    body = await _body(request, optional=optional)
+    if not isinstance(body, dict):
+        raise Unprocessable([{"loc": ["body"], "msg": "Input should be an object",
+                              "type": "dict_type"}])
+    return body
+
+
+def _shape(model: type[M], data: Any, prefix: tuple[Any, ...] = ("body",)) -> M:
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        raise Unprocessable(_pydantic_detail(exc, prefix)) from None
+
+
+def _pydantic_detail(exc: ValidationError, prefix: tuple[Any, ...]) -> list[dict[str, Any]]:
+    return [
+        {"loc": [*prefix, *err["loc"]], "msg": err["msg"], "type": err["type"]}
+        for err in exc.errors(include_url=False, include_context=False, include_input=False)
+    ]
+
+
+def _query_str(request: web.Request, name: str, *, required: bool = False) -> str | None:
+    value = request.query.get(name)
+    if required and not value:
+        raise Unprocessable([{"loc": ["query", name], "msg": "Field required",
+                              "type": "missing"}])
+    return value or None
+
+
+def _query_bool(request: web.Request, name: str, default: bool = False) -> bool:
+    value = request.query.get(name)
+    if value is None or value == "":
+        return default
+    lowered = value.lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off"):
+        return False
+    raise Unprocessable([{"loc": ["query", name], "msg": "Input should be a valid boolean",
+                          "type": "bool_parsing"}])
+
+
+def _query_int(request: web.Request, name: str, default: int) -> int:
+    value = request.query.get(name)
+    if value is None or value == "":
+        return default
+    try:
+        number = int(value)
+    except ValueError:
+        number = -1
+    if number < 0:
+        raise Unprocessable([{"loc": ["query", name],
+                              "msg": "Input should be a non-negative integer",
+                              "type": "int_parsing"}])
+    return number
+
+
+# -- views -------------------------------------------------------------------------------------
+
+async def health(request: web.Request) -> web.Response:
+    try:
+        await request.app[SERVICE].store.ping()
+    except Exception:
+        return _json({"status": "error", "detail": "database unavailable"}, 503)
+    return _json({"status": "ok"})
+
+
+async def status(request: web.Request) -> web.Response:
+    await _caller(request)
+    info = request.app[STATUS_INFO]
+    pending = await request.app[SERVICE].store.count_open()
+    return _json({"ok": True, "active": bool(info["worker"].active), "version": __version__,
+                  "instance_id": info["instance_id"], "pending_messages": pending})
+
+
+async def add_messages(request: web.Request) -> web.Response:
+    caller = await _caller(request)
+    body = await _object(request)
+    messages = body.get("messages")
+    if not isinstance(messages, list) or len(messages) > 1000:
+        raise InvalidRequest("messages must be a list of at most 1000 items")
+    for index, item in enumerate(messages):
+        if not isinstance(item, dict):
+            raise Unprocessable([{"loc": ["body", "messages", index],
+                                  "msg": "Input should be an object", "type": "dict_type"}])
+    try:
+        _MESSAGES.validate_python(messages)
+    except ValidationError as exc:
+        raise Unprocessable(_pydantic_detail(exc, ("body", "messages"))) from None
+    result = await request.app[SERVICE].submit(caller, messages, body.get("default_priority"))
+    rejected = [{"id": r.id, "reason": r.reason, "index": r.index} for r in result.rejected]
+    if result.failed:
+        return _error(400, {"error": "no message queued", "rejected": rejected})
+    return _json({"ok": True, "queued": result.queued, "rejected": rejected})
+
+
+async def run_now(request: web.Request) -> web.Response:
+    caller = await _caller(request)
+    tenant_id = _query_str(request, "tenant_id")
+    service = request.app[SERVICE]
+    if tenant_id is not None:
+        await service.tenant_in_scope(caller, tenant_id)
+    if service.waker is not None:
+        service.waker.wake()
+    return _json({"ok": True})
+
+
+async def _suspension(request: web.Request, suspend: bool) -> web.Response:
+    caller = await _caller(request)
+    tenant_id = _query_str(request, "tenant_id", required=True)
+    assert tenant_id is not None
+    batch = _query_str(request, "batch_code")
+    service = request.app[SERVICE]
+    action = service.suspend if suspend else service.activate
+    batches, pending = await action(caller, tenant_id, batch)
+    return _json({"ok": True, "tenant_id": tenant_id, "batch_code": batch,
+                  "suspended_batches": batches, "pending_messages": pending})
+
+
+async def suspend(request: web.Request) -> web.Response:
+    return await _suspension(request, True)
+
+
+async def activate(request: web.Request) -> web.Response:
+    return await _suspension(request, False)
+
+
+async def delete_messages(request: web.Request) -> web.Response:
+    caller = await _caller(request)
+    tenant_id = _query_str(request, "tenant_id", required=True)
+    assert tenant_id is not None
+    shape = _shape(IdsShape, await _object(request))
+    service = request.app[SERVICE]
+    await service.tenant_in_scope(caller, tenant_id)
+    removed, missing = await service.store.delete_messages(tenant_id, shape.ids)
+    return _json({"ok": True, "removed": removed, "not_found": missing, "unauthorized": []})
+
+
+async def list_messages(request: web.Request) -> web.Response:
+    caller = await _caller(request)
+    tenant_id = _query_str(request, "tenant_id", required=True)
+    assert tenant_id is not None
+    active_only = _query_bool(request, "active_only")
+    history = _query_bool(request, "include_history")
+    status_name = _query_str(request, "status")
+    if status_name is not None and status_name not in _STATUS_NAMES:
+        raise Unprocessable([{"loc": ["query", "status"],
+                              "msg": f"Input should be one of {sorted(_STATUS_NAMES)}",
+                              "type": "enum"}])
+    limit = _query_int(request, "limit", 10000)
+    offset = _query_int(request, "offset", 0)
+    service = request.app[SERVICE]
+    tenant = await service.tenant_in_scope(caller, tenant_id)
+    records = await service.store.list_messages(
+        tenant, now=int(service.clock.now()), active_only=active_only, status=status_name,
+        include_history=history, limit=limit, offset=offset,
+    )
+    return _json({"ok": True, "messages": records})
+
+
+async def post_account(request: web.Request) -> web.Response:
+    caller = await _caller(request)
+    body = await _object(request)
+    _shape(AccountShape, body)
+    await request.app[SERVICE].put_account(caller, body)
+    return _json({"ok": True})
+
+
+async def list_accounts(request: web.Request) -> web.Response:
+    caller = await _caller(request)
+    tenant_id = _query_str(request, "tenant_id", required=True)
+    assert tenant_id is not None
+    service = request.app[SERVICE]
+    await service.tenant_in_scope(caller, tenant_id)
+    accounts = await service.store.list_accounts(tenant_id)
+    return _json({"ok": True, "accounts": [account_info(a) for a in accounts]})
+
+
+async def delete_account(request: web.Request) -> web.Response:
+    caller = await _caller(request)
+    tenant_id = _query_str(request, "tenant_id", required=True)
+    assert tenant_id is not None
+    await request.app[SERVICE].delete_account(caller, tenant_id, request.match_info["account_id"])
+    return _json({"ok": True})
+
+
+async def post_tenant(request: web.Request) -> web.Response:
+    caller = await _caller(request)
+    request.app[SERVICE].require_admin(caller)
+    body = await _object(request)
+    shape = _shape(TenantShape, body)
+    if shape.id is None:
+        raise Unprocessable([{"loc": ["body", "id"], "msg": "Field required",
+                              "type": "missing"}])
+    key = await request.app[SERVICE].put_tenant(caller, body)
+    return _json({"ok": True} if key is None else {"ok": True, "api_key": key})
+
+
+async def list_tenants(request: web.Request) -> web.Response:
+    caller = await _caller(request)
+    service = request.app[SERVICE]
+    service.require_admin(caller)
+    tenants = await service.store.list_tenants(_query_bool(request, "active_only"))
+    return _json({"ok": True, "tenants": [tenant_info(t) for t in tenants]})
+
+
+async def get_tenant(request: web.Request) -> web.Response:
+    caller = await _caller(request)
+    tenant = await request.app[SERVICE].tenant_in_scope(caller, request.match_info["tenant_id"])
+    return _json(tenant_info(tenant))
+
+
+async def put_tenant(request: web.Request) -> web.Response:
+    caller = await _caller(request)
+    body = await _object(request)
+    _shape(TenantShape, {k: v for k, v in body.items() if k != "id"})
+    await request.app[SERVICE].update_tenant(caller, request.match_info["tenant_id"], body)
+    return _json({"ok": True})
+
+
+async def delete_tenant(request: web.Request) -> web.Response:
+    caller = await _caller(request)
+    await request.app[SERVICE].delete_tenant(caller, request.match_info["tenant_id"])
+    return _json({"ok": True})
+
+
+async def issue_key(request: web.Request) -> web.Response:
+    caller = await _caller(request)
+    request.app[SERVICE].require_admin(caller)
+    shape = _shape(ApiKeyShape, await _object(request, optional=True))
+    expires = None if shape.expires_at is None else int(shape.expires_at)
+    key, expires = await request.app[SERVICE].issue_key(
+        caller, request.match_info["tenant_id"], expires)
+    return _json({"ok": True, "api_key": key, "expires_at": expires})
+
+
+async def revoke_key(request: web.Request) -> web.Response:
+    caller = await _caller(request)
+    await request.app[SERVICE].revoke_key(caller, request.match_info["tenant_id"])
+    return _json({"ok": True})
+
+
+# -- response shapes ---------------------------------------------------------------------------
+
+def tenant_info(t: Tenant) -> dict[str, Any]:
+    large = None
+    if t.large_file_config is not None:
+        large = {k: v for k, v in t.large_file_config.items() if k != "storage_options"}
+    limits = None
+    if t.rate_limits is not None:
+        limits = {"minute": t.rate_limits.minute, "hour": t.rate_limits.hour,
+                  "day": t.rate_limits.day}
+    return {
+        "id": t.id, "name": t.name, "client_base_url": t.client_base_url,
+        "client_sync_path": t.client_sync_path,
+        "client_attachment_path": t.client_attachment_path,
+        "client_auth": {"method": t.client_auth.method, "user": t.client_auth.user},
+        "rate_limits": limits, "large_file_config": large, "active": t.active,
+        "api_key_expires_at": t.api_key_expires_at,
+        "has_client_secret": bool(t.client_auth.token or t.client_auth.password),
+        "has_webhook_secret": t.webhook_secret is not None,
+        "has_api_key": t.api_key_hash is not None,
+        "suspended_batches": list(t.suspended_batches),
+        "created_at": t.created_at, "updated_at": t.updated_at,
+    }
+
+
+def account_info(a: Account) -> dict[str, Any]:
+    return {
+        "id": a.id, "tenant_id": a.tenant_id, "host": a.host, "port": a.port, "user": a.user,
+        "use_tls": a.use_tls, "ttl": a.ttl, "limit_per_minute": a.limits.minute,
+        "limit_per_hour": a.limits.hour, "limit_per_day": a.limits.day,
+        "limit_behavior": a.limit_behavior.value, "batch_size": a.batch_size,
+        "is_pec_account": a.is_pec_account, "imap_host": a.imap_host, "imap_port": a.imap_port,
+        "imap_user": a.imap_user, "imap_folder": a.imap_folder, "imap_ssl": a.imap_ssl,
+        "has_password": a.password is not None,
+        "has_submission_password": a.submission_password_hash is not None,
+        "has_imap_password": a.imap_password is not None,
+        "created_at": a.created_at, "updated_at": a.updated_at,
+    }
+
+
+# -- the route table ---------------------------------------------------------------------------
+
+ROUTES: tuple[tuple[str, str, Handler], ...] = (
+    ("GET", "/health", health),
+    ("GET", "/status", status),
+    ("POST", "/commands/add-messages", add_messages),
+    ("POST", "/commands/run-now", run_now),
+    ("POST", "/commands/suspend", suspend),
+    ("POST", "/commands/activate", activate),
+    ("POST", "/commands/delete-messages", delete_messages),
+    ("GET", "/messages", list_messages),
+    ("POST", "/account", post_account),
+    ("GET", "/accounts", list_accounts),
+    ("DELETE", "/account/{account_id}", delete_account),
+    ("POST", "/tenant", post_tenant),
+    ("GET", "/tenants", list_tenants),
+    ("GET", "/tenant/{tenant_id}", get_tenant),
+    ("PUT", "/tenant/{tenant_id}", put_tenant),
+    ("DELETE", "/tenant/{tenant_id}", delete_tenant),
+    ("POST", "/tenant/{tenant_id}/api-key", issue_key),
+    ("DELETE", "/tenant/{tenant_id}/api-key", revoke_key),
+)
+
+
+def add_routes(app: web.Application) -> None:
+    for method, path, handler in ROUTES:
+        app.router.add_route(method, path, handler)

@@ -1,0 +1,254 @@
+"""Domain values: frozen, typed, standard library only."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from typing import Any
+
+
+class Priority(enum.IntEnum):
+    IMMEDIATE = 0
+    HIGH = 1
+    MEDIUM = 2
+    LOW = 3
+
+
+class Status(enum.StrEnum):
+    PENDING = "pending"
+    SCHEDULED = "scheduled"
+    DEFERRED = "deferred"
+    SENDING = "sending"
+    SENT = "sent"
+    ERROR = "error"
+    BOUNCED = "bounced"
+    SUPPRESSED = "suppressed"
+
+    @property
+    def final(self) -> bool:
+        return self in FINAL_STATUSES
+
+
+FINAL_STATUSES = frozenset({Status.SENT, Status.ERROR, Status.BOUNCED, Status.SUPPRESSED})
+WAITING_STATUSES = frozenset({Status.PENDING, Status.SCHEDULED, Status.DEFERRED})
+
+
+class EventType(enum.StrEnum):
+    SENT = "sent"
+    ERROR = "error"
+    DEFERRED = "deferred"
+    BOUNCE = "bounce"
+
+
+class LimitBehavior(enum.StrEnum):
+    DEFER = "defer"
+    REJECT = "reject"
+
+
+@dataclass(frozen=True, slots=True)
+class RateLimits:
+    """Sends allowed per sliding window; None or <= 0 means unlimited."""
+
+    minute: int | None = None
+    hour: int | None = None
+    day: int | None = None
+
+    def windows(self) -> tuple[tuple[int, int], ...]:
+        """(window seconds, limit) pairs that are actually limited."""
+        pairs = ((60, self.minute), (3600, self.hour), (86400, self.day))
+        return tuple((w, n) for w, n in pairs if n is not None and n > 0)
+
+
+@dataclass(frozen=True, slots=True)
+class ClientAuth:
+    method: str = "none"
+    token: str | None = None
+    user: str | None = None
+    password: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Tenant:
+    id: str
+    name: str | None = None
+    client_base_url: str | None = None
+    client_sync_path: str = "/mail-proxy/sync"
+    client_attachment_path: str = "/mail-proxy/attachments"
+    client_auth: ClientAuth = field(default_factory=ClientAuth)
+    webhook_secret: str | None = None
+    rate_limits: RateLimits | None = None
+    large_file_config: dict[str, Any] | None = None
+    active: bool = True
+    api_key_hash: str | None = None
+    api_key_expires_at: int | None = None
+    suspended_batches: tuple[str, ...] = ()
+    urls_set_by_tenant: bool = False
+    created_at: str | None = None
+    updated_at: str | None = None
+
+    def holds(self, batch_code: str | None) -> bool:
+        """Whether a message of this batch is held by suspension or inactivity."""
+        if not self.active or "*" in self.suspended_batches:
+            return True
+        return batch_code is not None and batch_code in self.suspended_batches
+
+
+@dataclass(frozen=True, slots=True)
+class Account:
+    tenant_id: str
+    id: str
+    host: str
+    port: int
+    user: str | None = None
+    password: str | None = None
+    use_tls: bool | None = None
+    ttl: int = 300
+    limits: RateLimits = field(default_factory=RateLimits)
+    limit_behavior: LimitBehavior = LimitBehavior.DEFER
+    batch_size: int = 50
+    submission_password_hash: str | None = None
+    is_pec_account: bool = False
+    imap_host: str | None = None
+    imap_port: int = 993
+    imap_user: str | None = None
+    imap_password: str | None = None
+    imap_folder: str = "INBOX"
+    imap_ssl: bool = True
+    created_at: str | None = None
+    updated_at: str | None = None
+
+    @property
+    def key(self) -> tuple[str, str]:
+        return (self.tenant_id, self.id)
+
+
+@dataclass(frozen=True, slots=True)
+class Attachment:
+    filename: str
+    storage_path: str
+    fetch_mode: str
+    mime_type: str | None = None
+    content_md5: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Content:
+    """What the worker needs to build the bytes of one message."""
+
+    from_addr: str
+    to: tuple[str, ...]
+    cc: tuple[str, ...] = ()
+    bcc: tuple[str, ...] = ()
+    reply_to: str | None = None
+    return_path: str | None = None
+    subject: str = ""
+    body: str = ""
+    html_body: str | None = None
+    body_is_html: bool = False
+    headers: tuple[tuple[str, str], ...] = ()
+    message_id: str | None = None
+    attachments: tuple[Attachment, ...] = ()
+    raw: bytes | None = None
+
+    @property
+    def recipients(self) -> tuple[str, ...]:
+        return self.to + self.cc + self.bcc
+
+
+@dataclass(frozen=True, slots=True)
+class NewMessage:
+    """A validated message ready to be stored (or an intake rejection to store as error)."""
+
+    tenant_id: str
+    id: str
+    account_id: str | None
+    priority: Priority
+    deferred_ts: int | None
+    batch_code: str | None
+    payload: dict[str, Any]
+    raw: bytes | None = None
+    error: str | None = None
+    is_pec: bool = False
+    envelope_from: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Claimed:
+    """A message claimed under a lease, with all it needs to be sent."""
+
+    pk: str
+    tenant_id: str
+    id: str
+    account_id: str
+    priority: int
+    retry_count: int
+    created_ts: float
+    date_ts: int
+    payload: dict[str, Any]
+    raw: bytes | None
+    seq: int = 0
+    envelope_from: str | None = None
+    rate_scopes: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class RateLimited:
+    """A rate-limit decision taken while claiming, for metrics."""
+
+    tenant_id: str
+    account_id: str
+    deferred: bool
+
+
+@dataclass(frozen=True, slots=True)
+class ClaimBatch:
+    messages: tuple[Claimed, ...]
+    blocked: dict[tuple[str, str], int] = field(default_factory=dict)
+    rate_limited: tuple[RateLimited, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    event_id: str
+    pk: str
+    tenant_id: str
+    account_id: str | None
+    client_id: str
+    event_type: EventType
+    event_ts: int
+    description: str | None = None
+    metadata: dict[str, Any] = field(default_factory=dict)
+    reported_ts: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Sent:
+    failed_recipients: tuple[dict[str, Any], ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Deferred:
+    reason: str
+    next_ts: int
+    retry_count: int
+    consumes_retry: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class Failed:
+    error: str
+    code: int | None = None
+    suppressed: bool = False
+
+
+Outcome = Sent | Deferred | Failed
+
+
+@dataclass(frozen=True, slots=True)
+class EnqueueResult:
+    """Per-item result of an enqueue: queued, or the rejection reason."""
+
+    index: int
+    id: str | None
+    queued: bool
+    reason: str | None = None

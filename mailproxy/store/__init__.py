@@ -1,0 +1,25 @@
+"""Store backends; open_store picks one from the database URL."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from mailproxy.errors import ConfigError
+
+if TYPE_CHECKING:
+    from mailproxy.config import Settings
+    from mailproxy.service import Store
+    from mailproxy.store.rows import Cipher
+
+
+def open_store(settings: Settings, cipher: Cipher) -> Store:
+    """SQLite for a path, PostgreSQL for a postgresql:// URL (opened by the caller)."""
+    if settings.is_postgres:
+        try:
+            from mailproxy.store.postgres import PostgresStore
+        except ImportError as exc:
+            raise ConfigError(f"PostgreSQL support is not available: {exc}") from None
+        return PostgresStore(settings.db_path, cipher, pool_size=settings.db_pool_size)
+    from mailproxy.store.sqlite import SqliteStore
+
+    return SqliteStore(settings.db_path, cipher, synchronous=settings.sqlite_synchronous)

@@ -1,0 +1,237 @@
+"""Conversions between stored rows and domain values, shared by the SQL backends."""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import replace
+from collections.abc import Mapping, Sequence
+from typing import Any, Protocol
+
+from mailproxy.model import (
+    Account,
+    ClientAuth,
+    Deferred,
+    Failed,
+    LimitBehavior,
+    Outcome,
+    RateLimits,
+    Sent,
+    Tenant,
+)
+from mailproxy.policy import display_status
+
+FINAL = ("sent", "error", "bounced", "suppressed")
+
+
+class Cipher(Protocol):
+    def encrypt(self, plaintext: str | None) -> str | None: ...
+
+    def decrypt(self, token: str | None) -> str | None: ...
+
+
+def now_text(now: float | None = None) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(time.time() if now is None else now))
+
+
+def ts_text(ts: float) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(ts))
+
+
+def dumps(value: Any) -> str:
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+
+
+def _limits(data: Mapping[str, Any] | None) -> RateLimits | None:
+    if data is None:
+        return None
+    return RateLimits(minute=data.get("minute"), hour=data.get("hour"), day=data.get("day"))
+
+
+def tenant_limits(config: Mapping[str, Any]) -> RateLimits | None:
+    return _limits(config.get("rate_limits"))
+
+
+def tenant_to_row(t: Tenant, cipher: Cipher) -> dict[str, Any]:
+    config = {
+        "name": t.name,
+        "client_base_url": t.client_base_url,
+        "client_sync_path": t.client_sync_path,
+        "client_attachment_path": t.client_attachment_path,
+        "client_auth_method": t.client_auth.method,
+        "client_auth_user": t.client_auth.user,
+        "rate_limits": None if t.rate_limits is None else {
+            "minute": t.rate_limits.minute, "hour": t.rate_limits.hour, "day": t.rate_limits.day},
+        "large_file_config": t.large_file_config,
+        "urls_set_by_tenant": t.urls_set_by_tenant,
+    }
+    secrets = {
+        "client_auth_token": t.client_auth.token,
+        "client_auth_password": t.client_auth.password,
+        "webhook_secret": t.webhook_secret,
+    }
+    return {
+        "id": t.id,
+        "active": 1 if t.active else 0,
+        "config": dumps(config),
+        "secrets": cipher.encrypt(dumps(secrets)),
+        "api_key_hash": t.api_key_hash,
+        "api_key_expires_at": t.api_key_expires_at,
+        "suspended": dumps(list(t.suspended_batches)),
+    }
+
+
+def tenant_from_row(row: Sequence[Any], cipher: Cipher) -> Tenant:
+    (tid, active, config_text, secrets_text, key_hash, key_exp, suspended, created, updated) = row
+    config = json.loads(config_text)
+    secret_json = cipher.decrypt(secrets_text)
+    secrets = json.loads(secret_json) if secret_json else {}
+    return Tenant(
+        id=tid,
+        name=config.get("name"),
+        client_base_url=config.get("client_base_url"),
+        client_sync_path=config.get("client_sync_path") or "/mail-proxy/sync",
+        client_attachment_path=config.get("client_attachment_path") or "/mail-proxy/attachments",
+        client_auth=ClientAuth(
+            method=config.get("client_auth_method") or "none",
+            user=config.get("client_auth_user"),
+            token=secrets.get("client_auth_token"),
+            password=secrets.get("client_auth_password"),
+        ),
+        webhook_secret=secrets.get("webhook_secret"),
+        rate_limits=_limits(config.get("rate_limits")),
+        large_file_config=config.get("large_file_config"),
+        active=bool(active),
+        api_key_hash=key_hash,
+        api_key_expires_at=key_exp,
+        suspended_batches=tuple(json.loads(suspended)),
+        urls_set_by_tenant=bool(config.get("urls_set_by_tenant")),
+        created_at=str(created),
+        updated_at=str(updated),
+    )
+
+
+def account_to_row(a: Account, cipher: Cipher) -> dict[str, Any]:
+    config = {
+        "host": a.host, "port": a.port, "user": a.user, "use_tls": a.use_tls, "ttl": a.ttl,
+        "limit_per_minute": a.limits.minute, "limit_per_hour": a.limits.hour,
+        "limit_per_day": a.limits.day, "limit_behavior": a.limit_behavior.value,
+        "batch_size": a.batch_size, "is_pec_account": a.is_pec_account,
+        "imap_host": a.imap_host, "imap_port": a.imap_port, "imap_user": a.imap_user,
+        "imap_folder": a.imap_folder, "imap_ssl": a.imap_ssl,
+    }
+    secrets = {"password": a.password, "imap_password": a.imap_password}
+    return {
+        "tenant_id": a.tenant_id,
+        "id": a.id,
+        "config": dumps(config),
+        "secrets": cipher.encrypt(dumps(secrets)),
+        "submission_hash": a.submission_password_hash,
+    }
+
+
+def account_config(tenant_id: str, account_id: str, config: Mapping[str, Any]) -> Account:
+    """An Account from its non-secret config (claiming needs no secrets)."""
+    return Account(
+        tenant_id=tenant_id,
+        id=account_id,
+        host=config["host"],
+        port=int(config["port"]),
+        user=config.get("user"),
+        use_tls=config.get("use_tls"),
+        ttl=int(config.get("ttl", 300)),
+        limits=RateLimits(
+            minute=config.get("limit_per_minute"),
+            hour=config.get("limit_per_hour"),
+            day=config.get("limit_per_day"),
+        ),
+        limit_behavior=LimitBehavior(config.get("limit_behavior", "defer")),
+        batch_size=int(config.get("batch_size", 50)),
+        is_pec_account=bool(config.get("is_pec_account", False)),
+        imap_host=config.get("imap_host"),
+        imap_port=int(config.get("imap_port", 993)),
+        imap_user=config.get("imap_user"),
+        imap_folder=config.get("imap_folder", "INBOX"),
+        imap_ssl=bool(config.get("imap_ssl", True)),
+    )
+
+
+def account_from_row(row: Sequence[Any], cipher: Cipher) -> Account:
+    tenant_id, account_id, config_text, secrets_text, submission_hash, created, updated = row
+    base = account_config(tenant_id, account_id, json.loads(config_text))
+    secret_json = cipher.decrypt(secrets_text)
+    secrets = json.loads(secret_json) if secret_json else {}
+    return replace(
+        base,
+        password=secrets.get("password"),
+        imap_password=secrets.get("imap_password"),
+        submission_password_hash=submission_hash,
+        created_at=str(created),
+        updated_at=str(updated),
+    )
+
+
+def outcome_event(outcome: Outcome, now: int) -> tuple[str, str | None, dict[str, Any]]:
+    """(event_type, description, metadata) recorded for an outcome."""
+    if isinstance(outcome, Sent):
+        meta: dict[str, Any] = {}
+        if outcome.failed_recipients:
+            meta["failed_recipients"] = list(outcome.failed_recipients)
+        return "sent", None, meta
+    if isinstance(outcome, Deferred):
+        return "deferred", outcome.reason, {
+            "retry_count": outcome.retry_count, "next_attempt_ts": outcome.next_ts}
+    assert isinstance(outcome, Failed)
+    return "error", outcome.error, {"error_code": outcome.code}
+
+
+def message_record(
+    row: Mapping[str, Any], tenant: Tenant | None, now: int, history: list[dict[str, Any]] | None
+) -> dict[str, Any]:
+    """The MessageRecord of the contract (§5.2) for one stored row."""
+    status = display_status(row["status"], row["deferred_ts"], now)
+    final = row["status"] in FINAL
+    held = (
+        tenant is not None and not final and row["status"] != "sending"
+        and tenant.holds(row["batch_code"])
+    )
+    record = {
+        "pk": row["pk"],
+        "id": row["client_id"],
+        "tenant_id": row["tenant_id"],
+        "tenant_name": (tenant.name if tenant and tenant.name else row["tenant_id"]),
+        "account_id": row["account_id"],
+        "status": status,
+        "suspended": held,
+        "priority": row["priority"],
+        "batch_code": row["batch_code"],
+        "deferred_ts": row["deferred_ts"],
+        "retry_count": row["retry_count"],
+        "sent_ts": row["sent_ts"] if row["status"] in ("sent", "bounced") else None,
+        "error_ts": row["error_ts"] if row["status"] in ("error", "suppressed") else None,
+        "error": row["error"] if row["status"] in ("error", "suppressed") else None,
+        "reported_ts": row["reported_ts"],
+        "bounce_type": row["bounce_type"],
+        "bounce_code": row["bounce_code"],
+        "bounce_reason": row["bounce_reason"],
+        "bounce_ts": row["bounce_ts"],
+        "is_pec": bool(row["is_pec"]),
+        "created_at": ts_text(row["created_ts"]),
+        "updated_at": ts_text(row["updated_ts"]),
+        "message": json.loads(row["payload"]),
+    }
+    if history is not None:
+        record["history"] = history
+    return record
+
+
+def history_entry(row: Sequence[Any]) -> dict[str, Any]:
+    _seq, event_id, event_type, event_ts, description, metadata, reported_ts = row
+    return {
+        "event_id": str(event_id),
+        "event_type": event_type,
+        "event_ts": event_ts,
+        "description": description,
+        "metadata": json.loads(metadata) if metadata else {},
+        "reported_ts": reported_ts,
+    }

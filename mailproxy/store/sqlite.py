@@ -1,0 +1,638 @@
+"""SQLite store: WAL, one writer thread with group commit, one reader thread.
+
+Every write is a function run on the writer thread inside a transaction shared with the
+other writes that arrived meanwhile (each in its own savepoint), so many acknowledgements
+cost one fsync. A caller's future resolves only after COMMIT returned.
+
+aiosqlite hops to its thread once per statement; a transaction of many statements then
+costs many hops. Running the whole transaction as one function on an owned thread is the
+same model with one hop, which is what group commit needs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import json
+import os
+import sqlite3
+import uuid
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, TypeVar
+
+from mailproxy import policy
+from mailproxy.errors import StoreError
+from mailproxy.model import (
+    Account,
+    Claimed,
+    ClaimBatch,
+    Deferred,
+    Failed,
+    LimitBehavior,
+    NewMessage,
+    Outcome,
+    RateLimited,
+    RateLimits,
+    Sent,
+    Tenant,
+)
+from mailproxy.store import rows
+from mailproxy.store.queries import load_queries, migrations
+
+T = TypeVar("T")
+Q = load_queries("sqlite")
+_FINAL = frozenset(rows.FINAL)
+
+
+class _Busy(Exception):
+    """Raised inside a savepoint to undo it and hand a value back."""
+
+
+class SqliteStore:
+    """The Store on one SQLite file, owned by one process (a lock file enforces it)."""
+
+    def __init__(self, path: str, cipher: rows.Cipher, *, synchronous: str = "FULL") -> None:
+        self._path = path
+        self._cipher = cipher
+        self._sync = synchronous
+        self._writer = ThreadPoolExecutor(1, thread_name_prefix="sqlite-writer")
+        self._reader = ThreadPoolExecutor(1, thread_name_prefix="sqlite-reader")
+        self._wconn: sqlite3.Connection | None = None
+        self._rconn: sqlite3.Connection | None = None
+        self._pending: list[tuple[Callable[[sqlite3.Connection], Any], asyncio.Future[Any]]] = []
+        self._flush_task: asyncio.Task[None] | None = None
+        self._lock_fd: int | None = None
+        self._claim_offset = 0
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    async def open(self) -> None:
+        if self._path != ":memory:":
+            Path(self._path).parent.mkdir(parents=True, exist_ok=True)
+            self._take_lock()
+        loop = asyncio.get_running_loop()
+        self._wconn = await loop.run_in_executor(self._writer, self._connect, False)
+        await loop.run_in_executor(self._writer, self._migrate)
+        self._rconn = await loop.run_in_executor(self._reader, self._connect, True)
+
+    def _take_lock(self) -> None:
+        fd = os.open(self._path + ".lock", os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(fd)
+            raise StoreError(
+                f"{self._path} is in use by another running mail-proxy process"
+            ) from None
+        self._lock_fd = fd
+
+    def _connect(self, readonly: bool) -> sqlite3.Connection:
+        conn = sqlite3.connect(self._path, isolation_level=None, check_same_thread=False)
+        conn.execute("PRAGMA busy_timeout = 10000")
+        if not readonly:
+            conn.execute("PRAGMA journal_mode = WAL")
+            conn.execute(f"PRAGMA synchronous = {self._sync}")
+        else:
+            conn.execute("PRAGMA query_only = 1")
+        conn.execute("PRAGMA temp_store = MEMORY")
+        return conn
+
+    def _migrate(self) -> None:
+        conn = self._wconn
+        assert conn is not None
+        version = conn.execute("PRAGMA user_version").fetchone()[0]
+        for number, script in migrations("sqlite"):
+            if number <= version:
+                continue
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                for statement in script.split(";\n"):
+                    if statement.strip():
+                        conn.execute(statement)
+                conn.execute(f"PRAGMA user_version = {number}")
+                conn.execute("COMMIT")
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+
+    async def close(self) -> None:
+        if self._flush_task is not None:
+            with contextlib.suppress(Exception):
+                await self._flush_task
+        loop = asyncio.get_running_loop()
+        if self._wconn is not None:
+            await loop.run_in_executor(self._writer, self._wconn.close)
+            self._wconn = None
+        if self._rconn is not None:
+            await loop.run_in_executor(self._reader, self._rconn.close)
+            self._rconn = None
+        self._writer.shutdown(wait=True)
+        self._reader.shutdown(wait=True)
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
+
+    # -- plumbing ----------------------------------------------------------------------------
+
+    async def _read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        conn = self._rconn
+        if conn is None:
+            raise StoreError("store is closed")
+        try:
+            return await asyncio.get_running_loop().run_in_executor(self._reader, fn, conn)
+        except sqlite3.Error as exc:
+            raise StoreError(f"database read failed: {exc}") from exc
+
+    async def _write(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        if self._wconn is None:
+            raise StoreError("store is closed")
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[T] = loop.create_future()
+        self._pending.append((fn, future))
+        if self._flush_task is None or self._flush_task.done():
+            self._flush_task = loop.create_task(self._flush())
+        return await future
+
+    async def _flush(self) -> None:
+        loop = asyncio.get_running_loop()
+        while self._pending:
+            batch, self._pending = self._pending, []
+            try:
+                results = await loop.run_in_executor(
+                    self._writer, self._run_batch, [fn for fn, _ in batch]
+                )
+            except Exception as exc:  # the commit itself failed: nothing is durable
+                error = StoreError(f"database write failed: {exc}")
+                for _, fut in batch:
+                    if not fut.done():
+                        fut.set_exception(error)
+                continue
+            for (_, fut), (ok, value) in zip(batch, results, strict=True):
+                if fut.done():
+                    continue
+                if ok:
+                    fut.set_result(value)
+                else:
+                    fut.set_exception(value)
+
+    def _run_batch(self, fns: list[Callable[[sqlite3.Connection], Any]]) -> list[tuple[bool, Any]]:
+        conn = self._wconn
+        assert conn is not None
+        out: list[tuple[bool, Any]] = []
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            for fn in fns:
+                conn.execute("SAVEPOINT op")
+                try:
+                    value = fn(conn)
+                except Exception as exc:
+                    conn.execute("ROLLBACK TO op")
+                    conn.execute("RELEASE op")
+                    if isinstance(exc, sqlite3.Error):
+                        exc = StoreError(f"database write failed: {exc}")
+                    out.append((False, exc))
+                else:
+                    conn.execute("RELEASE op")
+                    out.append((True, value))
+            conn.execute("COMMIT")
+        except BaseException:
+            with contextlib.suppress(sqlite3.Error):
+                conn.execute("ROLLBACK")
+            raise
+        return out
+
+    # -- meta --------------------------------------------------------------------------------
+
+    async def ping(self) -> None:
+        await self._read(lambda c: c.execute("SELECT 1").fetchone())
+
+    async def get_meta(self, key: str) -> str | None:
+        row = await self._read(lambda c: c.execute(Q["get_meta"], (key,)).fetchone())
+        return None if row is None else str(row[0])
+
+    async def set_meta(self, key: str, value: str) -> None:
+        await self._write(lambda c: c.execute(Q["set_meta"], (key, value)))
+
+    async def set_meta_if_absent(self, key: str, value: str) -> str:
+        """Store value unless one exists; return the stored value."""
+
+        def op(c: sqlite3.Connection) -> str:
+            row = c.execute(Q["get_meta"], (key,)).fetchone()
+            if row is not None:
+                return str(row[0])
+            c.execute(Q["set_meta"], (key, value))
+            return value
+
+        return await self._write(op)
+
+    # -- tenants -----------------------------------------------------------------------------
+
+    def _tenant(self, row: Sequence[Any] | None) -> Tenant | None:
+        return None if row is None else rows.tenant_from_row(row, self._cipher)
+
+    async def get_tenant(self, tenant_id: str) -> Tenant | None:
+        row = await self._read(lambda c: c.execute(Q["get_tenant"], (tenant_id,)).fetchone())
+        return self._tenant(row)
+
+    async def list_tenants(self, active_only: bool = False) -> list[Tenant]:
+        found = await self._read(
+            lambda c: c.execute(Q["list_tenants"], (1 if active_only else 0,)).fetchall()
+        )
+        return [rows.tenant_from_row(r, self._cipher) for r in found]
+
+    async def tenant_by_key_hash(self, key_hash: str) -> Tenant | None:
+        row = await self._read(lambda c: c.execute(Q["tenant_by_key"], (key_hash,)).fetchone())
+        return self._tenant(row)
+
+    async def put_tenant(self, tenant: Tenant) -> bool:
+        """Insert or replace a tenant's fields (not its key); True when created."""
+        data = rows.tenant_to_row(tenant, self._cipher)
+        data["now_text"] = rows.now_text()
+
+        def op(c: sqlite3.Connection) -> bool:
+            if c.execute(Q["update_tenant"], data).rowcount:
+                return False
+            c.execute(Q["insert_tenant"], data)
+            return True
+
+        return await self._write(op)
+
+    async def set_api_key(self, tenant_id: str, key_hash: str | None, expires: int | None) -> bool:
+        args = (key_hash, expires, rows.now_text(), tenant_id)
+        return bool(await self._write(lambda c: c.execute(Q["set_api_key"], args).rowcount))
+
+    async def set_suspended(self, tenant_id: str, batches: Sequence[str]) -> bool:
+        args = (rows.dumps(list(batches)), rows.now_text(), tenant_id)
+        return bool(await self._write(lambda c: c.execute(Q["set_suspended"], args).rowcount))
+
+    async def delete_tenant(self, tenant_id: str) -> bool:
+        def op(c: sqlite3.Connection) -> bool:
+            if not c.execute(Q["delete_tenant"], (tenant_id,)).rowcount:
+                return False
+            for name in ("delete_tenant_accounts", "delete_tenant_events",
+                         "delete_tenant_messages", "delete_tenant_rates"):
+                c.execute(Q[name], (tenant_id,))
+            return True
+
+        return await self._write(op)
+
+    # -- accounts ----------------------------------------------------------------------------
+
+    async def get_account(self, tenant_id: str, account_id: str) -> Account | None:
+        row = await self._read(
+            lambda c: c.execute(Q["get_account"], (tenant_id, account_id)).fetchone()
+        )
+        return None if row is None else rows.account_from_row(row, self._cipher)
+
+    async def list_accounts(self, tenant_id: str | None = None) -> list[Account]:
+        def op(c: sqlite3.Connection) -> list[Any]:
+            if tenant_id is None:
+                return c.execute(Q["all_accounts"]).fetchall()
+            return c.execute(Q["list_accounts"], (tenant_id,)).fetchall()
+
+        return [rows.account_from_row(r, self._cipher) for r in await self._read(op)]
+
+    async def put_account(self, account: Account) -> None:
+        data = rows.account_to_row(account, self._cipher)
+        data["now_text"] = rows.now_text()
+        await self._write(lambda c: c.execute(Q["upsert_account"], data))
+
+    async def delete_account(self, tenant_id: str, account_id: str, now: int) -> bool:
+        """Delete an account; its open messages become `error` ("account deleted")."""
+
+        def op(c: sqlite3.Connection) -> bool:
+            if not c.execute(Q["delete_account"], (tenant_id, account_id)).rowcount:
+                return False
+            for seq, _client_id in c.execute(
+                Q["open_messages_of_account"], (tenant_id, account_id)
+            ).fetchall():
+                self._fail(c, seq, tenant_id, "account deleted", None, now)
+            return True
+
+        return await self._write(op)
+
+    # -- messages: intake --------------------------------------------------------------------
+
+    async def enqueue(self, items: Sequence[NewMessage], now: float) -> list[str | None]:
+        """Store each item in one transaction; per item None (queued) or a rejection reason."""
+        return await self._write(lambda c: [self._enqueue_one(c, m, now) for m in items])
+
+    def _enqueue_one(self, c: sqlite3.Connection, m: NewMessage, now: float) -> str | None:
+        existing = c.execute(Q["message_state"], (m.tenant_id, m.id)).fetchone()
+        if existing is not None:
+            seq, status, intake_error = existing
+            if status == "sending":
+                return "message is being sent"
+            replaceable = status == "error" and intake_error and m.error is None
+            if status in _FINAL and not replaceable:
+                return "already sent"
+            if m.error is not None:
+                return m.error
+            c.execute(Q["upsert_message"], {**self._message_values(m, now), "seq": seq})
+            return None
+        values = self._message_values(m, now)
+        values["pk"] = str(uuid.uuid4())
+        values["tenant_id"] = m.tenant_id
+        values["client_id"] = m.id
+        if m.error is not None:
+            values.update(status="error", queued=None, intake_error=1, error=m.error,
+                          error_ts=int(now))
+            cur = c.execute(Q["insert_message"], values)
+            c.execute(Q["insert_event"], (cur.lastrowid, m.tenant_id, "error", int(now),
+                                          m.error, rows.dumps({"error_code": None})))
+            return m.error
+        values.update(intake_error=0, error=None, error_ts=None)
+        c.execute(Q["insert_message"], values)
+        return None
+
+    @staticmethod
+    def _message_values(m: NewMessage, now: float) -> dict[str, Any]:
+        scheduled = m.deferred_ts is not None and m.deferred_ts > now
+        return {
+            "account_id": m.account_id,
+            "status": "scheduled" if scheduled else "pending",
+            "queued": 2 if scheduled else 1,
+            "priority": int(m.priority),
+            "due_ts": m.deferred_ts if scheduled else 0,
+            "deferred_ts": m.deferred_ts if scheduled else None,
+            "batch_code": m.batch_code,
+            "is_pec": 1 if m.is_pec else 0,
+            "payload": rows.dumps(m.payload),
+            "raw": m.raw,
+            "envelope_from": m.envelope_from,
+            "now": now,
+        }
+
+    # -- messages: queries -------------------------------------------------------------------
+
+    async def count_open(self, tenant_id: str | None = None, batch_code: str | None = None) -> int:
+        row = await self._read(
+            lambda c: c.execute(Q["count_open"], (tenant_id, batch_code)).fetchone()
+        )
+        return int(row[0])
+
+    async def list_messages(
+        self,
+        tenant: Tenant,
+        *,
+        now: int,
+        active_only: bool = False,
+        status: str | None = None,
+        include_history: bool = False,
+        limit: int = 10000,
+        offset: int = 0,
+    ) -> list[dict[str, Any]]:
+        where = ["tenant_id = :tenant_id"]
+        if active_only:
+            where.append("status NOT IN ('sent', 'error', 'bounced', 'suppressed')")
+        if status == "pending":
+            where.append("(status = 'pending' OR (status IN ('scheduled', 'deferred') "
+                         "AND (deferred_ts IS NULL OR deferred_ts <= :now)))")
+        elif status in ("scheduled", "deferred"):
+            where.append("status = :status AND deferred_ts > :now")
+        elif status is not None:
+            where.append("status = :status")
+        sql = (
+            "SELECT * FROM messages WHERE " + " AND ".join(where)
+            + " ORDER BY created_ts DESC, seq DESC LIMIT :limit OFFSET :offset"
+        )
+        args = {"tenant_id": tenant.id, "now": now, "status": status, "limit": limit,
+                "offset": offset}
+
+        def op(c: sqlite3.Connection) -> list[dict[str, Any]]:
+            cur = c.execute(sql, args)
+            names = [d[0] for d in cur.description]
+            found = [dict(zip(names, r, strict=True)) for r in cur.fetchall()]
+            history: dict[int, list[dict[str, Any]]] | None = None
+            if include_history and found:
+                history = {r["seq"]: [] for r in found}
+                seqs = rows.dumps([r["seq"] for r in found])
+                for ev in c.execute(Q["history"], (seqs,)).fetchall():
+                    history[ev[0]].append(rows.history_entry(ev))
+            return [
+                rows.message_record(r, tenant, now, None if history is None else history[r["seq"]])
+                for r in found
+            ]
+
+        return await self._read(op)
+
+    async def delete_messages(self, tenant_id: str, ids: Sequence[str]) -> tuple[int, list[str]]:
+        def op(c: sqlite3.Connection) -> tuple[int, list[str]]:
+            removed, missing = 0, []
+            for client_id in ids:
+                row = c.execute(Q["message_state"], (tenant_id, client_id)).fetchone()
+                if row is None:
+                    missing.append(client_id)
+                    continue
+                c.execute(Q["delete_message_events"], (row[0],))
+                c.execute(Q["delete_message"], (row[0],))
+                removed += 1
+            return removed, missing
+
+        return await self._write(op)
+
+    # -- messages: dispatch ------------------------------------------------------------------
+
+    async def claim(
+        self,
+        owner: str,
+        now: float,
+        lease_seconds: float,
+        max_total: int,
+        skip: frozenset[tuple[str, str]] = frozenset(),
+    ) -> ClaimBatch:
+        self._claim_offset += 1
+        offset = self._claim_offset
+        return await self._write(
+            lambda c: self._claim(c, owner, now, lease_seconds, max_total, skip, offset)
+        )
+
+    def _claim(
+        self,
+        c: sqlite3.Connection,
+        owner: str,
+        now: float,
+        lease_seconds: float,
+        max_total: int,
+        skip: frozenset[tuple[str, str]],
+        offset: int,
+    ) -> ClaimBatch:
+        now_int = int(now)
+        c.execute(Q["promote_due"], (now_int,))
+        tenants = {
+            tid: (bool(active), json.loads(cfg), tuple(json.loads(susp)))
+            for tid, active, cfg, susp in c.execute(Q["claim_tenants"]).fetchall()
+        }
+        accounts = c.execute(Q["claim_accounts"]).fetchall()
+        if accounts:
+            shift = offset % len(accounts)
+            accounts = accounts[shift:] + accounts[:shift]
+        claimed: list[Claimed] = []
+        blocked: dict[tuple[str, str], int] = {}
+        limited: list[RateLimited] = []
+        for tenant_id, account_id, cfg_text in accounts:
+            remaining = max_total - len(claimed)
+            if remaining <= 0:
+                break
+            tenant = tenants.get(tenant_id)
+            if tenant is None or (tenant_id, account_id) in skip:
+                continue
+            active, tcfg, suspended = tenant
+            if not active or "*" in suspended:
+                continue
+            account = rows.account_config(tenant_id, account_id, json.loads(cfg_text))
+            held = rows.dumps(list(suspended))
+            tenant_limits = rows.tenant_limits(tcfg)
+            scopes, budget = self._budget(c, account, tenant_limits, now_int)
+            n = min(account.batch_size, remaining)
+            if budget.allowed is not None and budget.allowed < n:
+                self._over_limit(c, account, budget, held, now, blocked, limited)
+                n = budget.allowed
+            if n <= 0:
+                continue
+            args = {"owner": owner, "until": now + lease_seconds, "now": now,
+                    "now_int": now_int, "tenant_id": tenant_id, "account_id": account_id,
+                    "held": held, "n": n}
+            got = c.execute(Q["claim_account"], args).fetchall()
+            got.sort(key=lambda r: (r[5], r[0]))
+            claimed.extend(self._claimed(r, scopes) for r in got)
+        return ClaimBatch(tuple(claimed), blocked, tuple(limited))
+
+    @staticmethod
+    def _claimed(r: Sequence[Any], scopes: tuple[str, ...]) -> Claimed:
+        (seq, pk, tenant_id, client_id, account_id, priority, retry, created, date_ts,
+         payload, raw, envelope_from) = r
+        return Claimed(
+            pk=pk, tenant_id=tenant_id, id=client_id, account_id=account_id,
+            priority=priority, retry_count=retry, created_ts=created, date_ts=date_ts,
+            payload=json.loads(payload), raw=raw, seq=seq, envelope_from=envelope_from,
+            rate_scopes=scopes,
+        )
+
+    def _budget(
+        self, c: sqlite3.Connection, account: Account, tenant_limits: RateLimits | None, now: int
+    ) -> tuple[tuple[str, ...], policy.Budget]:
+        scopes: list[str] = []
+        budgets: list[policy.Budget] = []
+        if account.limits.windows():
+            scope = f"a:{account.tenant_id}/{account.id}"
+            in_flight = c.execute(
+                Q["count_sending_account"], (account.tenant_id, account.id)
+            ).fetchone()[0]
+            sends = c.execute(Q["rate_sends"], (scope, now - 86400)).fetchall()
+            budgets.append(policy.window_budget(account.limits, sends, in_flight, now))
+            scopes.append(scope)
+        if tenant_limits is not None and tenant_limits.windows():
+            scope = f"t:{account.tenant_id}"
+            in_flight = c.execute(Q["count_sending_tenant"], (account.tenant_id,)).fetchone()[0]
+            sends = c.execute(Q["rate_sends"], (scope, now - 86400)).fetchall()
+            budgets.append(policy.window_budget(tenant_limits, sends, in_flight, now))
+            scopes.append(scope)
+        return tuple(scopes), policy.combine_budgets(budgets)
+
+    def _over_limit(
+        self,
+        c: sqlite3.Connection,
+        account: Account,
+        budget: policy.Budget,
+        held: str,
+        now: float,
+        blocked: dict[tuple[str, str], int],
+        limited: list[RateLimited],
+    ) -> None:
+        """Apply limit_behavior to the due messages beyond the budget."""
+        allowed = budget.allowed or 0
+        head_args = {"tenant_id": account.tenant_id, "account_id": account.id, "held": held,
+                     "n": allowed + (account.batch_size if account.limit_behavior ==
+                                     LimitBehavior.REJECT else 1)}
+        heads = c.execute(Q["ready_head"], head_args).fetchall()[allowed:]
+        if not heads:
+            return
+        if account.limit_behavior == LimitBehavior.REJECT:
+            for seq, _ in heads:
+                self._fail(c, seq, account.tenant_id, "rate_limit_exceeded", 429, int(now))
+                limited.append(RateLimited(account.tenant_id, account.id, deferred=False))
+            return
+        if allowed > 0 or budget.free_at is None:
+            return  # only in-flight reservations block: their outcome decides
+        seq = heads[0][0]
+        until = budget.free_at
+        c.execute(Q["defer_rate_limited"], {"until": until, "now": now, "seq": seq})
+        c.execute(Q["insert_event"], (seq, account.tenant_id, "deferred", int(now), "rate_limit",
+                                      rows.dumps({"next_attempt_ts": until})))
+        blocked[account.key] = until
+        limited.append(RateLimited(account.tenant_id, account.id, deferred=True))
+
+    def _fail(
+        self, c: sqlite3.Connection, seq: int, tenant_id: str, error: str, code: int | None,
+        now: int,
+    ) -> None:
+        c.execute(Q["fail_message"], {"status": "error", "error": error, "now_int": now,
+                                      "now": float(now), "seq": seq})
+        c.execute(Q["insert_event"], (seq, tenant_id, "error", now, error,
+                                      rows.dumps({"error_code": code})))
+
+    async def record(
+        self, owner: str, results: Sequence[tuple[Claimed, Outcome]], now: float
+    ) -> list[bool]:
+        """Commit outcomes of leases still owned (fencing); False where the lease was lost."""
+        return await self._write(lambda c: [self._record_one(c, owner, m, o, now)
+                                            for m, o in results])
+
+    def _record_one(
+        self, c: sqlite3.Connection, owner: str, m: Claimed, outcome: Outcome, now: float
+    ) -> bool:
+        now_int = int(now)
+        base = {"owner": owner, "seq": m.seq, "now": now, "now_int": now_int}
+        if isinstance(outcome, Sent):
+            done = c.execute(Q["finish_sent"], base).rowcount
+            if done:
+                for scope in m.rate_scopes:
+                    c.execute(Q["add_rate_send"], (scope, now_int))
+        elif isinstance(outcome, Deferred):
+            queued = 1 if outcome.next_ts <= now_int else 2
+            done = c.execute(Q["finish_deferred"], {**base, "queued": queued,
+                                                    "next_ts": outcome.next_ts,
+                                                    "retry_count": outcome.retry_count}).rowcount
+        else:
+            assert isinstance(outcome, Failed)
+            status = "suppressed" if outcome.suppressed else "error"
+            done = c.execute(Q["finish_failed"], {**base, "status": status,
+                                                  "error": outcome.error}).rowcount
+        if not done:
+            return False
+        event_type, description, metadata = rows.outcome_event(outcome, now_int)
+        c.execute(Q["insert_event"], (m.seq, m.tenant_id, event_type, now_int, description,
+                                      rows.dumps(metadata)))
+        return True
+
+    async def renew(self, owner: str, claimed: Sequence[Claimed], until: float) -> None:
+        args = [(until, m.seq, owner) for m in claimed]
+        await self._write(lambda c: c.executemany(Q["renew"], args))
+
+    async def release(self, owner: str, claimed: Sequence[Claimed], now: float) -> None:
+        """Give unfinished claims back to the queue without counting a try (clean shutdown)."""
+        args = [(now, m.seq, owner) for m in claimed]
+        await self._write(lambda c: c.executemany(Q["release"], args))
+
+    async def recover(self, now: float, retry_max: int, *, all_sending: bool) -> int:
+        """Return lost claims to the queue, counting a try; give up after retry_max."""
+
+        def op(c: sqlite3.Connection) -> int:
+            found = (c.execute(Q["all_sending"]).fetchall() if all_sending
+                     else c.execute(Q["expired_leases"], (now,)).fetchall())
+            for seq, tenant_id, _account, _client, retry_count, _deferred in found:
+                if retry_count + 1 > retry_max:
+                    self._fail(c, seq, tenant_id,
+                               f"worker lost the message {retry_count + 1} times", None, int(now))
+                else:
+                    c.execute(Q["requeue_lost"], (now, seq))
+            return len(found)
+
+        return await self._write(op)
+
+    async def prune(self, now: float) -> None:
+        await self._write(lambda c: c.execute(Q["prune_rate_sends"], (int(now) - 86400,)))

@@ -1,0 +1,346 @@
+"""Dispatcher: claim -> compose -> send -> record. Owns its tasks and its shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import email.utils
+import logging
+import random
+import socket
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+from mailproxy import compose, intake
+from mailproxy.addresses import needs_smtputf8, split_address
+from mailproxy.errors import PermanentFailure, RecipientFailure, StoreError, TemporaryFailure
+from mailproxy.model import Account, Claimed, Deferred, Failed, Outcome, Sent
+from mailproxy.policy import RetryPolicy, retry_error_text
+from mailproxy.service import Clock, Store
+
+log = logging.getLogger("mailproxy.worker")
+
+CONTROL_HEADERS = ("x-mail-proxy-priority", "x-mail-proxy-batch", "x-mail-proxy-deferred-ts")
+ACCOUNT_CACHE_SECONDS = 10.0
+
+
+class Sender(Protocol):
+    async def send(
+        self, account: Account, sender: str, recipients: Sequence[str], data: bytes, *,
+        smtputf8: bool = False, eightbit: bool = False,
+    ) -> tuple[RecipientFailure, ...]: ...
+
+    def discard(self, tenant_id: str, account_id: str) -> None: ...
+
+
+class Observer(Protocol):
+    """Receives what the worker decides; metrics implement it."""
+
+    def outcome(self, message: Claimed, outcome: Outcome, now: float) -> None: ...
+
+    def rate_limited(self, tenant_id: str, account_id: str, deferred: bool) -> None: ...
+
+    def smtp_seconds(self, outcome: str, seconds: float) -> None: ...
+
+
+class NullObserver:
+    def outcome(self, message: Claimed, outcome: Outcome, now: float) -> None:
+        return None
+
+    def rate_limited(self, tenant_id: str, account_id: str, deferred: bool) -> None:
+        return None
+
+    def smtp_seconds(self, outcome: str, seconds: float) -> None:
+        return None
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerSettings:
+    owner: str
+    concurrency: int = 10
+    per_account: int = 3
+    loop_interval: float = 0.5
+    lease_seconds: float = 300
+    renew_seconds: float = 60
+    retry: RetryPolicy = RetryPolicy()
+    genro_header: bool = True
+    bounce_return_path: str | None = None
+
+
+class Worker:
+    def __init__(
+        self, store: Store, sender: Sender, clock: Clock, settings: WorkerSettings,
+        observer: Observer | None = None,
+    ) -> None:
+        self._store = store
+        self._sender = sender
+        self._clock = clock
+        self._s = settings
+        self._observer = observer or NullObserver()
+        self._wake = asyncio.Event()
+        self._slot_free = asyncio.Event()
+        self._stopping = False
+        self._inflight: dict[str, Claimed] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._global = asyncio.Semaphore(settings.concurrency)
+        self._per_account: dict[tuple[str, str], asyncio.Semaphore] = {}
+        self._accounts: dict[tuple[str, str], tuple[float, Account | None]] = {}
+        self._blocked: dict[tuple[str, str], int] = {}
+        self._hostname = socket.getfqdn() or "localhost"
+        self._runner: asyncio.Task[None] | None = None
+        self._renewer: asyncio.Task[None] | None = None
+        self.active = False
+
+    # -- control -----------------------------------------------------------------------------
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    def account_changed(self, tenant_id: str, account_id: str) -> None:
+        self._accounts.pop((tenant_id, account_id), None)
+        self._blocked.pop((tenant_id, account_id), None)
+        self._sender.discard(tenant_id, account_id)
+        self.wake()
+
+    def tenant_deleted(self, tenant_id: str) -> None:
+        for key in [k for k in self._accounts if k[0] == tenant_id]:
+            self.account_changed(*key)
+
+    async def start(self, *, recover_all: bool) -> None:
+        """Return lost claims to the queue, then run."""
+        await self._store.recover(self._clock.now(), self._s.retry.max_retries,
+                                  all_sending=recover_all)
+        self._runner = asyncio.create_task(self._run(), name="dispatch")
+        self._renewer = asyncio.create_task(self._renew_loop(), name="lease-renewal")
+        self.active = True
+
+    async def stop(self, grace: float) -> None:
+        """Stop claiming, let in-flight sends finish for `grace` s, release the rest."""
+        self._stopping = True
+        self.active = False
+        self.wake()
+        if self._runner is not None:
+            await self._runner
+        if self._tasks:
+            _done, pending = await asyncio.wait(set(self._tasks), timeout=grace)
+            for task in pending:
+                task.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
+        if self._renewer is not None:
+            self._renewer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._renewer
+        leftover = list(self._inflight.values())
+        if leftover:
+            with contextlib.suppress(StoreError):
+                await self._store.release(self._s.owner, leftover, self._clock.now())
+            self._inflight.clear()
+
+    # -- loops -------------------------------------------------------------------------------
+
+    async def _run(self) -> None:
+        while not self._stopping:
+            try:
+                productive = await self._cycle()
+            except StoreError as exc:
+                log.warning("dispatch cycle failed: %s", exc)
+                productive = False
+            except Exception:
+                log.exception("dispatch cycle failed")
+                productive = False
+            if self._stopping:
+                break
+            if productive and len(self._inflight) < self._capacity():
+                continue
+            await self._idle(productive)
+
+    def _capacity(self) -> int:
+        return self._s.concurrency * 4
+
+    async def _idle(self, productive: bool) -> None:
+        self._wake.clear()
+        self._slot_free.clear()
+        waiters = [asyncio.ensure_future(self._wake.wait())]
+        if productive:
+            waiters.append(asyncio.ensure_future(self._slot_free.wait()))
+        try:
+            await asyncio.wait(waiters, timeout=self._s.loop_interval,
+                               return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for w in waiters:
+                w.cancel()
+            await asyncio.gather(*waiters, return_exceptions=True)
+
+    async def _cycle(self) -> bool:
+        now = self._clock.now()
+        room = self._capacity() - len(self._inflight)
+        if room <= 0:
+            return True
+        self._blocked = {k: v for k, v in self._blocked.items() if v > now}
+        batch = await self._store.claim(self._s.owner, now, self._s.lease_seconds, room,
+                                        frozenset(self._blocked))
+        self._blocked.update(batch.blocked)
+        for limited in batch.rate_limited:
+            self._observer.rate_limited(limited.tenant_id, limited.account_id, limited.deferred)
+        for message in batch.messages:
+            self._inflight[message.pk] = message
+            task = asyncio.create_task(self._deliver(message))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+        return bool(batch.messages)
+
+    async def _renew_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self._s.renew_seconds)
+            now = self._clock.now()
+            try:
+                if self._inflight:
+                    await self._store.renew(self._s.owner, list(self._inflight.values()),
+                                            now + self._s.lease_seconds)
+                await self._store.recover(now, self._s.retry.max_retries, all_sending=False)
+                await self._store.prune(now)
+            except StoreError as exc:
+                log.warning("lease renewal failed: %s", exc)
+
+    # -- one message -------------------------------------------------------------------------
+
+    async def _deliver(self, message: Claimed) -> None:
+        key = (message.tenant_id, message.account_id)
+        account_sem = self._per_account.setdefault(key, asyncio.Semaphore(self._s.per_account))
+        try:
+            async with account_sem, self._global:
+                outcome = await self._attempt(message)
+            await self._record(message, outcome)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("delivery of %s failed unexpectedly", message.pk)
+        finally:
+            self._slot_free.set()
+
+    async def _record(self, message: Claimed, outcome: Outcome) -> None:
+        now = self._clock.now()
+        for attempt in range(5):
+            try:
+                applied = await self._store.record(self._s.owner, [(message, outcome)], now)
+                break
+            except StoreError as exc:
+                log.warning("recording outcome of %s failed (%s); retrying", message.pk, exc)
+                await asyncio.sleep(min(5.0, 0.2 * 2**attempt))
+        else:
+            self._inflight.pop(message.pk, None)
+            return  # the lease expires and the message is tried again
+        self._inflight.pop(message.pk, None)
+        if applied[0]:
+            self._observer.outcome(message, outcome, now)
+
+    async def _account(self, tenant_id: str, account_id: str) -> Account | None:
+        key = (tenant_id, account_id)
+        cached = self._accounts.get(key)
+        now = self._clock.now()
+        if cached is not None and now - cached[0] < ACCOUNT_CACHE_SECONDS:
+            return cached[1]
+        account = await self._store.get_account(tenant_id, account_id)
+        self._accounts[key] = (now, account)
+        return account
+
+    async def _attempt(self, message: Claimed) -> Outcome:
+        account = await self._account(message.tenant_id, message.account_id)
+        if account is None:
+            return Failed("account deleted")
+        try:
+            sender, recipients, data = self._build(message)
+        except intake.Rejected as exc:
+            return Failed(str(exc))
+        utf8 = needs_smtputf8(sender) or any(needs_smtputf8(r) for r in recipients)
+        started = asyncio.get_running_loop().time()
+        try:
+            refused = await self._sender.send(account, sender, recipients, data, smtputf8=utf8)
+        except TemporaryFailure as exc:
+            self._observer.smtp_seconds("temporary", asyncio.get_running_loop().time() - started)
+            return self._temporary(message, str(exc))
+        except PermanentFailure as exc:
+            self._observer.smtp_seconds("permanent", asyncio.get_running_loop().time() - started)
+            return Failed(str(exc), exc.code)
+        self._observer.smtp_seconds("sent", asyncio.get_running_loop().time() - started)
+        failed = tuple(
+            {"address": r.address, "code": r.code, "reason": r.reason} for r in refused
+        )
+        return Sent(failed_recipients=failed)
+
+    def _temporary(self, message: Claimed, error: str) -> Outcome:
+        retry = self._s.retry
+        if retry.exhausted(message.retry_count):
+            return Failed(retry_error_text(retry.max_retries, error))
+        count = message.retry_count + 1
+        delay = retry.delay(count, random.Random())
+        return Deferred(reason=error, next_ts=int(self._clock.now()) + delay, retry_count=count)
+
+    def _build(self, message: Claimed) -> tuple[str, list[str], bytes]:
+        payload = message.payload
+        if message.raw is not None:
+            return self._build_raw(message)
+        content = intake.content_of(payload)
+        sender = _addr(content.return_path or self._s.bounce_return_path or content.from_addr)
+        recipients = [_addr(a) for a in content.recipients]
+        data = compose.build_message(
+            content, pk=message.pk, client_id=message.id, date_ts=message.date_ts,
+            attachments=[_fetch_inline(a) for a in content.attachments],
+            genro_header=self._s.genro_header, hostname=self._hostname,
+        )
+        return sender, recipients, data
+
+    def _build_raw(self, message: Claimed) -> tuple[str, list[str], bytes]:
+        payload = message.payload
+        raw = message.raw
+        assert raw is not None
+        if message.envelope_from is not None:
+            sender = message.envelope_from
+            recipients = list(payload.get("to") or [])
+            strip: Sequence[str] = CONTROL_HEADERS
+        else:
+            from_item = payload.get("from") or payload.get("from_addr") or ""
+            sender = _addr(payload.get("return_path") or self._s.bounce_return_path or from_item)
+            recipients = [
+                _addr(a) for key in ("to", "cc", "bcc")
+                for a in _address_items(payload.get(key))
+            ]
+            strip = ()
+        from_domain = sender.rpartition("@")[2] or None
+        data = compose.prepare_raw(
+            raw, pk=message.pk, client_id=message.id, date_ts=message.date_ts,
+            from_domain=from_domain, genro_header=self._s.genro_header,
+            hostname=self._hostname, strip_headers=strip,
+        )
+        return sender, recipients, data
+
+
+def _address_items(value: object) -> list[str]:
+    from mailproxy.addresses import parse_address_list
+
+    if value is None:
+        return []
+    if isinstance(value, str | list):
+        return parse_address_list(value)
+    return []
+
+
+def _addr(item: str) -> str:
+    """The addr-spec of an address item (display name dropped)."""
+    try:
+        return split_address(item)[1]
+    except ValueError:
+        return email.utils.parseaddr(item)[1]
+
+
+def _fetch_inline(attachment: intake.Attachment) -> tuple[str, str, bytes]:
+    """Attachment content for the modes that need no network (base64, filesystem)."""
+    import mimetypes
+
+    if attachment.fetch_mode != "base64":
+        raise intake.Rejected(f"invalid attachment: fetch_mode {attachment.fetch_mode} "
+                              "is not available on this instance")
+    data = intake.decode_base64(attachment.storage_path)
+    mime = attachment.mime_type or mimetypes.guess_type(attachment.filename)[0]
+    return attachment.filename, mime or "application/octet-stream", data
