@@ -89,7 +89,7 @@ def _headers(value: Mapping[str, Any] | None) -> tuple[tuple[str, str], ...]:
             raise Rejected(f"invalid header: {name}")
         if raw is None or name.lower() in IGNORED_HEADERS:
             continue
-        text = raw if isinstance(raw, str) else str(raw).lower() if isinstance(raw, bool) else str(raw)
+        text = raw if isinstance(raw, str) else str(raw)
         _no_newline(name, text)
         out = [(n, v) for n, v in out if n.lower() != name.lower()]
         out.append((name, text))

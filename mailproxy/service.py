@@ -11,8 +11,8 @@ from mailproxy import intake
 from mailproxy.errors import Forbidden, InvalidRequest, NotFound, Unauthorized
 from mailproxy.model import (
     Account,
-    Claimed,
     ClaimBatch,
+    Claimed,
     ClientAuth,
     LimitBehavior,
     NewMessage,
@@ -243,9 +243,8 @@ class MailService:
     async def update_tenant(self, caller: Caller, tenant_id: str, body: Mapping[str, Any]
                             ) -> None:
         """PUT /tenant/{id}: partial update."""
-        if not caller.admin:
-            if any(name in body for name in ADMIN_ONLY_TENANT_FIELDS):
-                raise Forbidden("Admin token required")
+        if not caller.admin and any(name in body for name in ADMIN_ONLY_TENANT_FIELDS):
+            raise Forbidden("Admin token required")
         tenant = await self.tenant_in_scope(caller, tenant_id)
         changes = {k: v for k, v in body.items() if k in TENANT_FIELDS}
         updated = apply_tenant_fields(tenant, changes, admin=caller.admin, full_replace=False)

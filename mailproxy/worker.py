@@ -9,13 +9,13 @@ import logging
 import random
 import socket
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
 from mailproxy import compose, intake
 from mailproxy.addresses import needs_smtputf8, split_address
 from mailproxy.errors import PermanentFailure, RecipientFailure, StoreError, TemporaryFailure
-from mailproxy.model import Account, Claimed, Deferred, Failed, Outcome, Sent
+from mailproxy.model import Account, Attachment, Claimed, Deferred, Failed, Outcome, Sent
 from mailproxy.policy import RetryPolicy, retry_error_text
 from mailproxy.service import Clock, Store
 
@@ -63,7 +63,7 @@ class WorkerSettings:
     loop_interval: float = 0.5
     lease_seconds: float = 300
     renew_seconds: float = 60
-    retry: RetryPolicy = RetryPolicy()
+    retry: RetryPolicy = field(default_factory=RetryPolicy)
     genro_header: bool = True
     bounce_return_path: str | None = None
 
@@ -334,7 +334,7 @@ def _addr(item: str) -> str:
         return email.utils.parseaddr(item)[1]
 
 
-def _fetch_inline(attachment: intake.Attachment) -> tuple[str, str, bytes]:
+def _fetch_inline(attachment: Attachment) -> tuple[str, str, bytes]:
     """Attachment content for the modes that need no network (base64, filesystem)."""
     import mimetypes
 

@@ -62,26 +62,23 @@ def _error(status: int, detail: Any, headers: Mapping[str, str] | None = None) -
     return response
 
 
+_STATUS_OF: dict[type[Exception], int] = {
+    Unauthorized: 401, Forbidden: 403, NotFound: 404, InvalidRequest: 400,
+}
+
+
 @web.middleware
 async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Every failure becomes a JSON error; no traceback ever reaches a client."""
     try:
         return await handler(request)
-    except Unauthorized as exc:
-        return _error(401, str(exc))
-    except Forbidden as exc:
-        return _error(403, str(exc))
-    except NotFound as exc:
-        return _error(404, str(exc))
-    except InvalidRequest as exc:
-        return _error(400, str(exc))
     except Unprocessable as exc:
         return _error(422, exc.detail)
     except StoreError as exc:
         log.error("storage failure on %s %s: %s", request.method, request.path, exc)
         return _error(503, "storage unavailable, nothing was changed; retry later")
     except MailProxyError as exc:
-        return _error(400, str(exc))
+        return _error(_STATUS_OF.get(type(exc), 400), str(exc))
     except web.HTTPRequestEntityTooLarge:
         return _error(413, "Request body too large")
     except web.HTTPMethodNotAllowed as exc:

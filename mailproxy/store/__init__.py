@@ -19,7 +19,8 @@ def open_store(settings: Settings, cipher: Cipher) -> Store:
             from mailproxy.store.postgres import PostgresStore
         except ImportError as exc:
             raise ConfigError(f"PostgreSQL support is not available: {exc}") from None
-        return PostgresStore(settings.db_path, cipher, pool_size=settings.db_pool_size)
+        store: Store = PostgresStore(settings.db_path, cipher, pool_size=settings.db_pool_size)
+        return store
     from mailproxy.store.sqlite import SqliteStore
 
     return SqliteStore(settings.db_path, cipher, synchronous=settings.sqlite_synchronous)

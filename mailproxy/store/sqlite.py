@@ -27,8 +27,8 @@ from mailproxy import policy
 from mailproxy.errors import StoreError
 from mailproxy.model import (
     Account,
-    Claimed,
     ClaimBatch,
+    Claimed,
     Deferred,
     Failed,
     LimitBehavior,
