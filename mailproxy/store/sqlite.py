@@ -52,7 +52,11 @@ class _Busy(Exception):
 
 
 class SqliteStore:
-    """The Store on one SQLite file, owned by one process (a lock file enforces it)."""
+    """The Store on one SQLite file, owned by one process (a lock file enforces it).
+
+    With the path ":memory:" it is the in-memory store of the unit tests: the same code and
+    SQL on a private database, so the fake can never drift from the real thing.
+    """
 
     def __init__(self, path: str, cipher: rows.Cipher, *, synchronous: str = "FULL") -> None:
         self._path = path
@@ -76,7 +80,13 @@ class SqliteStore:
         loop = asyncio.get_running_loop()
         self._wconn = await loop.run_in_executor(self._writer, self._connect, False)
         await loop.run_in_executor(self._writer, self._migrate)
-        self._rconn = await loop.run_in_executor(self._reader, self._connect, True)
+        if self._path == ":memory:":
+            # One private database: reads share the writer's connection and thread.
+            self._reader.shutdown()
+            self._reader = self._writer
+            self._rconn = self._wconn
+        else:
+            self._rconn = await loop.run_in_executor(self._reader, self._connect, True)
 
     def _take_lock(self) -> None:
         fd = os.open(self._path + ".lock", os.O_RDWR | os.O_CREAT, 0o600)
@@ -123,6 +133,8 @@ class SqliteStore:
             with contextlib.suppress(Exception):
                 await self._flush_task
         loop = asyncio.get_running_loop()
+        if self._rconn is self._wconn:
+            self._rconn = None
         if self._wconn is not None:
             await loop.run_in_executor(self._writer, self._wconn.close)
             self._wconn = None
