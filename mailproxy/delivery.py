@@ -1,0 +1,520 @@
+"""SMTP delivery: a per-account pool of aiosmtplib connections.
+
+Connections are keyed by (tenant_id, account_id) and never shared between accounts, so an
+authenticated connection only ever carries its own account's mail (contract §9.6). Every
+driver exception is translated here into TemporaryFailure or PermanentFailure (§9.4); nothing
+from aiosmtplib or the socket layer leaves this module.
+
+The reuse path is kept to MAIL/RCPT/DATA: a connection used less than a second ago is trusted,
+one idle for longer is checked with NOOP first.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import socket
+import ssl
+from collections.abc import Sequence
+
+import aiosmtplib
+
+from mailproxy.errors import DeliveryError, PermanentFailure, RecipientFailure, TemporaryFailure
+from mailproxy.model import Account
+from mailproxy.policy import smtp_code_text
+
+log = logging.getLogger(__name__)
+
+IMPLICIT_TLS_PORT = 465
+NOOP_AFTER_IDLE = 1.0
+NOOP_TIMEOUT = 5.0
+RSET_TIMEOUT = 5.0
+QUIT_TIMEOUT = 2.0
+
+_LINE_ENDS = re.compile(rb"\r\n|\r|\n")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+_LOST_TLS = (ssl.SSLEOFError, ssl.SSLZeroReturnError)
+
+ConnParams = tuple[str, int, str | None, str | None, bool | None]
+
+
+def _params(account: Account) -> ConnParams:
+    """What a connection depends on; a change means the old connections are wrong."""
+    return (account.host, account.port, account.user, account.password, account.use_tls)
+
+
+def _has_credentials(account: Account) -> bool:
+    return bool(account.user) and bool(account.password)
+
+
+def _normalise(data: bytes) -> bytes:
+    """CRLF line ends and a final CRLF, as transmitted; makes SIZE exact."""
+    data = _LINE_ENDS.sub(b"\r\n", data)
+    return data if data.endswith(b"\r\n") else data + b"\r\n"
+
+
+def _check_addresses(sender: str, recipients: Sequence[str], smtputf8: bool) -> None:
+    if not recipients:
+        raise PermanentFailure("no recipients")
+    for address in (sender, *recipients):
+        if _CONTROL.search(address) or (not smtputf8 and not address.isascii()):
+            raise PermanentFailure(f"invalid address {address!r}")
+
+
+def _reply_failure(code: int, message: str) -> DeliveryError:
+    """4xx and unrecognised replies are worth a retry; 5xx are not."""
+    text = smtp_code_text(code, message)
+    if 500 <= code < 600:
+        return PermanentFailure(text, code=code)
+    return TemporaryFailure(text, code=code if code > 0 else None)
+
+
+def _all_refused(refused: Sequence[RecipientFailure]) -> DeliveryError:
+    """No recipient accepted: temporary if any refusal was 4xx, else permanent."""
+    temporary = [r for r in refused if r.code is not None and 400 <= r.code < 500]
+    first = temporary[0] if temporary else refused[0]
+    text = smtp_code_text(first.code, first.reason)
+    kind = TemporaryFailure if temporary else PermanentFailure
+    return kind(text, code=first.code, recipients=tuple(refused))
+
+
+def _tls_error(exc: BaseException) -> ssl.SSLError | None:
+    """The TLS or certificate error behind `exc`, if any (aiosmtplib wraps them)."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        if isinstance(current, ssl.SSLError) and not isinstance(current, _LOST_TLS):
+            return current
+        seen.add(id(current))
+        current = current.__cause__ or current.__context__
+    return None
+
+
+def _failure(exc: Exception, where: str) -> DeliveryError:
+    """Classify a driver exception (contract §9.4)."""
+    if isinstance(exc, DeliveryError):
+        return exc
+    if isinstance(exc, aiosmtplib.SMTPResponseException):
+        return _reply_failure(exc.code, exc.message)
+    tls = _tls_error(exc)
+    if isinstance(tls, ssl.SSLCertVerificationError):
+        return PermanentFailure(f"TLS certificate rejected {where}: {tls.verify_message}")
+    if tls is not None:
+        return PermanentFailure(f"TLS error {where}: {tls.reason or tls}")
+    if isinstance(exc, TimeoutError):
+        return TemporaryFailure(f"timed out {where}")
+    if isinstance(exc, aiosmtplib.SMTPConnectError):
+        return TemporaryFailure(" ".join(exc.message.split()))
+    if isinstance(exc, ConnectionError | aiosmtplib.SMTPServerDisconnected):
+        return TemporaryFailure(f"connection lost {where}")
+    if isinstance(exc, OSError):
+        return TemporaryFailure(f"network error {where}: {exc}")
+    return TemporaryFailure(f"unexpected error {where}: {type(exc).__name__}: {exc}")
+
+
+def _abort(smtp: aiosmtplib.SMTP) -> None:
+    """Close at once, without QUIT; the socket is released on the next loop iteration."""
+    transport = smtp.transport
+    if isinstance(transport, asyncio.Transport):
+        transport.abort()
+    smtp.close()
+
+
+async def _hello(smtp: aiosmtplib.SMTP) -> None:
+    try:
+        await smtp.ehlo()
+    except aiosmtplib.SMTPHeloError as exc:
+        if not (500 <= exc.code < 600 and smtp.is_connected):
+            raise
+        await smtp.helo()
+
+
+async def _login(smtp: aiosmtplib.SMTP, account: Account) -> None:
+    assert account.user is not None and account.password is not None
+    if not smtp.supports_extension("auth"):
+        raise PermanentFailure("relay does not offer AUTH")
+    if not smtp.supported_auth_methods:
+        raise PermanentFailure("relay offers no supported AUTH mechanism")
+    await smtp.login(account.user, account.password)
+
+
+class _Conn:
+    """One pooled connection and what its relay advertised."""
+
+    __slots__ = ("broken", "eightbit", "last_used", "size", "smtp", "smtputf8", "uses")
+
+    def __init__(self, smtp: aiosmtplib.SMTP, now: float) -> None:
+        self.smtp = smtp
+        self.last_used = now
+        self.uses = 0
+        self.broken = False
+        self.smtputf8 = smtp.supports_extension("smtputf8")
+        self.eightbit = smtp.supports_extension("8bitmime")
+        self.size = smtp.supports_extension("size")
+
+
+class _AccountPool:
+    """Connections of one account: idle ones (oldest first) and a bound on the total."""
+
+    __slots__ = ("account", "busy", "idle", "params", "retired", "slots", "sweeper")
+
+    def __init__(self, account: Account, size: int) -> None:
+        self.account = account
+        self.params = _params(account)
+        self.idle: list[_Conn] = []
+        self.busy: set[_Conn] = set()
+        self.slots = asyncio.Semaphore(size)
+        self.retired = False
+        self.sweeper: asyncio.TimerHandle | None = None
+
+    def retire(self) -> list[_Conn]:
+        """Stop reusing; hand back the idle connections. Busy ones close on release."""
+        self.retired = True
+        if self.sweeper is not None:
+            self.sweeper.cancel()
+            self.sweeper = None
+        idle, self.idle = self.idle, []
+        return idle
+
+
+class SmtpPool:
+    """Sends messages over pooled SMTP connections, one pool per account."""
+
+    def __init__(
+        self,
+        *,
+        pool_size: int = 5,
+        pool_wait: float = 30,
+        connect_timeout: float = 15,
+        send_timeout: float = 30,
+        tls_verify: bool = True,
+        local_hostname: str | None = None,
+    ) -> None:
+        self._pool_size = max(1, pool_size)
+        self._pool_wait = pool_wait
+        self._connect_timeout = connect_timeout
+        self._send_timeout = send_timeout
+        self._tls_verify = tls_verify
+        self._local_hostname = local_hostname
+        self._tls_context: ssl.SSLContext | None = None
+        self._pools: dict[tuple[str, str], _AccountPool] = {}
+        self._closed = False
+
+    # -- public API -------------------------------------------------------------------------
+
+    async def send(
+        self,
+        account: Account,
+        sender: str,
+        recipients: Sequence[str],
+        data: bytes,
+        *,
+        smtputf8: bool = False,
+        eightbit: bool = False,
+    ) -> tuple[RecipientFailure, ...]:
+        """Send one message; return the refused recipients when only some were refused.
+
+        Raises TemporaryFailure or PermanentFailure, with per-recipient detail when every
+        recipient was refused.
+        """
+        _check_addresses(sender, recipients, smtputf8)
+        payload = _normalise(data)
+        retried = False
+        while True:
+            pool, conn = await self._acquire(account)
+            try:
+                return await self._deliver(conn, sender, recipients, payload, smtputf8, eightbit)
+            except _StaleConnection as stale:
+                # A reused connection died before the relay answered anything: nothing was
+                # accepted, so one more try on another connection is safe.
+                if retried:
+                    raise stale.failure from None
+                retried = True
+            finally:
+                self._release(pool, conn)
+
+    def discard(self, tenant_id: str, account_id: str) -> None:
+        """Forget an account's connections (account updated or deleted)."""
+        pool = self._pools.pop((tenant_id, account_id), None)
+        if pool is not None:
+            for conn in pool.retire():
+                _abort(conn.smtp)
+
+    async def close(self) -> None:
+        """Close every connection: QUIT the idle ones, abort those still in use."""
+        self._closed = True
+        pools = list(self._pools.values())
+        self._pools.clear()
+        idle: list[_Conn] = []
+        for pool in pools:
+            idle.extend(pool.retire())
+            for conn in list(pool.busy):
+                conn.broken = True
+                _abort(conn.smtp)
+        await asyncio.gather(*(self._quit(conn) for conn in idle))
+        # Let the transports run their connection_lost callbacks before the caller moves on.
+        await asyncio.sleep(0)
+
+    # -- pool -------------------------------------------------------------------------------
+
+    def _pool_for(self, account: Account) -> _AccountPool:
+        key = (account.tenant_id, account.id)
+        pool = self._pools.get(key)
+        if pool is not None and (pool.account is account or pool.params == _params(account)):
+            return pool
+        if pool is not None:
+            self.discard(*key)
+        pool = _AccountPool(account, self._pool_size)
+        self._pools[key] = pool
+        return pool
+
+    async def _acquire(self, account: Account) -> tuple[_AccountPool, _Conn]:
+        while True:
+            if self._closed:
+                raise TemporaryFailure("delivery is shutting down")
+            pool = self._pool_for(account)
+            await self._take_slot(pool)
+            if pool.retired:
+                pool.slots.release()
+                continue
+            try:
+                conn = await self._checkout(pool)
+            except BaseException:
+                pool.slots.release()
+                raise
+            pool.busy.add(conn)
+            return pool, conn
+
+    async def _take_slot(self, pool: _AccountPool) -> None:
+        if not pool.slots.locked():
+            await pool.slots.acquire()
+            return
+        try:
+            async with asyncio.timeout(self._pool_wait):
+                await pool.slots.acquire()
+        except TimeoutError:
+            raise TemporaryFailure("timed out waiting for a free relay connection") from None
+
+    async def _checkout(self, pool: _AccountPool) -> _Conn:
+        """The most recently used live idle connection, or a new one."""
+        now = asyncio.get_running_loop().time()
+        while pool.idle:
+            conn = pool.idle.pop()
+            idle_for = now - conn.last_used
+            if not conn.smtp.is_connected or idle_for > pool.account.ttl:
+                _abort(conn.smtp)
+                continue
+            if idle_for > NOOP_AFTER_IDLE and not await self._alive(conn):
+                continue
+            conn.uses += 1
+            return conn
+        return await self._open(pool.account)
+
+    def _release(self, pool: _AccountPool, conn: _Conn) -> None:
+        pool.busy.discard(conn)
+        keep = not (conn.broken or pool.retired) and pool.account.ttl > 0
+        if keep and conn.smtp.is_connected:
+            loop = asyncio.get_running_loop()
+            conn.last_used = loop.time()
+            pool.idle.append(conn)
+            if pool.sweeper is None:
+                pool.sweeper = loop.call_at(conn.last_used + pool.account.ttl, self._sweep, pool)
+        else:
+            _abort(conn.smtp)
+        pool.slots.release()
+
+    def _sweep(self, pool: _AccountPool) -> None:
+        """Close idle connections unused for longer than the account ttl."""
+        pool.sweeper = None
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() - pool.account.ttl
+        while pool.idle and pool.idle[0].last_used <= deadline:
+            _abort(pool.idle.pop(0).smtp)
+        if pool.idle and not pool.retired:
+            when = pool.idle[0].last_used + pool.account.ttl
+            pool.sweeper = loop.call_at(when, self._sweep, pool)
+
+    @staticmethod
+    async def _alive(conn: _Conn) -> bool:
+        try:
+            async with asyncio.timeout(NOOP_TIMEOUT):
+                await conn.smtp.noop()
+        except Exception:
+            _abort(conn.smtp)
+            return False
+        return True
+
+    @staticmethod
+    async def _quit(conn: _Conn) -> None:
+        transport = conn.smtp.transport
+        try:
+            async with asyncio.timeout(QUIT_TIMEOUT):
+                await conn.smtp.quit()
+        except Exception:
+            log.debug("QUIT failed; closing anyway", exc_info=True)
+        if isinstance(transport, asyncio.Transport):
+            transport.abort()
+        conn.smtp.close()
+
+    # -- connecting -------------------------------------------------------------------------
+
+    async def _open(self, account: Account) -> _Conn:
+        """Connect, secure and log in within connect_timeout (contract §9.6)."""
+        implicit = account.use_tls is not False and account.port == IMPLICIT_TLS_PORT
+        context = await self._context() if account.use_tls is not False else None
+        smtp = aiosmtplib.SMTP(
+            hostname=account.host,
+            port=account.port,
+            local_hostname=await self._hostname(),
+            timeout=None,
+            use_tls=implicit,
+            start_tls=False,
+            tls_context=context,
+        )
+        where = f"connecting to {account.host}:{account.port}"
+        try:
+            async with asyncio.timeout(self._connect_timeout):
+                await smtp.connect()
+                await _hello(smtp)
+                if context is not None and not implicit:
+                    await self._starttls(smtp, account, context)
+                if _has_credentials(account):
+                    await _login(smtp, account)
+        except Exception as exc:
+            _abort(smtp)
+            raise _failure(exc, where) from exc
+        except BaseException:
+            _abort(smtp)
+            raise
+        log.debug("connected to %s:%s for %s/%s", account.host, account.port, *account.key)
+        return _Conn(smtp, asyncio.get_running_loop().time())
+
+    @staticmethod
+    async def _starttls(smtp: aiosmtplib.SMTP, account: Account, context: ssl.SSLContext) -> None:
+        if not smtp.supports_extension("starttls"):
+            # use_tls None only upgrades when offered, but never logs in in clear text.
+            if account.use_tls or _has_credentials(account):
+                raise PermanentFailure("relay does not offer STARTTLS")
+            return
+        await smtp.starttls(tls_context=context)
+        await _hello(smtp)
+
+    async def _context(self) -> ssl.SSLContext:
+        if self._tls_context is None:
+            if self._tls_verify:
+                # Loading the system CA store blocks for a while: do it once, off the loop.
+                self._tls_context = await asyncio.to_thread(ssl.create_default_context)
+            else:
+                context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+                context.check_hostname = False
+                context.verify_mode = ssl.CERT_NONE
+                self._tls_context = context
+        return self._tls_context
+
+    async def _hostname(self) -> str:
+        if self._local_hostname is None:
+            name = await asyncio.to_thread(socket.getfqdn)
+            self._local_hostname = name if name.isascii() and name else "localhost"
+        return self._local_hostname
+
+    # -- one transaction --------------------------------------------------------------------
+
+    async def _deliver(
+        self,
+        conn: _Conn,
+        sender: str,
+        recipients: Sequence[str],
+        payload: bytes,
+        smtputf8: bool,
+        eightbit: bool,
+    ) -> tuple[RecipientFailure, ...]:
+        if smtputf8 and not conn.smtputf8:
+            raise PermanentFailure("relay does not support SMTPUTF8")
+        if eightbit and not conn.eightbit:
+            raise PermanentFailure("relay does not support 8BITMIME")
+        options = [f"SIZE={len(payload)}"] if conn.size else []
+        if eightbit:
+            options.append("BODY=8BITMIME")
+        if smtputf8:
+            options.append("SMTPUTF8")
+        progress = _Progress()
+        try:
+            return await self._transfer(conn, sender, recipients, payload, options, progress)
+        except DeliveryError:
+            await self._reset(conn, progress)
+            raise
+        except aiosmtplib.SMTPResponseException as exc:
+            await self._reset(conn, progress)
+            raise _reply_failure(exc.code, exc.message) from exc
+        except Exception as exc:
+            conn.broken = True
+            failure = _failure(exc, "sending to relay")
+            if conn.uses > 0 and progress.replies == 0 and isinstance(exc, ConnectionError):
+                raise _StaleConnection(failure) from exc
+            raise failure from exc
+        except BaseException:
+            conn.broken = True
+            raise
+
+    async def _transfer(
+        self,
+        conn: _Conn,
+        sender: str,
+        recipients: Sequence[str],
+        payload: bytes,
+        options: list[str],
+        progress: _Progress,
+    ) -> tuple[RecipientFailure, ...]:
+        smtp = conn.smtp
+        encoding = "utf-8" if "SMTPUTF8" in options else "ascii"
+        refused: list[RecipientFailure] = []
+        async with asyncio.timeout(self._send_timeout):
+            await smtp.mail(sender, options=options, encoding=encoding)
+            progress.replies += 1
+            progress.mail_accepted = True
+            for address in recipients:
+                try:
+                    await smtp.rcpt(address, encoding=encoding)
+                except aiosmtplib.SMTPRecipientRefused as exc:
+                    if not smtp.is_connected:  # 421: the relay is closing the session
+                        raise
+                    reason = " ".join(exc.message.split())
+                    refused.append(RecipientFailure(address, exc.code, reason))
+                progress.replies += 1
+            if len(refused) == len(recipients):
+                raise _all_refused(refused)
+            await smtp.data(payload)
+        progress.mail_accepted = False
+        return tuple(refused)
+
+    async def _reset(self, conn: _Conn, progress: _Progress) -> None:
+        """After a refusal the connection stays usable; RSET if a transaction is open."""
+        if not conn.smtp.is_connected:
+            conn.broken = True
+            return
+        if not progress.mail_accepted:
+            return
+        try:
+            async with asyncio.timeout(RSET_TIMEOUT):
+                await conn.smtp.rset()
+        except Exception:
+            conn.broken = True
+
+
+class _Progress:
+    """How far a transaction got, to decide on RSET and on a safe retry."""
+
+    __slots__ = ("mail_accepted", "replies")
+
+    def __init__(self) -> None:
+        self.replies = 0
+        self.mail_accepted = False
+
+
+class _StaleConnection(Exception):
+    """A reused connection failed before the relay answered anything."""
+
+    def __init__(self, failure: DeliveryError) -> None:
+        super().__init__(failure.message)
+        self.failure = failure
