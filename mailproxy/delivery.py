@@ -110,6 +110,7 @@ def _failure(exc: Exception, where: str) -> DeliveryError:
         return TemporaryFailure(f"connection lost {where}")
     if isinstance(exc, OSError):
         return TemporaryFailure(f"network error {where}: {exc}")
+    log.warning("unexpected error %s", where, exc_info=exc)
     return TemporaryFailure(f"unexpected error {where}: {type(exc).__name__}: {exc}")
 
 
@@ -261,7 +262,10 @@ class SmtpPool:
     def _pool_for(self, account: Account) -> _AccountPool:
         key = (account.tenant_id, account.id)
         pool = self._pools.get(key)
-        if pool is not None and (pool.account is account or pool.params == _params(account)):
+        if pool is not None and pool.account is account:
+            return pool
+        if pool is not None and pool.params == _params(account):
+            pool.account = account  # e.g. a new ttl; the connections still fit
             return pool
         if pool is not None:
             self.discard(*key)
@@ -381,6 +385,9 @@ class SmtpPool:
                     await self._starttls(smtp, account, context)
                 if _has_credentials(account):
                     await _login(smtp, account)
+        except DeliveryError:
+            _abort(smtp)
+            raise
         except Exception as exc:
             _abort(smtp)
             raise _failure(exc, where) from exc

@@ -210,6 +210,8 @@ def build(
             raise Rejected("account not found for tenant")
         if len(client_id) > 255:
             raise Rejected("invalid payload: id longer than 255 characters")
+        if any(ord(ch) < 32 or ord(ch) == 127 for ch in client_id):
+            raise Rejected("invalid payload: id contains control characters")
         if batch_code is not None and len(batch_code) > 64:
             raise Rejected("invalid payload: batch_code longer than 64 characters")
         content_of(item)

@@ -251,7 +251,7 @@ class Worker:
             return Failed("account deleted")
         try:
             sender, recipients, data = self._build(message)
-        except intake.Rejected as exc:
+        except (intake.Rejected, ValueError) as exc:
             return Failed(str(exc))
         utf8 = needs_smtputf8(sender) or any(needs_smtputf8(r) for r in recipients)
         started = asyncio.get_running_loop().time()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -11,6 +13,7 @@ from aiohttp.test_utils import TestClient
 
 from mailproxy.app import build, make_app
 from mailproxy.config import Settings, load_settings
+from mailproxy.service import Clock
 from tests.relay import Relay, make_relay, relay
 
 __all__ = ["make_relay", "relay"]
@@ -99,15 +102,37 @@ def message(i: int | str = 1, **fields: Any) -> dict[str, Any]:
 ApiFactory = Callable[..., Awaitable[Api]]
 
 
+class FakeClock:
+    """A clock the test moves by hand (time starts at the real now)."""
+
+    def __init__(self, start: float | None = None) -> None:
+        self.t = time.time() if start is None else start
+
+    def now(self) -> float:
+        return self.t
+
+    def advance(self, seconds: float) -> None:
+        self.t += seconds
+
+
+async def eventually(check: Callable[[], Awaitable[bool]], timeout: float = 5.0) -> None:
+    """Poll an async condition until it holds (for effects of background tasks)."""
+    deadline = time.monotonic() + timeout
+    while not await check():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not reached in time")
+        await asyncio.sleep(0.02)
+
+
 @pytest.fixture
 async def make_api(
     tmp_path: Path, aiohttp_client: Callable[..., Awaitable[TestClient[Any, Any]]]
 ) -> AsyncIterator[ApiFactory]:
     """make_api(**settings) -> an Api on a freshly built app (worker running)."""
 
-    async def factory(**overrides: Any) -> Api:
+    async def factory(clock: Clock | None = None, **overrides: Any) -> Api:
         settings = make_settings(tmp_path / "data", **overrides)
-        parts = await build(settings)
+        parts = await build(settings, clock=clock)
         client = await aiohttp_client(make_app(parts))
         api = Api(client)
         api.parts = parts  # type: ignore[attr-defined]

@@ -252,7 +252,11 @@ class Relay:
             port=self.port,
             ssl_context=self.server_context if self.implicit_tls else None,
         )
-        controller.start()
+        try:
+            controller.start()
+        except BaseException:
+            self._tmp.cleanup()
+            raise
         self._controller = controller
         self.connections = 0  # the Controller's own start-up probe is not a session
         return self

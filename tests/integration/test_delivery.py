@@ -1,0 +1,558 @@
+"""SmtpPool against a real aiosmtpd relay on loopback."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import time
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import pytest
+
+from mailproxy import delivery
+from mailproxy.delivery import SmtpPool
+from mailproxy.errors import PermanentFailure, RecipientFailure, TemporaryFailure
+from tests.relay import Relay  # the relay and make_relay fixtures come from tests/conftest.py
+
+MESSAGE = (
+    b"From: a@example.com\r\nTo: b@example.org\r\nSubject: hello\r\n\r\n"
+    b"line one\r\n.line starting with a dot\r\n\r\nlast line\r\n"
+)
+USER, PASSWORD = "user", "secret"
+
+PoolFactory = Callable[..., SmtpPool]
+
+
+@pytest.fixture
+async def make_pool() -> AsyncIterator[PoolFactory]:
+    pools: list[SmtpPool] = []
+
+    def factory(**options: Any) -> SmtpPool:
+        settings: dict[str, Any] = {
+            "pool_size": 2,
+            "pool_wait": 2,
+            "connect_timeout": 3,
+            "send_timeout": 3,
+            "tls_verify": False,
+            "local_hostname": "client.test",
+            **options,
+        }
+        pool = SmtpPool(**settings)
+        pools.append(pool)
+        return pool
+
+    yield factory
+    for pool in pools:
+        await pool.close()
+
+
+@pytest.fixture
+def pool(make_pool: PoolFactory) -> SmtpPool:
+    return make_pool()
+
+
+async def send(pool: SmtpPool, relay: Relay, **kwargs: Any) -> tuple[RecipientFailure, ...]:
+    account = kwargs.pop("account", None) or relay.account()
+    sender = kwargs.pop("sender", "a@example.com")
+    recipients = kwargs.pop("recipients", ["b@example.org"])
+    data = kwargs.pop("data", MESSAGE)
+    return await pool.send(account, sender, recipients, data, **kwargs)
+
+
+async def wait_until(condition: Callable[[], bool], timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "condition not reached"
+        await asyncio.sleep(0.01)
+
+
+# -- plain delivery and reuse ----------------------------------------------------------------
+
+
+async def test_plain_send_reaches_relay_byte_for_byte(relay: Relay, pool: SmtpPool) -> None:
+    refused = await send(pool, relay, recipients=["b@example.org", "c@example.net"])
+
+    assert refused == ()
+    [got] = await relay.wait_for(1)
+    assert got.mail_from == "a@example.com"
+    assert got.rcpt_tos == ("b@example.org", "c@example.net")
+    assert got.content == MESSAGE
+    assert got.mail_options == (f"SIZE={len(MESSAGE)}",)
+    assert not got.tls and got.login is None
+
+
+async def test_bare_line_feeds_are_sent_as_crlf(relay: Relay, pool: SmtpPool) -> None:
+    await send(pool, relay, data=b"Subject: x\n\nbody\nmore")
+
+    [got] = await relay.wait_for(1)
+    assert got.content == b"Subject: x\r\n\r\nbody\r\nmore\r\n"
+
+
+async def test_connection_is_reused_without_extra_round_trips(relay: Relay, pool: SmtpPool) -> None:
+    for _ in range(5):
+        await send(pool, relay)
+
+    await relay.wait_for(5)
+    assert relay.connections == 1
+    assert relay.commands["EHLO"] == 1
+    assert relay.commands["NOOP"] == 0
+    assert relay.commands["RSET"] == 0
+
+
+async def test_concurrent_sends_use_at_most_pool_size_connections(
+    relay: Relay, make_pool: PoolFactory
+) -> None:
+    pool = make_pool(pool_size=3)
+    await asyncio.gather(*(send(pool, relay) for _ in range(20)))
+
+    await relay.wait_for(20)
+    assert 1 <= relay.connections <= 3
+
+
+async def test_pool_is_never_shared_between_accounts(relay: Relay, pool: SmtpPool) -> None:
+    first = relay.account("t1", "a1", user="same")
+    second = relay.account("t1", "a2", user="same")
+    other_tenant = relay.account("t2", "a1", user="same")
+    for account in (first, second, other_tenant, first, second, other_tenant):
+        await send(pool, relay, account=account)
+
+    got = await relay.wait_for(6)
+    assert relay.connections == 3
+    conn_ids = [m.conn_id for m in got]
+    assert conn_ids[:3] == conn_ids[3:]
+    assert len(set(conn_ids)) == 3
+
+
+# -- refusals ------------------------------------------------------------------------------
+
+
+async def test_partial_refusal_returns_failed_recipients(relay: Relay, pool: SmtpPool) -> None:
+    relay.rcpt_replies["bad@example.org"] = "550 5.1.1   user\tunknown"
+
+    refused = await send(pool, relay, recipients=["bad@example.org", "ok@example.org"])
+
+    assert refused == (RecipientFailure("bad@example.org", 550, "5.1.1 user unknown"),)
+    [got] = await relay.wait_for(1)
+    assert got.rcpt_tos == ("ok@example.org",)
+
+
+async def test_all_refused_permanently(relay: Relay, pool: SmtpPool) -> None:
+    relay.rcpt_replies["x@example.org"] = "550 5.1.1 user unknown"
+    relay.rcpt_replies["y@example.org"] = "553 5.1.3 bad address"
+
+    with pytest.raises(PermanentFailure) as info:
+        await send(pool, relay, recipients=["x@example.org", "y@example.org"])
+
+    failure = info.value
+    assert failure.code == 550
+    assert str(failure) == "550 5.1.1 user unknown"
+    assert failure.recipients == (
+        RecipientFailure("x@example.org", 550, "5.1.1 user unknown"),
+        RecipientFailure("y@example.org", 553, "5.1.3 bad address"),
+    )
+    assert relay.commands["DATA"] == 0
+    assert relay.commands["RSET"] == 1
+    # the connection is still good
+    await send(pool, relay)
+    await relay.wait_for(1)
+    assert relay.connections == 1
+
+
+async def test_all_refused_with_one_4xx_is_temporary(relay: Relay, pool: SmtpPool) -> None:
+    relay.rcpt_replies["x@example.org"] = "550 5.1.1 user unknown"
+    relay.rcpt_replies["y@example.org"] = "452 4.2.2 mailbox full"
+
+    with pytest.raises(TemporaryFailure) as info:
+        await send(pool, relay, recipients=["x@example.org", "y@example.org"])
+
+    assert info.value.code == 452
+    assert str(info.value) == "452 4.2.2 mailbox full"
+    assert len(info.value.recipients) == 2
+
+
+async def test_451_at_data_is_temporary_and_connection_survives(
+    relay: Relay, pool: SmtpPool
+) -> None:
+    relay.replies["DATA"] = "451 4.3.0 try again later"
+
+    with pytest.raises(TemporaryFailure) as info:
+        await send(pool, relay)
+
+    assert info.value.code == 451
+    assert str(info.value) == "451 4.3.0 try again later"
+    assert info.value.recipients == ()
+    del relay.replies["DATA"]
+    await send(pool, relay)
+    await relay.wait_for(1)
+    assert relay.connections == 1
+
+
+async def test_550_at_mail_is_permanent(relay: Relay, pool: SmtpPool) -> None:
+    relay.replies["MAIL"] = "550 5.7.1 relaying denied"
+
+    with pytest.raises(PermanentFailure) as info:
+        await send(pool, relay)
+
+    assert info.value.code == 550
+    assert str(info.value) == "550 5.7.1 relaying denied"
+    assert relay.commands["RCPT"] == 0
+
+
+async def test_421_closes_the_connection_and_is_temporary(relay: Relay, pool: SmtpPool) -> None:
+    relay.replies["MAIL"] = "421 4.3.2 shutting down"
+
+    with pytest.raises(TemporaryFailure) as info:
+        await send(pool, relay)
+
+    assert info.value.code == 421
+    del relay.replies["MAIL"]
+    await send(pool, relay)
+    await relay.wait_for(1)
+    assert relay.connections == 2
+
+
+async def test_invalid_address_is_permanent_without_contacting_relay(
+    relay: Relay, pool: SmtpPool
+) -> None:
+    with pytest.raises(PermanentFailure):
+        await send(pool, relay, recipients=["evil@example.org\r\nRCPT TO:<x@y>"])
+    with pytest.raises(PermanentFailure):
+        await send(pool, relay, recipients=["jörg@example.org"])
+    assert relay.connections == 0
+
+
+# -- timeouts and broken connections -------------------------------------------------------
+
+
+async def test_stall_at_data_times_out_as_temporary(relay: Relay, make_pool: PoolFactory) -> None:
+    pool = make_pool(send_timeout=0.3)
+    relay.stalls["DATA"] = 30
+
+    started = time.monotonic()
+    with pytest.raises(TemporaryFailure) as info:
+        await send(pool, relay)
+
+    assert time.monotonic() - started < 2
+    assert info.value.code is None
+    assert "timed out" in str(info.value)
+    relay.stalls.clear()
+    await send(pool, relay)
+    await relay.wait_for(1)
+    assert relay.connections == 2
+
+
+async def test_connect_timeout_is_temporary(relay: Relay, make_pool: PoolFactory) -> None:
+    pool = make_pool(connect_timeout=0.3)
+    relay.stalls["EHLO"] = 30
+
+    with pytest.raises(TemporaryFailure, match="timed out connecting"):
+        await send(pool, relay)
+
+
+async def test_dropped_connection_after_data_is_temporary_and_next_send_works(
+    relay: Relay, pool: SmtpPool
+) -> None:
+    relay.drop.add("DATA")
+
+    with pytest.raises(TemporaryFailure) as info:
+        await send(pool, relay)
+
+    assert info.value.code is None
+    relay.drop.clear()
+    await send(pool, relay)
+    await relay.wait_for(1)
+    assert relay.connections == 2
+
+
+async def test_connection_refused_is_temporary(pool: SmtpPool, relay: Relay) -> None:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        closed_port = sock.getsockname()[1]
+    account = relay.account(port=closed_port)
+
+    with pytest.raises(TemporaryFailure) as info:
+        await send(pool, relay, account=account)
+
+    assert info.value.code is None
+
+
+async def test_unknown_host_is_temporary(pool: SmtpPool, relay: Relay) -> None:
+    account = relay.account(host="no-such-host.invalid")
+
+    with pytest.raises(TemporaryFailure):
+        await send(pool, relay, account=account)
+
+
+async def test_waiting_for_a_free_connection_is_bounded(
+    relay: Relay, make_pool: PoolFactory
+) -> None:
+    pool = make_pool(pool_size=1, pool_wait=0.2, send_timeout=5)
+    relay.stalls["DATA"] = 1
+
+    results = await asyncio.gather(send(pool, relay), send(pool, relay), return_exceptions=True)
+
+    assert results[0] == ()
+    assert isinstance(results[1], TemporaryFailure)
+    assert "free relay connection" in str(results[1])
+
+
+async def test_cancelled_send_frees_its_connection(relay: Relay, make_pool: PoolFactory) -> None:
+    pool = make_pool(pool_size=1, pool_wait=1)
+    relay.stalls["DATA"] = 30
+    task = asyncio.create_task(send(pool, relay))
+    await wait_until(lambda: relay.commands["DATA"] == 1)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+
+    relay.stalls.clear()
+    await send(pool, relay)
+    await relay.wait_for(1)
+    assert relay.connections == 2
+
+
+async def test_close_aborts_sends_in_flight(relay: Relay, pool: SmtpPool) -> None:
+    relay.stalls["DATA"] = 30
+    task = asyncio.create_task(send(pool, relay))
+    await wait_until(lambda: relay.commands["DATA"] == 1)
+
+    await pool.close()
+
+    with pytest.raises(TemporaryFailure):
+        await task
+    await wait_until(lambda: not relay.live)
+
+
+async def test_idle_connection_is_checked_with_noop(
+    relay: Relay, pool: SmtpPool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(delivery, "NOOP_AFTER_IDLE", 0.05)
+    await send(pool, relay)
+    await asyncio.sleep(0.1)
+    await send(pool, relay)
+
+    await relay.wait_for(2)
+    assert relay.commands["NOOP"] == 1
+    assert relay.connections == 1
+
+
+async def test_dead_idle_connection_is_replaced(
+    relay: Relay, pool: SmtpPool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(delivery, "NOOP_AFTER_IDLE", 0.05)
+    await send(pool, relay)
+    relay.stalls["NOOP"] = 30
+    monkeypatch.setattr(delivery, "NOOP_TIMEOUT", 0.2)
+    await asyncio.sleep(0.1)
+
+    await send(pool, relay)
+
+    await relay.wait_for(2)
+    assert relay.connections == 2
+
+
+async def test_connection_closed_by_relay_while_idle_is_retried_once(
+    relay: Relay, pool: SmtpPool
+) -> None:
+    await send(pool, relay)
+    relay.kick()  # the relay hangs up; the client has not noticed yet
+
+    await send(pool, relay)
+
+    await relay.wait_for(2)
+    assert relay.connections == 2
+
+
+async def test_idle_connections_close_after_ttl(relay: Relay, pool: SmtpPool) -> None:
+    await send(pool, relay, account=relay.account(ttl=1))
+    assert len(relay.live) == 1
+
+    await wait_until(lambda: not relay.live, timeout=3)
+
+
+async def test_ttl_zero_keeps_no_idle_connection(relay: Relay, pool: SmtpPool) -> None:
+    account = relay.account(ttl=0)
+    await send(pool, relay, account=account)
+    await send(pool, relay, account=account)
+
+    await relay.wait_for(2)
+    assert relay.connections == 2
+
+
+async def test_discard_closes_the_accounts_connections(relay: Relay, pool: SmtpPool) -> None:
+    await send(pool, relay)
+    pool.discard("t1", "a1")
+    await wait_until(lambda: not relay.live)
+
+    await send(pool, relay)
+    assert relay.connections == 2
+
+
+async def test_changed_account_settings_get_new_connections(
+    make_relay: Callable[..., Relay], pool: SmtpPool
+) -> None:
+    relay = make_relay(auth=(USER, PASSWORD), auth_require_tls=False)
+    await send(pool, relay, account=relay.account(user=USER, password=PASSWORD))
+    with pytest.raises(PermanentFailure):
+        await send(pool, relay, account=relay.account(user=USER, password="changed"))
+
+    await relay.wait_for(1)
+    assert relay.connections == 2
+
+
+async def test_close_quits_idle_connections(relay: Relay, pool: SmtpPool) -> None:
+    await send(pool, relay)
+    await pool.close()
+
+    assert relay.commands["QUIT"] == 1
+    with pytest.raises(TemporaryFailure):
+        await send(pool, relay)
+
+
+# -- TLS and authentication ----------------------------------------------------------------
+
+
+async def test_login_over_starttls(make_relay: Callable[..., Relay], pool: SmtpPool) -> None:
+    relay = make_relay(starttls=True, auth=(USER, PASSWORD))
+    account = relay.account(use_tls=None, user=USER, password=PASSWORD)
+
+    await send(pool, relay, account=account)
+    await send(pool, relay, account=account)
+
+    got = await relay.wait_for(2)
+    assert all(m.tls and m.login == USER for m in got)
+    assert relay.connections == 1
+    assert relay.commands["EHLO"] == 2  # before and after STARTTLS
+
+
+async def test_use_tls_true_with_starttls(make_relay: Callable[..., Relay], pool: SmtpPool) -> None:
+    relay = make_relay(starttls=True)
+
+    await send(pool, relay, account=relay.account(use_tls=True))
+
+    [got] = await relay.wait_for(1)
+    assert got.tls
+
+
+async def test_credentials_without_starttls_are_refused(
+    make_relay: Callable[..., Relay], pool: SmtpPool
+) -> None:
+    relay = make_relay(auth=(USER, PASSWORD), auth_require_tls=False)
+    account = relay.account(use_tls=None, user=USER, password=PASSWORD)
+
+    with pytest.raises(PermanentFailure) as info:
+        await send(pool, relay, account=account)
+
+    assert str(info.value) == "relay does not offer STARTTLS"
+    assert relay.logins == []
+
+
+async def test_use_tls_none_without_credentials_falls_back_to_plain(
+    relay: Relay, pool: SmtpPool
+) -> None:
+    await send(pool, relay, account=relay.account(use_tls=None))
+
+    [got] = await relay.wait_for(1)
+    assert not got.tls
+
+
+async def test_use_tls_true_requires_starttls(relay: Relay, pool: SmtpPool) -> None:
+    with pytest.raises(PermanentFailure, match="relay does not offer STARTTLS"):
+        await send(pool, relay, account=relay.account(use_tls=True))
+
+
+async def test_use_tls_false_never_upgrades_and_may_log_in_plain(
+    make_relay: Callable[..., Relay], pool: SmtpPool
+) -> None:
+    relay = make_relay(starttls=True, auth=(USER, PASSWORD), auth_require_tls=False)
+    account = relay.account(use_tls=False, user=USER, password=PASSWORD)
+
+    await send(pool, relay, account=account)
+
+    [got] = await relay.wait_for(1)
+    assert not got.tls
+    assert got.login == USER
+    assert relay.commands["EHLO"] == 1
+
+
+async def test_bad_password_is_permanent_535(
+    make_relay: Callable[..., Relay], pool: SmtpPool
+) -> None:
+    relay = make_relay(starttls=True, auth=(USER, PASSWORD))
+    account = relay.account(use_tls=None, user=USER, password="wrong")
+
+    with pytest.raises(PermanentFailure) as info:
+        await send(pool, relay, account=account)
+
+    assert info.value.code == 535
+    assert str(info.value).startswith("535 5.7.8")
+    assert relay.messages == []
+
+
+async def test_untrusted_certificate_is_permanent(
+    make_relay: Callable[..., Relay], make_pool: PoolFactory
+) -> None:
+    relay = make_relay(starttls=True)
+    pool = make_pool(tls_verify=True)
+
+    with pytest.raises(PermanentFailure, match="certificate"):
+        await send(pool, relay, account=relay.account(use_tls=True))
+
+
+def _port_465_free() -> bool:
+    with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as asyncio servers do
+        try:
+            sock.bind(("127.0.0.1", 465))
+        except OSError:
+            return False
+    return True
+
+
+@pytest.mark.skipif(not _port_465_free(), reason="needs 127.0.0.1:465")
+async def test_implicit_tls_on_port_465(make_relay: Callable[..., Relay], pool: SmtpPool) -> None:
+    relay = make_relay(port=465, implicit_tls=True, auth=(USER, PASSWORD))
+
+    await send(pool, relay, account=relay.account(use_tls=None, user=USER, password=PASSWORD))
+
+    [got] = await relay.wait_for(1)
+    assert got.tls and got.login == USER
+
+
+# -- extensions ----------------------------------------------------------------------------
+
+
+async def test_smtputf8_not_advertised_is_permanent(relay: Relay, pool: SmtpPool) -> None:
+    relay.smtputf8 = False
+
+    with pytest.raises(PermanentFailure) as info:
+        await send(pool, relay, recipients=["jörg@example.org"], smtputf8=True)
+
+    assert str(info.value) == "relay does not support SMTPUTF8"
+    assert relay.commands["MAIL"] == 0
+
+
+async def test_smtputf8_is_used_when_advertised(relay: Relay, pool: SmtpPool) -> None:
+    await send(
+        pool, relay, sender="zoë@example.com", recipients=["jörg@example.org"], smtputf8=True
+    )
+
+    [got] = await relay.wait_for(1)
+    assert got.mail_from == "zoë@example.com"
+    assert got.rcpt_tos == ("jörg@example.org",)
+    assert "SMTPUTF8" in got.mail_options
+
+
+async def test_8bitmime(relay: Relay, pool: SmtpPool) -> None:
+    body = "Subject: x\r\nContent-Transfer-Encoding: 8bit\r\n\r\nciao è\r\n".encode()
+    await send(pool, relay, data=body, eightbit=True)
+
+    [got] = await relay.wait_for(1)
+    assert "BODY=8BITMIME" in got.mail_options
+    assert got.content == body
+
+    relay.eightbit = False
+    pool.discard("t1", "a1")
+    with pytest.raises(PermanentFailure, match="relay does not support 8BITMIME"):
+        await send(pool, relay, data=body, eightbit=True)
