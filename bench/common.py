@@ -1,0 +1,192 @@
+"""Shared pieces of the benchmarks: a discarding sink process, a server process, figures."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import multiprocessing as mp
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from email.message import EmailMessage
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+TOKEN = "bench-admin-token"
+BODY_2KB = ("Lorem ipsum dolor sit amet, consectetur adipiscing elit. " * 36)[:2000]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _sink_main(port: int, counter: Any, ready: Any) -> None:
+    from aiosmtpd.controller import Controller
+
+    class Discard:
+        async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+            with counter.get_lock():
+                counter.value += 1
+            return "250 OK"
+
+    controller = Controller(Discard(), hostname="127.0.0.1", port=port)
+    controller.start()
+    ready.set()
+    signal.sigwait({signal.SIGTERM})
+    controller.stop()
+
+
+@dataclass
+class Sink:
+    """A discarding aiosmtpd relay in its own process, counting what it accepted."""
+
+    port: int = field(default_factory=free_port)
+    counter: Any = field(default_factory=lambda: mp.Value("q", 0))
+    proc: mp.Process | None = None
+
+    def start(self) -> Sink:
+        ready = mp.Event()
+        self.proc = mp.Process(target=_sink_main, args=(self.port, self.counter, ready),
+                               daemon=True)
+        self.proc.start()
+        ready.wait(10)
+        return self
+
+    @property
+    def received(self) -> int:
+        return int(self.counter.value)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.pid is not None:
+            os.kill(self.proc.pid, signal.SIGTERM)
+            self.proc.join(5)
+
+
+def raw_message(i: int) -> bytes:
+    msg = EmailMessage()
+    msg["From"] = "bench@acme.test"
+    msg["To"] = "rcpt@example.org"
+    msg["Subject"] = f"bench {i}"
+    msg.set_content(BODY_2KB)
+    return msg.as_bytes()
+
+
+async def raw_smtp_rate(port: int, connections: int = 8, total: int = 8000) -> float:
+    """aiosmtplib -> sink with reused connections: the raw limit of this machine."""
+    import aiosmtplib
+
+    data = raw_message(0)
+    per = total // connections
+
+    async def one() -> None:
+        client = aiosmtplib.SMTP(hostname="127.0.0.1", port=port, start_tls=False)
+        await client.connect()
+        for _ in range(per):
+            await client.sendmail("bench@acme.test", ["rcpt@example.org"], data)
+        await client.quit()
+
+    start = time.perf_counter()
+    await asyncio.gather(*(one() for _ in range(connections)))
+    return per * connections / (time.perf_counter() - start)
+
+
+BENCH_SETTINGS = {
+    "GMP_SEND_CONCURRENCY_PER_ACCOUNT": "8",
+    "GMP_SMTP_POOL_SIZE": "8",
+    "GMP_SEND_CONCURRENCY": "16",
+    "GMP_LOG_LEVEL": "WARNING",
+}
+
+
+class Server:
+    """`mail-proxy serve` on SQLite in a temporary data dir, as a child process."""
+
+    def __init__(self, extra_env: dict[str, str] | None = None, smtp: bool = False) -> None:
+        self.dir = Path(tempfile.mkdtemp(prefix="mailproxy-bench-"))
+        self.port = free_port()
+        self.smtp_port = free_port() if smtp else 0
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.env = {**os.environ, **BENCH_SETTINGS, "GMP_DATA_DIR": str(self.dir),
+                    "GMP_API_TOKEN": TOKEN, "GMP_PORT": str(self.port),
+                    "GMP_SMTP_PORT": str(self.smtp_port), **(extra_env or {})}
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def settings(self) -> dict[str, str]:
+        return {k: v for k, v in self.env.items() if k.startswith("GMP_") and k != "GMP_API_TOKEN"}
+
+    async def start(self) -> Server:
+        self.proc = subprocess.Popen([sys.executable, "-m", "mailproxy", "serve"], env=self.env)
+        async with aiohttp.ClientSession() as session:
+            for _ in range(400):
+                with contextlib.suppress(aiohttp.ClientError):
+                    async with session.get(self.url + "/health") as resp:
+                        if resp.status == 200:
+                            return self
+                await asyncio.sleep(0.05)
+        raise RuntimeError("server did not start")
+
+    def rss_mb(self) -> tuple[float, float]:
+        """(current, peak) resident memory of the server process in MB."""
+        assert self.proc is not None
+        values = {}
+        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
+            if line.startswith(("VmRSS:", "VmHWM:")):
+                key, value = line.split(":")
+                values[key] = int(value.split()[0]) / 1024
+        return values["VmRSS"], values["VmHWM"]
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(60)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+        import shutil
+
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def running_sink() -> Iterator[Sink]:
+    sink = Sink().start()
+    try:
+        yield sink
+    finally:
+        sink.stop()
+
+
+def headers() -> dict[str, str]:
+    return {"X-API-Token": TOKEN}
+
+
+async def setup_tenant(session: aiohttp.ClientSession, url: str, sink_port: int) -> None:
+    async with session.post(url + "/tenant", json={"id": "bench"}, headers=headers()) as r:
+        assert r.status == 200, await r.text()
+    account = {"id": "main", "tenant_id": "bench", "host": "127.0.0.1", "port": sink_port,
+               "use_tls": False, "batch_size": 200}
+    async with session.post(url + "/account", json=account, headers=headers()) as r:
+        assert r.status == 200, await r.text()
+
+
+def rest_message(i: int | str) -> dict[str, Any]:
+    return {"id": f"b{i}", "tenant_id": "bench", "account_id": "main",
+            "from": "bench@acme.test", "to": ["rcpt@example.org"], "subject": f"bench {i}",
+            "body": BODY_2KB}
+
+
+def figure(name: str, value: float, unit: str, limit: str = "") -> None:
+    line = f"{name:<44} {value:>12,.1f} {unit:<8}"
+    if limit:
+        line += f"  [{limit}]"
+    print(line, flush=True)

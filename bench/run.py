@@ -1,0 +1,161 @@
+"""`make bench`: ingest, end-to-end, enqueue latency and memory, beside the raw SMTP limit.
+
+Usage: python bench/run.py [--messages 20000] [--queued 100000] [--scale]
+  --scale also measures ingest and drain cost per message at 10,000 vs 200,000 queued.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+import time
+from pathlib import Path
+
+import aiohttp
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from common import (  # noqa: E402
+    Server,
+    figure,
+    headers,
+    raw_smtp_rate,
+    rest_message,
+    running_sink,
+    setup_tenant,
+)
+
+
+async def post_batches(session: aiohttp.ClientSession, url: str, start: int, count: int,
+                       batch: int = 1000, parallel: int = 2) -> float:
+    """Post `count` messages in batches; return the elapsed seconds."""
+    queue = list(range(start, start + count, batch))
+
+    async def worker() -> None:
+        while queue:
+            first = queue.pop(0)
+            body = {"messages": [rest_message(i) for i in range(first, min(first + batch,
+                                                                         start + count))]}
+            async with session.post(url + "/commands/add-messages", json=body,
+                                    headers=headers()) as resp:
+                assert resp.status == 200, await resp.text()
+                await resp.read()
+
+    began = time.perf_counter()
+    await asyncio.gather(*(worker() for _ in range(parallel)))
+    return time.perf_counter() - began
+
+
+async def command(session: aiohttp.ClientSession, url: str, name: str) -> None:
+    async with session.post(f"{url}/commands/{name}", params={"tenant_id": "bench"},
+                            headers=headers()) as resp:
+        assert resp.status == 200
+
+
+async def wait_received(sink_count: object, target: int, timeout: float = 600) -> float:
+    began = time.perf_counter()
+    while getattr(sink_count, "received") < target:  # noqa: B009
+        if time.perf_counter() - began > timeout:
+            raise RuntimeError(f"sink received {getattr(sink_count, 'received')} of {target}")
+        await asyncio.sleep(0.01)
+    return time.perf_counter() - began
+
+
+async def latency(session: aiohttp.ClientSession, url: str, total: int = 4000,
+                  concurrency: int = 16) -> list[float]:
+    samples: list[float] = []
+    counter = iter(range(total))
+
+    async def worker() -> None:
+        for i in counter:
+            body = {"messages": [rest_message(f"lat{i}")]}
+            began = time.perf_counter()
+            async with session.post(url + "/commands/add-messages", json=body,
+                                    headers=headers()) as resp:
+                await resp.read()
+                assert resp.status == 200
+            samples.append((time.perf_counter() - began) * 1000)
+
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    return samples
+
+
+def pct(values: list[float], p: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(len(ordered) * p))]
+
+
+async def main(args: argparse.Namespace) -> None:
+    with running_sink() as sink:
+        raw = await raw_smtp_rate(sink.port)
+        limit = f"raw aiosmtplib->sink, 8 connections: {raw:,.0f} msgs/s"
+        figure("raw SMTP 8 connections", raw, "msgs/s")
+        server = await Server().start()
+        print("settings:", " ".join(f"{k}={v}" for k, v in sorted(server.settings().items())))
+        try:
+            async with aiohttp.ClientSession() as session:
+                await setup_tenant(session, server.url, sink.port)
+                await command(session, server.url, "suspend")
+                elapsed = await post_batches(session, server.url, 0, args.ingest)
+                figure("batched ingest (1000/batch, paused)", args.ingest / elapsed, "msgs/s")
+                samples = await latency(session, server.url)
+                figure("enqueue p50 (concurrency 16)", pct(samples, 0.50), "ms")
+                figure("enqueue p99 (concurrency 16)", pct(samples, 0.99), "ms")
+                figure("enqueue throughput (single, conc. 16)",
+                       len(samples) / (sum(samples) / 1000 / 16), "req/s")
+                # drain what ingest and latency queued, then measure end to end
+                base = sink.received
+                queued = args.ingest + len(samples)
+                await command(session, server.url, "activate")
+                drain = await wait_received(sink, base + queued)
+                figure("drain of a queued backlog", queued / drain, "msgs/s", limit)
+                base = sink.received
+                began = time.perf_counter()
+                await post_batches(session, server.url, 10_000_000, args.messages, batch=500)
+                await wait_received(sink, base + args.messages)
+                e2e = args.messages / (time.perf_counter() - began)
+                figure(f"end-to-end {args.messages} msgs (POST->sink)", e2e, "msgs/s", limit)
+                figure("end-to-end / raw SMTP", 100 * e2e / raw, "%")
+                await command(session, server.url, "suspend")
+                await post_batches(session, server.url, 20_000_000, args.queued)
+                rss, peak = server.rss_mb()
+                figure(f"RSS with {args.queued} queued", rss, "MB")
+                figure("peak RSS over the whole run", peak, "MB")
+        finally:
+            server.stop()
+        if args.scale:
+            await scale(sink)
+
+
+async def scale(sink: object) -> None:
+    """Ingest and drain cost per message with 10k vs 200k messages already queued."""
+    results = {}
+    for backlog in (10_000, 200_000):
+        server = await Server().start()
+        try:
+            async with aiohttp.ClientSession() as session:
+                await setup_tenant(session, server.url, getattr(sink, "port"))  # noqa: B009
+                await command(session, server.url, "suspend")
+                await post_batches(session, server.url, 0, backlog)
+                ingest = await post_batches(session, server.url, 50_000_000, 5000)
+                # release everything; time the first 5000 claimed and sent from the backlog
+                base = getattr(sink, "received")  # noqa: B009
+                await command(session, server.url, "activate")
+                drain = await wait_received(sink, base + 5000)
+                results[backlog] = (ingest / 5000 * 1e6, drain / 5000 * 1e6)
+                figure(f"ingest cost at {backlog} queued", results[backlog][0], "us/msg")
+                figure(f"claim+send cost at {backlog} queued", results[backlog][1], "us/msg")
+        finally:
+            server.stop()
+    figure("ingest cost ratio 200k/10k", results[200_000][0] / results[10_000][0], "x")
+    figure("claim+send cost ratio 200k/10k", results[200_000][1] / results[10_000][1], "x")
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--messages", type=int, default=20_000)
+    parser.add_argument("--ingest", type=int, default=20_000)
+    parser.add_argument("--queued", type=int, default=100_000)
+    parser.add_argument("--scale", action="store_true")
+    asyncio.run(main(parser.parse_args()))
