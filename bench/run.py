@@ -16,7 +16,7 @@ import aiohttp
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import (  # noqa: E402
+from common import (
     Server,
     figure,
     headers,
@@ -57,7 +57,7 @@ async def wait_received(sink_count: object, target: int, timeout: float = 600) -
     began = time.perf_counter()
     while getattr(sink_count, "received") < target:  # noqa: B009
         if time.perf_counter() - began > timeout:
-            raise RuntimeError(f"sink received {getattr(sink_count, 'received')} of {target}")
+            raise RuntimeError(f"sink received {sink_count.received} of {target}")
         await asyncio.sleep(0.01)
     return time.perf_counter() - began
 

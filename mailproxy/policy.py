@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 import random
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from mailproxy.model import Priority, RateLimits
@@ -149,11 +149,3 @@ def display_status(status: str, deferred_ts: int | None, now: int) -> str:
     if status in ("scheduled", "deferred") and (deferred_ts is None or deferred_ts <= now):
         return "pending"
     return status
-
-
-def group_by(items: Iterable[tuple[str, int]]) -> Mapping[str, int]:
-    """Sum counts per key (used to fold rate buckets)."""
-    out: dict[str, int] = {}
-    for key, n in items:
-        out[key] = out.get(key, 0) + n
-    return out

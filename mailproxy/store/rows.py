@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
 import time
+import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from typing import Any, Protocol
@@ -28,6 +30,14 @@ class Cipher(Protocol):
     def encrypt(self, plaintext: str | None) -> str | None: ...
 
     def decrypt(self, token: str | None) -> str | None: ...
+
+
+def new_pk() -> str:
+    """A time-ordered UUID (version 7 layout): new rows land at the end of the pk index."""
+    value = (int(time.time() * 1000) << 80) | int.from_bytes(os.urandom(10), "big")
+    value = (value & ~(0xF << 76)) | (0x7 << 76)  # version 7
+    value = (value & ~(0x3 << 62)) | (0x2 << 62)  # RFC 4122 variant
+    return str(uuid.UUID(int=value))
 
 
 def now_text(now: float | None = None) -> str:

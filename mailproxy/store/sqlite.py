@@ -17,7 +17,6 @@ import fcntl
 import json
 import os
 import sqlite3
-import uuid
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -105,6 +104,7 @@ class SqliteStore:
         if not readonly:
             conn.execute("PRAGMA journal_mode = WAL")
             conn.execute(f"PRAGMA synchronous = {self._sync}")
+            conn.execute("PRAGMA cache_size = -8000")  # 8 MB: index pages of a large queue
         else:
             conn.execute("PRAGMA query_only = 1")
         conn.execute("PRAGMA temp_store = MEMORY")
@@ -346,7 +346,7 @@ class SqliteStore:
             c.execute(Q["upsert_message"], {**self._message_values(m, now), "seq": seq})
             return None
         values = self._message_values(m, now)
-        values["pk"] = str(uuid.uuid4())
+        values["pk"] = rows.new_pk()
         values["tenant_id"] = m.tenant_id
         values["client_id"] = m.id
         if m.error is not None:

@@ -107,7 +107,7 @@ async def _load(session: aiohttp.ClientSession, url: str, acked: set[str], worke
                 if resp.status != 200:
                     return
                 await resp.json()
-        except (aiohttp.ClientError, asyncio.TimeoutError):
+        except (TimeoutError, aiohttp.ClientError):
             return
         acked.update(ids)
 

@@ -1,0 +1,158 @@
+"""Service and worker on the in-memory store with a fake sender and a fake clock."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Sequence
+from typing import Any
+
+import pytest
+
+from mailproxy import intake
+from mailproxy.errors import RecipientFailure, TemporaryFailure
+from mailproxy.model import Account, Priority
+from mailproxy.service import Caller, MailService
+from mailproxy.store.sqlite import SqliteStore
+from mailproxy.worker import Worker, WorkerSettings
+from tests.conftest import FakeClock, message
+
+
+class Plain:
+    def encrypt(self, value: str | None) -> str | None:
+        return value
+
+    def decrypt(self, value: str | None) -> str | None:
+        return value
+
+
+class FakeSender:
+    """Records sends; can block them or fail them on demand."""
+
+    def __init__(self) -> None:
+        self.sent: list[tuple[str, tuple[str, ...], bytes]] = []
+        self.gate = asyncio.Event()
+        self.gate.set()
+        self.fail_with: Exception | None = None
+
+    async def send(self, account: Account, sender: str, recipients: Sequence[str], data: bytes,
+                   *, smtputf8: bool = False, eightbit: bool = False
+                   ) -> tuple[RecipientFailure, ...]:
+        await self.gate.wait()
+        if self.fail_with is not None:
+            raise self.fail_with
+        self.sent.append((sender, tuple(recipients), data))
+        return ()
+
+    def discard(self, tenant_id: str, account_id: str) -> None:
+        return None
+
+
+@pytest.fixture
+async def store() -> AsyncIterator[SqliteStore]:
+    s = SqliteStore(":memory:", Plain())
+    await s.open()
+    yield s
+    await s.close()
+
+
+async def _service(store: SqliteStore, clock: FakeClock) -> MailService:
+    service = MailService(store=store, clock=clock, admin_token="admin",
+                          rules=intake.IntakeRules(Priority.MEDIUM, 10_000_000))
+    await service.put_tenant(Caller(), {"id": "acme"})
+    await service.put_account(Caller(), {"id": "main", "tenant_id": "acme",
+                                         "host": "127.0.0.1", "port": 25})
+    return service
+
+
+def _worker(store: SqliteStore, sender: FakeSender, clock: FakeClock, owner: str,
+            **kw: Any) -> Worker:
+    return Worker(store, sender, clock, WorkerSettings(owner=owner, loop_interval=0.01, **kw))
+
+
+async def _until(predicate: Any, timeout: float = 3.0) -> None:
+    for _ in range(int(timeout / 0.01)):
+        if await predicate():
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError("condition not reached")
+
+
+async def _statuses(store: SqliteStore, service: MailService, now: int) -> dict[str, str]:
+    tenant = await store.get_tenant("acme")
+    assert tenant is not None
+    return {r["id"]: r["status"] for r in await store.list_messages(tenant, now=now)}
+
+
+async def test_expired_lease_returns_the_message_and_counts_a_try(store: SqliteStore) -> None:
+    clock = FakeClock(1_000_000)
+    service = await _service(store, clock)
+    await service.submit(Caller(), [message(1)], None)
+    batch = await store.claim("dead-process", clock.now(), 300, 10)
+    assert [m.id for m in batch.messages] == ["m1"]
+    clock.advance(301)
+    assert await store.recover(clock.now(), 5, all_sending=False) == 1
+    tenant = await store.get_tenant("acme")
+    assert tenant is not None
+    [record] = await store.list_messages(tenant, now=int(clock.now()), include_history=True)
+    assert (record["status"], record["retry_count"], record["history"]) == ("pending", 1, [])
+    # the dead process's late outcome is refused (fencing)
+    from mailproxy.model import Sent
+
+    assert await store.record("dead-process", [(batch.messages[0], Sent())], clock.now()) == [False]
+
+
+async def test_a_message_that_keeps_killing_workers_ends_in_error(store: SqliteStore) -> None:
+    clock = FakeClock(1_000_000)
+    service = await _service(store, clock)
+    await service.submit(Caller(), [message(1)], None)
+    for _ in range(3):
+        await store.claim("p", clock.now(), 10, 10)
+        clock.advance(11)
+        await store.recover(clock.now(), 2, all_sending=False)
+    assert await _statuses(store, service, int(clock.now())) == {"m1": "error"}
+    tenant = await store.get_tenant("acme")
+    assert tenant is not None
+    [record] = await store.list_messages(tenant, now=int(clock.now()))
+    assert record["error"] == "worker lost the message 3 times"
+
+
+async def test_shutdown_releases_unfinished_claims_without_a_try(store: SqliteStore) -> None:
+    clock = FakeClock(1_000_000)
+    service = await _service(store, clock)
+    sender = FakeSender()
+    sender.gate.clear()  # every send hangs
+    worker = _worker(store, sender, clock, "w1")
+    await worker.start(recover_all=True)
+    await service.submit(Caller(), [message(1), message(2)], None)
+    worker.wake()
+    await _until(lambda: _all(store, service, clock, "sending"))
+    await worker.stop(grace=0.05)
+    tenant = await store.get_tenant("acme")
+    assert tenant is not None
+    records = await store.list_messages(tenant, now=int(clock.now()))
+    assert {(r["status"], r["retry_count"]) for r in records} == {("pending", 0)}
+
+
+async def _all(store: SqliteStore, service: MailService, clock: FakeClock, status: str) -> bool:
+    statuses = await _statuses(store, service, int(clock.now()))
+    return bool(statuses) and set(statuses.values()) == {status}
+
+
+async def test_temporary_failure_defers_with_jittered_delay(store: SqliteStore) -> None:
+    clock = FakeClock(1_000_000)
+    service = await _service(store, clock)
+    sender = FakeSender()
+    sender.fail_with = TemporaryFailure("421 4.3.2 shutting down", 421)
+    worker = _worker(store, sender, clock, "w1")
+    await worker.start(recover_all=True)
+    await service.submit(Caller(), [message(1)], None)
+    worker.wake()
+    await _until(lambda: _all(store, service, clock, "deferred"))
+    await worker.stop(grace=1)
+    tenant = await store.get_tenant("acme")
+    assert tenant is not None
+    [record] = await store.list_messages(tenant, now=int(clock.now()), include_history=True)
+    assert record["retry_count"] == 1
+    assert 1_000_001 <= record["deferred_ts"] <= 1_000_060
+    assert record["history"][0]["metadata"] == {"retry_count": 1,
+                                                "next_attempt_ts": record["deferred_ts"]}
