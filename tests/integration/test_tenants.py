@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-
 from tests.conftest import Api, ApiFactory, FakeClock
 from tests.relay import Relay
 
