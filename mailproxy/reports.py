@@ -9,6 +9,7 @@ mailproxy.sync; this module only does the I/O and the scheduling.
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import hashlib
 import hmac
@@ -276,6 +277,10 @@ class Reporter:
                     return CallResult(False, f"HTTP {resp.status}")
         except AddressRefused as exc:
             return CallResult(False, str(exc))
+        except aiohttp.ClientConnectorError as exc:
+            if isinstance(exc.os_error, AddressRefused):
+                return CallResult(False, str(exc.os_error))
+            return CallResult(False, f"connection failed: {exc}")
         except TimeoutError:
             return CallResult(False, f"timeout after {self._s.timeout:g} s")
         except aiohttp.ClientError as exc:
@@ -289,7 +294,8 @@ def request_headers(target: sync.Target, body: bytes, t: int) -> dict[str, str]:
     if auth.method == "bearer" and auth.token:
         headers["Authorization"] = f"Bearer {auth.token}"
     elif auth.method == "basic" and auth.user is not None:
-        headers["Authorization"] = aiohttp.BasicAuth(auth.user, auth.password or "").encode()
+        pair = f"{auth.user}:{auth.password or ''}".encode()
+        headers["Authorization"] = "Basic " + base64.b64encode(pair).decode("ascii")
     if target.secret:
         headers["X-Mail-Proxy-Signature"] = f"t={t},v1={signature(target.secret, t, body)}"
     return headers

@@ -11,11 +11,26 @@ from aiohttp.test_utils import TestClient
 
 from mailproxy.app import build, make_app
 from mailproxy.config import Settings, load_settings
+from mailproxy.service import Clock
+from tests.endpoint import make_endpoint
 from tests.relay import Relay, make_relay, relay
 
-__all__ = ["make_relay", "relay"]
+__all__ = ["make_endpoint", "make_relay", "relay"]
 
 ADMIN = "admin-token-for-tests"
+
+
+class FakeClock:
+    """A clock the test moves; everything that decides by time reads it."""
+
+    def __init__(self, start: float = 1_767_000_000.0) -> None:
+        self.t = start
+
+    def now(self) -> float:
+        return self.t
+
+    def advance(self, seconds: float) -> None:
+        self.t += seconds
 
 
 def make_settings(data_dir: Path, **overrides: Any) -> Settings:
@@ -105,9 +120,9 @@ async def make_api(
 ) -> AsyncIterator[ApiFactory]:
     """make_api(**settings) -> an Api on a freshly built app (worker running)."""
 
-    async def factory(**overrides: Any) -> Api:
+    async def factory(clock: Clock | None = None, **overrides: Any) -> Api:
         settings = make_settings(tmp_path / "data", **overrides)
-        parts = await build(settings)
+        parts = await build(settings, clock=clock)
         client = await aiohttp_client(make_app(parts))
         api = Api(client)
         api.parts = parts  # type: ignore[attr-defined]
