@@ -223,11 +223,27 @@ def message_record(
         "is_pec": bool(row["is_pec"]),
         "created_at": ts_text(row["created_ts"]),
         "updated_at": ts_text(row["updated_ts"]),
-        "message": json.loads(row["payload"]),
+        "message": redact_attachment_auth(json.loads(row["payload"])),
     }
     if history is not None:
         record["history"] = history
     return record
+
+
+def redact_attachment_auth(payload: dict[str, Any]) -> dict[str, Any]:
+    """The stored payload as GET /messages shows it: attachment auth secrets masked (§5.2)."""
+    attachments = payload.get("attachments")
+    if not isinstance(attachments, list):
+        return payload
+    shown = []
+    for item in attachments:
+        auth = item.get("auth") if isinstance(item, dict) else None
+        if isinstance(auth, dict):
+            masked = {k: ("***" if k in ("token", "password") and v is not None else v)
+                      for k, v in auth.items()}
+            item = {**item, "auth": masked}
+        shown.append(item)
+    return {**payload, "attachments": shown}
 
 
 def history_entry(row: Sequence[Any]) -> dict[str, Any]:
