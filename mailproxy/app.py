@@ -9,18 +9,20 @@ import secrets
 import signal
 import sys
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from aiohttp import web
 
-from mailproxy import intake
+from mailproxy import intake, sync
 from mailproxy.config import Settings
 from mailproxy.delivery import SmtpPool
 from mailproxy.errors import ConfigError
 from mailproxy.ingress import http
 from mailproxy.model import Priority
+from mailproxy.netguard import AllowList
 from mailproxy.policy import RetryPolicy
+from mailproxy.reports import Reporter, ReporterSettings
 from mailproxy.service import Clock, MailService, Store, SystemClock
 from mailproxy.store import open_store
 from mailproxy.tokens import new_token
@@ -40,6 +42,7 @@ class Parts:
     worker: Worker
     pool: SmtpPool
     instance_id: str
+    reporter: Reporter
 
 
 def admin_token(settings: Settings) -> str:
@@ -105,13 +108,47 @@ async def build(
         admin_token=admin_token(settings), waker=worker,
     )
     service.account_listeners.append(worker)
-    return Parts(settings, store, service, worker, pool, instance_id)
+    rules = sync.SyncRules(
+        interval=settings.sync_interval, resync_delay=settings.sync_resync_delay,
+        fallback_url=settings.client_sync_url, fallback_token=settings.client_sync_token,
+        fallback_user=settings.client_sync_user, fallback_password=settings.client_sync_password,
+    )
+    reporter = Reporter(store, clock, ReporterSettings(
+        owner=instance_id, rules=rules, timeout=settings.report_timeout_seconds,
+        concurrency=settings.report_concurrency,
+        retention_seconds=settings.report_retention_seconds,
+        command_log_days=settings.command_log_retention_days,
+        allow_private=AllowList.parse(settings.attachment_allow_private),
+    ))
+    service.reports = reporter
+    service.sync_rules = rules
+    service.retention_seconds = settings.report_retention_seconds
+    service.token_source = settings.api_token_source
+    token_path = settings.data_dir / "api_token"
+    service.token_writer = lambda token: write_private(token_path, token + "\n")
+    worker.on_events = reporter.wake
+    await _apply_bounce_settings(settings, store)
+    return Parts(settings, store, service, worker, pool, instance_id, reporter)
+
+
+_BOUNCE_FIELDS = ("bounce_enabled", "bounce_imap_host", "bounce_imap_port", "bounce_imap_user",
+                  "bounce_imap_password", "bounce_imap_folder", "bounce_imap_ssl",
+                  "bounce_poll_interval", "bounce_return_path")
+
+
+async def _apply_bounce_settings(settings: Settings, store: Store) -> None:
+    """GMP_BOUNCE_* / config-file bounce keys overwrite the stored values at every start."""
+    given = {name: getattr(settings, name) for name in _BOUNCE_FIELDS
+             if getattr(settings, name) is not None}
+    if given:
+        current = await store.get_instance()
+        await store.put_instance(replace(current, **given))
 
 
 def make_app(parts: Parts) -> web.Application:
     """The aiohttp application; the worker starts and stops with it."""
     app = web.Application(
-        middlewares=[http.error_middleware],
+        middlewares=[http.command_log_middleware, http.error_middleware],
         client_max_size=parts.settings.api_max_body_bytes,
     )
     app[PARTS] = parts
@@ -121,7 +158,9 @@ def make_app(parts: Parts) -> web.Application:
 
     async def lifetime(_app: web.Application) -> AsyncIterator[None]:
         await parts.worker.start(recover_all=not parts.settings.is_postgres)
+        await parts.reporter.start()
         yield
+        await parts.reporter.stop()
         await parts.worker.stop(parts.settings.shutdown_grace_seconds)
         await parts.pool.close()
         await parts.store.close()

@@ -252,3 +252,52 @@ class EnqueueResult:
     id: str | None
     queued: bool
     reason: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class SyncState:
+    """Report-loop state of one tenant, persisted so that restarts and peers share it.
+
+    `last_call_ts` is the last call of any outcome (it times heartbeats); `last_sync_ts` the
+    last 2xx. `next_sync_after` is the tenant's do-not-disturb for heartbeats; `resync_at`
+    the extra sync a reply with `queued > 0` asked for.
+    """
+
+    tenant_id: str
+    last_sync_ts: int | None = None
+    last_call_ts: float | None = None
+    consecutive_failures: int = 0
+    retry_at: float | None = None
+    last_error: str | None = None
+    next_sync_after: int | None = None
+    resync_at: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class InstanceConfig:
+    """Instance settings kept in the database (PUT /instance); the password is encrypted."""
+
+    name: str | None = None
+    bounce_enabled: bool = False
+    bounce_imap_host: str | None = None
+    bounce_imap_port: int | None = None
+    bounce_imap_user: str | None = None
+    bounce_imap_password: str | None = None
+    bounce_imap_folder: str = "INBOX"
+    bounce_imap_ssl: bool = True
+    bounce_poll_interval: int = 60
+    bounce_return_path: str | None = None
+    created_at: str | None = None
+    updated_at: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class CommandEntry:
+    """One command-log row; payload already redacted."""
+
+    command_ts: int
+    endpoint: str
+    tenant_id: str | None
+    payload: Any
+    response_status: int
+    id: int | None = None

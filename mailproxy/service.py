@@ -2,26 +2,33 @@
 
 from __future__ import annotations
 
+import logging
 import time
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, fields, replace
 from typing import Any, Protocol
 
-from mailproxy import intake
+from mailproxy import audit, intake, sync
 from mailproxy.errors import Forbidden, InvalidRequest, NotFound, Unauthorized
 from mailproxy.model import (
     Account,
     ClaimBatch,
     Claimed,
     ClientAuth,
+    CommandEntry,
+    Event,
+    InstanceConfig,
     LimitBehavior,
     NewMessage,
     Outcome,
     Priority,
     RateLimits,
+    SyncState,
     Tenant,
 )
 from mailproxy.tokens import hash_password, hash_token, new_token, same
+
+log = logging.getLogger("mailproxy.service")
 
 ADMIN_ONLY_TENANT_FIELDS = ("active", "rate_limits", "large_file_config", "api_key_expires_at")
 TENANT_URL_FIELDS = ("client_base_url", "client_sync_path", "client_attachment_path")
@@ -38,6 +45,14 @@ class SystemClock:
 
 class Waker(Protocol):
     def wake(self) -> None: ...
+
+
+class ReportControl(Protocol):
+    """What the service asks of the report loop."""
+
+    def wake(self) -> None: ...
+
+    def run_now(self, tenant_id: str | None) -> None: ...
 
 
 class Store(Protocol):
@@ -78,6 +93,30 @@ class Store(Protocol):
     async def release(self, owner: str, claimed: Sequence[Claimed], now: float) -> None: ...
     async def recover(self, now: float, retry_max: int, *, all_sending: bool) -> int: ...
     async def prune(self, now: float) -> None: ...
+    # delivery reports (§8)
+    async def pending_event_counts(self) -> dict[str, int]: ...
+    async def pending_events(self, tenant_id: str, limit: int) -> list[Event]: ...
+    async def ack_events(self, tenant_id: str, event_ids: Sequence[str], now: int) -> int: ...
+    async def ack_all_events(self, tenant_id: str, now: int) -> int: ...
+    async def get_sync_state(self, tenant_id: str) -> SyncState: ...
+    async def list_sync_states(self) -> list[SyncState]: ...
+    async def put_sync_state(self, state: SyncState) -> None: ...
+    async def acquire_report_lease(self, tenant_id: str, owner: str, now: float, until: float
+                                   ) -> bool: ...
+    async def release_report_lease(self, tenant_id: str, owner: str) -> None: ...
+    async def purge_reported(self, before_ts: int, tenant_id: str | None = None) -> int: ...
+    # instance settings and command log (§3.6, §3.7)
+    async def get_instance(self) -> InstanceConfig: ...
+    async def put_instance(self, config: InstanceConfig) -> None: ...
+    async def log_command(self, entry: CommandEntry) -> None: ...
+    async def list_commands(
+        self, *, tenant_id: str | None, since_ts: int | None, until_ts: int | None,
+        endpoint: str | None, limit: int, offset: int,
+    ) -> tuple[int, list[CommandEntry]]: ...
+    async def export_commands(
+        self, *, tenant_id: str | None, since_ts: int | None, until_ts: int | None
+    ) -> list[CommandEntry]: ...
+    async def prune_commands(self, before_ts: int) -> int: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,6 +157,11 @@ class MailService:
     admin_token: str
     waker: Waker | None = None
     account_listeners: list[Any] = field(default_factory=list)
+    reports: ReportControl | None = None
+    sync_rules: sync.SyncRules = field(default_factory=sync.SyncRules)
+    retention_seconds: int = 604800
+    token_source: str = "generated"  # "env" / "file": the admin token is not ours to change
+    token_writer: Callable[[str], None] | None = None
 
     # -- auth --------------------------------------------------------------------------------
 
@@ -184,6 +228,8 @@ class MailService:
                 rejected.append(Rejection(index, message.id, reason))
         if queued and self.waker is not None:
             self.waker.wake()
+        if rejected:
+            self.wake_reports()  # intake errors are stored as reportable error events
         rejected.sort(key=lambda r: r.index)
         return SubmitResult(queued, tuple(rejected))
 
@@ -236,7 +282,7 @@ class MailService:
         if not created:
             return None
         key = new_token()
-        expires = body.get("api_key_expires_at")
+        expires = _ts_or_none(body.get("api_key_expires_at"))
         await self.store.set_api_key(tenant_id, hash_token(key), expires)
         return key
 
@@ -251,7 +297,7 @@ class MailService:
         await self.store.put_tenant(updated)
         if caller.admin and "api_key_expires_at" in body:
             await self.store.set_api_key(tenant_id, tenant.api_key_hash,
-                                         body["api_key_expires_at"])
+                                         _ts_or_none(body["api_key_expires_at"]))
 
     async def delete_tenant(self, caller: Caller, tenant_id: str) -> None:
         self.require_admin(caller)
@@ -288,6 +334,7 @@ class MailService:
         await self.tenant_in_scope(caller, tenant_id)
         if not await self.store.delete_account(tenant_id, account_id, int(self.clock.now())):
             raise NotFound("account not found or not owned by tenant")
+        self.wake_reports()
         for listener in self.account_listeners:
             listener.account_changed(tenant_id, account_id)
 
@@ -319,6 +366,162 @@ class MailService:
         if self.waker is not None:
             self.waker.wake()
         return batches, await self.store.count_open(tenant_id, batch_code)
+
+    # -- delivery reports --------------------------------------------------------------------
+
+    def wake_reports(self) -> None:
+        if self.reports is not None:
+            self.reports.wake()
+
+    async def run_now(self, caller: Caller, tenant_id: str | None) -> None:
+        """Wake dispatcher and report loop; for one tenant also clear its report timers."""
+        if tenant_id is None and not caller.admin:
+            tenant_id = caller.tenant_id
+        if tenant_id is not None:
+            await self.tenant_in_scope(caller, tenant_id)
+            state = await self.store.get_sync_state(tenant_id)
+            await self.store.put_sync_state(sync.cleared(state))
+        if self.waker is not None:
+            self.waker.wake()
+        if self.reports is not None:
+            self.reports.run_now(tenant_id)
+
+    async def cleanup(self, caller: Caller, tenant_id: str, older_than: int | None) -> int:
+        """Purge the tenant's final, fully acknowledged messages older than the threshold."""
+        await self.tenant_in_scope(caller, tenant_id)
+        age = self.retention_seconds if older_than is None else older_than
+        return await self.store.purge_reported(int(self.clock.now()) - age, tenant_id)
+
+    async def sync_status(self, caller: Caller) -> list[SyncView]:
+        self.require_admin(caller)
+        now = self.clock.now()
+        states = {s.tenant_id: s for s in await self.store.list_sync_states()}
+        pending = await self.store.pending_event_counts()
+        views = []
+        for tenant in await self.store.list_tenants():
+            state = states.get(tenant.id) or SyncState(tenant.id)
+            target = sync.target_of(tenant, self.sync_rules)
+            due_at = None if target is None else sync.next_heartbeat_ts(
+                tenant, state, self.sync_rules)
+            views.append(SyncView(
+                tenant=tenant, state=state, pending_events=pending.get(tenant.id, 0),
+                next_sync_due=due_at is not None and due_at <= now,
+                next_sync_ts=None if due_at is None else int(max(due_at, now)),
+                in_dnd=sync.in_dnd(state, now),
+            ))
+        return views
+
+    # -- instance ----------------------------------------------------------------------------
+
+    async def instance(self, caller: Caller) -> InstanceConfig:
+        self.require_admin(caller)
+        return await self.store.get_instance()
+
+    async def update_instance(self, caller: Caller, body: Mapping[str, Any]) -> None:
+        """PUT /instance: the admin token first (it may refuse), then the stored settings."""
+        self.require_admin(caller)
+        token = body.get("api_token")
+        if token is not None:
+            self._check_admin_token(token)
+        current = await self.store.get_instance()
+        updated = apply_instance_fields(current, body)
+        if updated.bounce_poll_interval < 1:
+            raise InvalidRequest("bounce_poll_interval must be at least 1")
+        if updated != current:
+            await self.store.put_instance(updated)
+        if token is not None:
+            self._replace_admin_token(token)
+
+    def _check_admin_token(self, token: str) -> None:
+        if self.token_source == "env":
+            raise InvalidRequest("admin token is managed by GMP_API_TOKEN")
+        if self.token_source == "file":
+            raise InvalidRequest("admin token is managed by the config file")
+        if not token or not all(33 <= ord(ch) <= 126 for ch in token):
+            raise InvalidRequest("api_token must be non-empty printable ASCII without spaces")
+
+    def _replace_admin_token(self, token: str) -> None:
+        if self.token_writer is not None:
+            self.token_writer(token)
+        self.admin_token = token
+        log.info("admin API token replaced through PUT /instance")
+
+    async def reload_bounce(self, caller: Caller) -> bool:
+        """Re-read the bounce settings. There is no bounce poller in this build yet, so this
+        only validates them and reports whether bouncing is enabled."""
+        self.require_admin(caller)
+        config = await self.store.get_instance()
+        if config.bounce_enabled and not config.bounce_imap_host:
+            raise InvalidRequest("bounce enabled but no IMAP host configured")
+        return config.bounce_enabled
+
+    # -- command log -------------------------------------------------------------------------
+
+    async def record_command(
+        self, method: str, path: str, tenant_id: str | None, payload: Any, status: int
+    ) -> None:
+        entry = CommandEntry(command_ts=int(self.clock.now()), endpoint=f"{method} {path}",
+                             tenant_id=tenant_id, payload=audit.redact(payload),
+                             response_status=status)
+        await self.store.log_command(entry)
+
+    async def command_log(
+        self, caller: Caller, *, tenant_id: str | None, since_ts: int | None,
+        until_ts: int | None, endpoint: str | None, limit: int, offset: int,
+    ) -> tuple[int, list[CommandEntry]]:
+        self.require_admin(caller)
+        return await self.store.list_commands(tenant_id=tenant_id, since_ts=since_ts,
+                                              until_ts=until_ts, endpoint=endpoint,
+                                              limit=limit, offset=offset)
+
+    async def export_commands(
+        self, caller: Caller, *, tenant_id: str | None, since_ts: int | None,
+        until_ts: int | None,
+    ) -> list[CommandEntry]:
+        """Successful commands for replay; secret keys removed rather than masked."""
+        self.require_admin(caller)
+        found = await self.store.export_commands(tenant_id=tenant_id, since_ts=since_ts,
+                                                 until_ts=until_ts)
+        return [replace(e, payload=audit.strip_secrets(e.payload)) for e in found]
+
+
+@dataclass(frozen=True, slots=True)
+class SyncView:
+    """One tenant's row of /tenants/sync-status."""
+
+    tenant: Tenant
+    state: SyncState
+    pending_events: int
+    next_sync_due: bool
+    next_sync_ts: int | None
+    in_dnd: bool
+
+
+INSTANCE_FIELDS = tuple(
+    f.name for f in fields(InstanceConfig) if f.name not in ("created_at", "updated_at")
+)
+_INSTANCE_DEFAULTS = InstanceConfig()
+
+
+def apply_instance_fields(base: InstanceConfig, body: Mapping[str, Any]) -> InstanceConfig:
+    """Present keys change, null resets to the default; the password: null keeps, "" clears."""
+    changes: dict[str, Any] = {}
+    for name in INSTANCE_FIELDS:
+        if name not in body:
+            continue
+        value = body[name]
+        if name == "bounce_imap_password":
+            changes[name] = _secret(base.bounce_imap_password, body, name)
+        elif value is None:
+            changes[name] = getattr(_INSTANCE_DEFAULTS, name)
+        else:
+            changes[name] = value
+    return replace(base, **changes)
+
+
+def _ts_or_none(value: Any) -> int | None:
+    """Timestamps: floats are accepted and truncated (§1)."""
+    return None if value is None else int(value)
 
 
 def _str_or_none(value: Any) -> str | None:

@@ -8,7 +8,7 @@ import email.utils
 import logging
 import random
 import socket
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -91,6 +91,8 @@ class Worker:
         self._runner: asyncio.Task[None] | None = None
         self._renewer: asyncio.Task[None] | None = None
         self.active = False
+        # Called when stored outcomes created reportable events (the reporter's wake).
+        self.on_events: Callable[[], None] | None = None
 
     # -- control -----------------------------------------------------------------------------
 
@@ -183,6 +185,8 @@ class Worker:
         self._blocked.update(batch.blocked)
         for limited in batch.rate_limited:
             self._observer.rate_limited(limited.tenant_id, limited.account_id, limited.deferred)
+        if batch.rate_limited:
+            self._events_created()
         for message in batch.messages:
             self._inflight[message.pk] = message
             task = asyncio.create_task(self._deliver(message))
@@ -198,7 +202,8 @@ class Worker:
                 if self._inflight:
                     await self._store.renew(self._s.owner, list(self._inflight.values()),
                                             now + self._s.lease_seconds)
-                await self._store.recover(now, self._s.retry.max_retries, all_sending=False)
+                if await self._store.recover(now, self._s.retry.max_retries, all_sending=False):
+                    self._events_created()
                 await self._store.prune(now)
             except StoreError as exc:
                 log.warning("lease renewal failed: %s", exc)
@@ -234,6 +239,11 @@ class Worker:
         self._inflight.pop(message.pk, None)
         if applied[0]:
             self._observer.outcome(message, outcome, now)
+            self._events_created()
+
+    def _events_created(self) -> None:
+        if self.on_events is not None:
+            self.on_events()
 
     async def _account(self, tenant_id: str, account_id: str) -> Account | None:
         key = (tenant_id, account_id)

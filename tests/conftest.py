@@ -14,9 +14,10 @@ from aiohttp.test_utils import TestClient
 from mailproxy.app import build, make_app
 from mailproxy.config import Settings, load_settings
 from mailproxy.service import Clock
+from tests.endpoint import make_endpoint
 from tests.relay import Relay, make_relay, relay
 
-__all__ = ["make_relay", "relay"]
+__all__ = ["make_endpoint", "make_relay", "relay"]
 
 ADMIN = "admin-token-for-tests"
 

@@ -22,17 +22,20 @@ from mailproxy.errors import (
 from mailproxy.ingress.schemas import (
     AccountShape,
     ApiKeyShape,
+    CleanupShape,
     IdsShape,
+    InstanceShape,
     MessageShape,
     TenantShape,
 )
-from mailproxy.model import Account, Status, Tenant
-from mailproxy.service import Caller, MailService
+from mailproxy.model import Account, InstanceConfig, Status, Tenant
+from mailproxy.service import Caller, MailService, SyncView
 
 log = logging.getLogger("mailproxy.http")
 
 SERVICE = web.AppKey("service", MailService)
 STATUS_INFO = web.AppKey("status_info", dict)
+CALLER = web.RequestKey("caller", Caller)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 M = TypeVar("M", bound=BaseModel)
@@ -95,7 +98,9 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
 # -- request helpers ---------------------------------------------------------------------------
 
 async def _caller(request: web.Request) -> Caller:
-    return await request.app[SERVICE].authenticate(request.headers.get("X-API-Token"))
+    caller = await request.app[SERVICE].authenticate(request.headers.get("X-API-Token"))
+    request[CALLER] = caller
+    return caller
 
 
 async def _body(request: web.Request, *, optional: bool = False) -> Any:
@@ -212,11 +217,7 @@ async def add_messages(request: web.Request) -> web.Response:
 async def run_now(request: web.Request) -> web.Response:
     caller = await _caller(request)
     tenant_id = _query_str(request, "tenant_id")
-    service = request.app[SERVICE]
-    if tenant_id is not None:
-        await service.tenant_in_scope(caller, tenant_id)
-    if service.waker is not None:
-        service.waker.wake()
+    await request.app[SERVICE].run_now(caller, tenant_id)
     return _json({"ok": True})
 
 
@@ -249,6 +250,15 @@ async def delete_messages(request: web.Request) -> web.Response:
     await service.tenant_in_scope(caller, tenant_id)
     removed, missing = await service.store.delete_messages(tenant_id, shape.ids)
     return _json({"ok": True, "removed": removed, "not_found": missing, "unauthorized": []})
+
+
+async def cleanup_messages(request: web.Request) -> web.Response:
+    caller = await _caller(request)
+    tenant_id = _query_str(request, "tenant_id", required=True)
+    assert tenant_id is not None
+    shape = _shape(CleanupShape, await _object(request, optional=True))
+    removed = await request.app[SERVICE].cleanup(caller, tenant_id, shape.older_than_seconds)
+    return _json({"ok": True, "removed": removed})
 
 
 async def list_messages(request: web.Request) -> web.Response:
@@ -301,12 +311,12 @@ async def delete_account(request: web.Request) -> web.Response:
 
 async def post_tenant(request: web.Request) -> web.Response:
     caller = await _caller(request)
-    request.app[SERVICE].require_admin(caller)
     body = await _object(request)
     shape = _shape(TenantShape, body)
     if shape.id is None:
         raise Unprocessable([{"loc": ["body", "id"], "msg": "Field required",
                               "type": "missing"}])
+    request.app[SERVICE].require_admin(caller)
     key = await request.app[SERVICE].put_tenant(caller, body)
     return _json({"ok": True} if key is None else {"ok": True, "api_key": key})
 
@@ -341,7 +351,6 @@ async def delete_tenant(request: web.Request) -> web.Response:
 
 async def issue_key(request: web.Request) -> web.Response:
     caller = await _caller(request)
-    request.app[SERVICE].require_admin(caller)
     shape = _shape(ApiKeyShape, await _object(request, optional=True))
     expires = None if shape.expires_at is None else int(shape.expires_at)
     key, expires = await request.app[SERVICE].issue_key(
@@ -353,6 +362,124 @@ async def revoke_key(request: web.Request) -> web.Response:
     caller = await _caller(request)
     await request.app[SERVICE].revoke_key(caller, request.match_info["tenant_id"])
     return _json({"ok": True})
+
+
+async def sync_status(request: web.Request) -> web.Response:
+    caller = await _caller(request)
+    service = request.app[SERVICE]
+    views = await service.sync_status(caller)
+    return _json({"ok": True, "sync_interval_seconds": int(service.sync_rules.interval),
+                  "tenants": [sync_info(v) for v in views]})
+
+
+async def get_instance(request: web.Request) -> web.Response:
+    caller = await _caller(request)
+    config = await request.app[SERVICE].instance(caller)
+    return _json({"ok": True, **instance_info(config)})
+
+
+async def put_instance(request: web.Request) -> web.Response:
+    caller = await _caller(request)
+    body = await _object(request)
+    _shape(InstanceShape, body)
+    await request.app[SERVICE].update_instance(caller, body)
+    return _json({"ok": True})
+
+
+async def reload_bounce(request: web.Request) -> web.Response:
+    caller = await _caller(request)
+    enabled = await request.app[SERVICE].reload_bounce(caller)
+    return _json({"ok": True, "bounce_enabled": enabled})
+
+
+def _optional_int(request: web.Request, name: str) -> int | None:
+    if not request.query.get(name):
+        return None
+    return _query_int(request, name, 0)
+
+
+async def command_log(request: web.Request) -> web.Response:
+    caller = await _caller(request)
+    since, until = _optional_int(request, "since_ts"), _optional_int(request, "until_ts")
+    limit, offset = _query_int(request, "limit", 100), _query_int(request, "offset", 0)
+    total, entries = await request.app[SERVICE].command_log(
+        caller, tenant_id=_query_str(request, "tenant_id"), since_ts=since, until_ts=until,
+        endpoint=_query_str(request, "endpoint_filter"), limit=limit, offset=offset,
+    )
+    return _json({"ok": True, "total": total, "commands": [
+        {"id": e.id, "command_ts": e.command_ts, "endpoint": e.endpoint,
+         "tenant_id": e.tenant_id, "payload": e.payload, "response_status": e.response_status}
+        for e in entries]})
+
+
+async def command_log_export(request: web.Request) -> web.Response:
+    caller = await _caller(request)
+    since, until = _optional_int(request, "since_ts"), _optional_int(request, "until_ts")
+    entries = await request.app[SERVICE].export_commands(
+        caller, tenant_id=_query_str(request, "tenant_id"), since_ts=since, until_ts=until)
+    return _json({"ok": True, "commands": [
+        {"endpoint": e.endpoint, "tenant_id": e.tenant_id, "payload": e.payload,
+         "command_ts": e.command_ts} for e in entries]})
+
+
+# -- command log -------------------------------------------------------------------------------
+
+_LOGGED_METHODS = frozenset({"POST", "PUT", "DELETE"})
+_UNLOGGED_PATHS = frozenset({"/commands/run-now", "/instance/reload-bounce"})
+
+
+@web.middleware
+async def command_log_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Record every authenticated POST/PUT/DELETE (§3.7) with its final status.
+
+    Requests whose token failed are not recorded: an anonymous caller must not be able to
+    write into the audit log.
+    """
+    response = await handler(request)
+    caller = request.get(CALLER)
+    if (caller is None or request.method not in _LOGGED_METHODS
+            or request.path in _UNLOGGED_PATHS):
+        return response
+    try:
+        payload = await _logged_payload(request)
+        await request.app[SERVICE].record_command(
+            request.method, request.path, _logged_tenant(request, caller, payload), payload,
+            response.status)
+    except Exception as exc:  # the command itself is done; losing its log line is not fatal
+        log.warning("command log write failed for %s %s: %s", request.method, request.path,
+                    type(exc).__name__)
+    return response
+
+
+async def _logged_payload(request: web.Request) -> Any:
+    try:
+        raw = await request.read()
+        body = json.loads(raw) if raw.strip() else {}
+    except (ValueError, UnicodeDecodeError, web.HTTPException):
+        body = {}
+    if isinstance(body, dict) and request.query:
+        return {**dict(request.query), **body}
+    return body
+
+
+def _logged_tenant(request: web.Request, caller: Caller, payload: Any) -> str | None:
+    if caller.tenant_id is not None:
+        return caller.tenant_id
+    named = request.match_info.get("tenant_id") or request.query.get("tenant_id")
+    if named:
+        return named
+    if not isinstance(payload, dict):
+        return None
+    if request.path == "/tenant" and isinstance(payload.get("id"), str):
+        return str(payload["id"])
+    if isinstance(payload.get("tenant_id"), str):
+        return str(payload["tenant_id"])
+    messages = payload.get("messages")
+    if isinstance(messages, list):
+        ids = {m.get("tenant_id") for m in messages if isinstance(m, dict)}
+        if len(ids) == 1 and isinstance(next(iter(ids)), str):
+            return str(next(iter(ids)))
+    return None
 
 
 # -- response shapes ---------------------------------------------------------------------------
@@ -377,6 +504,32 @@ def tenant_info(t: Tenant) -> dict[str, Any]:
         "has_api_key": t.api_key_hash is not None,
         "suspended_batches": list(t.suspended_batches),
         "created_at": t.created_at, "updated_at": t.updated_at,
+    }
+
+
+def sync_info(v: SyncView) -> dict[str, Any]:
+    t, s = v.tenant, v.state
+    return {
+        "id": t.id, "name": t.name, "active": t.active, "client_base_url": t.client_base_url,
+        "last_sync_ts": s.last_sync_ts, "next_sync_due": v.next_sync_due,
+        "next_sync_ts": v.next_sync_ts, "in_dnd": v.in_dnd, "pending_events": v.pending_events,
+        "consecutive_failures": s.consecutive_failures,
+        "retry_at": None if s.retry_at is None else int(s.retry_at),
+        "last_error": s.last_error,
+    }
+
+
+def instance_info(c: InstanceConfig) -> dict[str, Any]:
+    port = c.bounce_imap_port or (993 if c.bounce_imap_ssl else 143)
+    return {
+        "name": c.name, "edition": "ee", "bounce_enabled": c.bounce_enabled,
+        "bounce_imap_host": c.bounce_imap_host, "bounce_imap_port": port,
+        "bounce_imap_user": c.bounce_imap_user,
+        "has_bounce_imap_password": c.bounce_imap_password is not None,
+        "bounce_imap_folder": c.bounce_imap_folder, "bounce_imap_ssl": c.bounce_imap_ssl,
+        "bounce_poll_interval": c.bounce_poll_interval,
+        "bounce_return_path": c.bounce_return_path,
+        "created_at": c.created_at, "updated_at": c.updated_at,
     }
 
 
@@ -405,17 +558,24 @@ ROUTES: tuple[tuple[str, str, Handler], ...] = (
     ("POST", "/commands/suspend", suspend),
     ("POST", "/commands/activate", activate),
     ("POST", "/commands/delete-messages", delete_messages),
+    ("POST", "/commands/cleanup-messages", cleanup_messages),
     ("GET", "/messages", list_messages),
     ("POST", "/account", post_account),
     ("GET", "/accounts", list_accounts),
     ("DELETE", "/account/{account_id}", delete_account),
     ("POST", "/tenant", post_tenant),
     ("GET", "/tenants", list_tenants),
+    ("GET", "/tenants/sync-status", sync_status),
     ("GET", "/tenant/{tenant_id}", get_tenant),
     ("PUT", "/tenant/{tenant_id}", put_tenant),
     ("DELETE", "/tenant/{tenant_id}", delete_tenant),
     ("POST", "/tenant/{tenant_id}/api-key", issue_key),
     ("DELETE", "/tenant/{tenant_id}/api-key", revoke_key),
+    ("GET", "/instance", get_instance),
+    ("PUT", "/instance", put_instance),
+    ("POST", "/instance/reload-bounce", reload_bounce),
+    ("GET", "/command-log", command_log),
+    ("GET", "/command-log/export", command_log_export),
 )
 
 

@@ -120,7 +120,25 @@ class IdsShape(BaseModel):
 class CleanupShape(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
-    older_than_seconds: StrictInt | None = None
+    older_than_seconds: Annotated[StrictInt, Field(ge=0)] | None = None
+
+
+class InstanceShape(BaseModel):
+    """PUT /instance body: types only; value rules are the service's (400)."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    name: Str = None
+    api_token: Str = None
+    bounce_enabled: StrictBool | None = None
+    bounce_imap_host: Str = None
+    bounce_imap_port: Annotated[StrictInt, Field(ge=1, le=65535)] | None = None
+    bounce_imap_user: Str = None
+    bounce_imap_password: Str = None
+    bounce_imap_folder: Str = None
+    bounce_imap_ssl: StrictBool | None = None
+    bounce_poll_interval: StrictInt | None = None
+    bounce_return_path: Str = None
 
 
 class ApiKeyShape(BaseModel):

@@ -13,12 +13,17 @@ from typing import Any, Protocol
 from mailproxy.model import (
     Account,
     ClientAuth,
+    CommandEntry,
     Deferred,
+    Event,
+    EventType,
     Failed,
+    InstanceConfig,
     LimitBehavior,
     Outcome,
     RateLimits,
     Sent,
+    SyncState,
     Tenant,
 )
 from mailproxy.policy import display_status
@@ -228,11 +233,27 @@ def message_record(
         "is_pec": bool(row["is_pec"]),
         "created_at": ts_text(row["created_ts"]),
         "updated_at": ts_text(row["updated_ts"]),
-        "message": json.loads(row["payload"]),
+        "message": redact_attachment_auth(json.loads(row["payload"])),
     }
     if history is not None:
         record["history"] = history
     return record
+
+
+def redact_attachment_auth(payload: dict[str, Any]) -> dict[str, Any]:
+    """The stored payload as GET /messages shows it: attachment auth secrets masked (§5.2)."""
+    attachments = payload.get("attachments")
+    if not isinstance(attachments, list):
+        return payload
+    shown = []
+    for item in attachments:
+        auth = item.get("auth") if isinstance(item, dict) else None
+        if isinstance(auth, dict):
+            masked = {k: ("***" if k in ("token", "password") and v is not None else v)
+                      for k, v in auth.items()}
+            item = {**item, "auth": masked}
+        shown.append(item)
+    return {**payload, "attachments": shown}
 
 
 def history_entry(row: Sequence[Any]) -> dict[str, Any]:
@@ -245,3 +266,66 @@ def history_entry(row: Sequence[Any]) -> dict[str, Any]:
         "metadata": json.loads(metadata) if metadata else {},
         "reported_ts": reported_ts,
     }
+
+
+def event_from_row(row: Sequence[Any]) -> Event:
+    """A pending event joined with its message (client id and account may be gone: None)."""
+    event_id, pk, tenant_id, account_id, client_id, event_type, event_ts, desc, meta = row
+    return Event(
+        event_id=str(event_id), pk=pk or "", tenant_id=tenant_id, account_id=account_id,
+        client_id=client_id or "", event_type=EventType(event_type), event_ts=int(event_ts),
+        description=desc, metadata=json.loads(meta) if meta else {},
+    )
+
+
+def sync_from_row(row: Sequence[Any]) -> SyncState:
+    tenant_id, last_sync, last_call, failures, retry_at, last_error, dnd, resync = row
+    return SyncState(
+        tenant_id=tenant_id, last_sync_ts=last_sync, last_call_ts=last_call,
+        consecutive_failures=int(failures or 0), retry_at=retry_at, last_error=last_error,
+        next_sync_after=dnd, resync_at=resync,
+    )
+
+
+def sync_to_row(state: SyncState) -> dict[str, Any]:
+    return {
+        "tenant_id": state.tenant_id, "last_sync_ts": state.last_sync_ts,
+        "last_call_ts": state.last_call_ts, "consecutive_failures": state.consecutive_failures,
+        "retry_at": state.retry_at, "last_error": state.last_error,
+        "next_sync_after": state.next_sync_after, "resync_at": state.resync_at,
+    }
+
+
+def instance_from_row(row: Sequence[Any] | None, cipher: Cipher) -> InstanceConfig:
+    if row is None:
+        return InstanceConfig()
+    (name, enabled, host, port, user, password, folder, ssl, interval, return_path,
+     created, updated) = row
+    return InstanceConfig(
+        name=name, bounce_enabled=bool(enabled), bounce_imap_host=host, bounce_imap_port=port,
+        bounce_imap_user=user, bounce_imap_password=cipher.decrypt(password),
+        bounce_imap_folder=folder or "INBOX", bounce_imap_ssl=bool(ssl),
+        bounce_poll_interval=int(interval), bounce_return_path=return_path,
+        created_at=str(created), updated_at=str(updated),
+    )
+
+
+def instance_to_row(config: InstanceConfig, cipher: Cipher) -> dict[str, Any]:
+    return {
+        "name": config.name, "bounce_enabled": 1 if config.bounce_enabled else 0,
+        "bounce_imap_host": config.bounce_imap_host, "bounce_imap_port": config.bounce_imap_port,
+        "bounce_imap_user": config.bounce_imap_user,
+        "bounce_imap_password": cipher.encrypt(config.bounce_imap_password),
+        "bounce_imap_folder": config.bounce_imap_folder,
+        "bounce_imap_ssl": 1 if config.bounce_imap_ssl else 0,
+        "bounce_poll_interval": config.bounce_poll_interval,
+        "bounce_return_path": config.bounce_return_path,
+    }
+
+
+def command_from_row(row: Sequence[Any]) -> CommandEntry:
+    command_id, ts, endpoint, tenant_id, payload, status = row
+    return CommandEntry(
+        id=int(command_id), command_ts=int(ts), endpoint=endpoint, tenant_id=tenant_id,
+        payload=json.loads(payload) if payload else None, response_status=int(status),
+    )

@@ -28,14 +28,18 @@ from mailproxy.model import (
     Account,
     ClaimBatch,
     Claimed,
+    CommandEntry,
     Deferred,
+    Event,
     Failed,
+    InstanceConfig,
     LimitBehavior,
     NewMessage,
     Outcome,
     RateLimited,
     RateLimits,
     Sent,
+    SyncState,
     Tenant,
 )
 from mailproxy.store import rows
@@ -43,6 +47,7 @@ from mailproxy.store.queries import load_queries, migrations
 
 T = TypeVar("T")
 Q = load_queries("sqlite")
+R = load_queries("sqlite", "reports.sql")
 _FINAL = frozenset(rows.FINAL)
 
 
@@ -287,6 +292,7 @@ class SqliteStore:
             for name in ("delete_tenant_accounts", "delete_tenant_events",
                          "delete_tenant_messages", "delete_tenant_rates"):
                 c.execute(Q[name], (tenant_id,))
+            c.execute(R["delete_sync"], (tenant_id,))
             return True
 
         return await self._write(op)
@@ -648,3 +654,122 @@ class SqliteStore:
 
     async def prune(self, now: float) -> None:
         await self._write(lambda c: c.execute(Q["prune_rate_sends"], (int(now) - 86400,)))
+
+    # -- delivery reports --------------------------------------------------------------------
+
+    async def pending_event_counts(self) -> dict[str, int]:
+        """Unreported events per tenant (tenants without any are absent)."""
+        found = await self._read(lambda c: c.execute(R["pending_event_counts"]).fetchall())
+        return {str(t): int(n) for t, n in found}
+
+    async def pending_events(self, tenant_id: str, limit: int) -> list[Event]:
+        """The tenant's oldest unreported events, in event order, with message id/account."""
+        found = await self._read(
+            lambda c: c.execute(R["pending_events"], (tenant_id, limit)).fetchall()
+        )
+        return [rows.event_from_row(r) for r in found]
+
+    async def ack_events(self, tenant_id: str, event_ids: Sequence[str], now: int) -> int:
+        """Mark events reported (and their messages' reported_ts); returns events marked."""
+        args = {"tenant_id": tenant_id, "now": now,
+                "ids": rows.dumps([int(i) for i in event_ids])}
+
+        def op(c: sqlite3.Connection) -> int:
+            c.execute(R["ack_messages"], args)
+            return int(c.execute(R["ack_events"], args).rowcount)
+
+        return await self._write(op)
+
+    async def ack_all_events(self, tenant_id: str, now: int) -> int:
+        """Mark every unreported event of a tenant reported (tenant without a target)."""
+        args = {"tenant_id": tenant_id, "now": now}
+
+        def op(c: sqlite3.Connection) -> int:
+            c.execute(R["ack_tenant_messages"], args)
+            return int(c.execute(R["ack_tenant_events"], args).rowcount)
+
+        return await self._write(op)
+
+    async def get_sync_state(self, tenant_id: str) -> SyncState:
+        row = await self._read(lambda c: c.execute(R["get_sync"], (tenant_id,)).fetchone())
+        return SyncState(tenant_id) if row is None else rows.sync_from_row(row)
+
+    async def list_sync_states(self) -> list[SyncState]:
+        found = await self._read(lambda c: c.execute(R["list_sync"]).fetchall())
+        return [rows.sync_from_row(r) for r in found]
+
+    async def put_sync_state(self, state: SyncState) -> None:
+        """Upsert the state; never touches the report lease."""
+        data = rows.sync_to_row(state)
+        await self._write(lambda c: c.execute(R["put_sync"], data))
+
+    async def acquire_report_lease(self, tenant_id: str, owner: str, now: float, until: float
+                                   ) -> bool:
+        """Take or renew the claim on a tenant's pending events; False if another owns it."""
+        args = {"tenant_id": tenant_id, "owner": owner, "now": now, "until": until}
+        return bool(await self._write(
+            lambda c: c.execute(R["acquire_report_lease"], args).rowcount))
+
+    async def release_report_lease(self, tenant_id: str, owner: str) -> None:
+        await self._write(
+            lambda c: c.execute(R["release_report_lease"], (tenant_id, owner)))
+
+    async def purge_reported(self, before_ts: int, tenant_id: str | None = None) -> int:
+        """Delete final messages fully acknowledged before before_ts, with their events."""
+        args = {"before": before_ts, "tenant_id": tenant_id}
+
+        def op(c: sqlite3.Connection) -> int:
+            total = 0
+            while True:
+                seqs = [r[0] for r in c.execute(R["purge_candidates"], args).fetchall()]
+                if not seqs:
+                    return total
+                text = rows.dumps(seqs)
+                c.execute(R["purge_events"], (text,))
+                c.execute(R["purge_messages"], (text,))
+                total += len(seqs)
+
+        return await self._write(op)
+
+    # -- instance settings and command log ---------------------------------------------------
+
+    async def get_instance(self) -> InstanceConfig:
+        row = await self._read(lambda c: c.execute(R["get_instance"]).fetchone())
+        return rows.instance_from_row(row, self._cipher)
+
+    async def put_instance(self, config: InstanceConfig) -> None:
+        data = rows.instance_to_row(config, self._cipher)
+        data["now_text"] = rows.now_text()
+        await self._write(lambda c: c.execute(R["put_instance"], data))
+
+    async def log_command(self, entry: CommandEntry) -> None:
+        args = (entry.command_ts, entry.endpoint, entry.tenant_id, rows.dumps(entry.payload),
+                entry.response_status)
+        await self._write(lambda c: c.execute(R["insert_command"], args))
+
+    async def list_commands(
+        self, *, tenant_id: str | None, since_ts: int | None, until_ts: int | None,
+        endpoint: str | None, limit: int, offset: int,
+    ) -> tuple[int, list[CommandEntry]]:
+        """Matching rows newest first, and the number of all matches."""
+        args = {"tenant_id": tenant_id, "since_ts": since_ts, "until_ts": until_ts,
+                "endpoint": endpoint, "limit": limit, "offset": offset}
+
+        def op(c: sqlite3.Connection) -> tuple[int, list[Any]]:
+            total = c.execute(R["count_commands"], args).fetchone()[0]
+            return int(total), c.execute(R["list_commands"], args).fetchall()
+
+        total, found = await self._read(op)
+        return total, [rows.command_from_row(r) for r in found]
+
+    async def export_commands(
+        self, *, tenant_id: str | None, since_ts: int | None, until_ts: int | None
+    ) -> list[CommandEntry]:
+        """Successful (2xx) rows, oldest first."""
+        args = {"tenant_id": tenant_id, "since_ts": since_ts, "until_ts": until_ts}
+        found = await self._read(lambda c: c.execute(R["export_commands"], args).fetchall())
+        return [rows.command_from_row(r) for r in found]
+
+    async def prune_commands(self, before_ts: int) -> int:
+        return int(await self._write(
+            lambda c: c.execute(R["prune_commands"], (before_ts,)).rowcount))
