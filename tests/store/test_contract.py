@@ -608,3 +608,14 @@ async def test_delete_tenant_cascades(store: Store) -> None:
     await store.enqueue([new(2)], T0 + 1)
     assert await claim_ids(store, T0 + 1) == ["m2"]
 
+
+async def test_delete_tenant_keeps_other_tenants_rate_counts(store: Store) -> None:
+    """Tenant ids may contain '_': deleting "t_1" must not touch the counts of "tx1"."""
+    for tenant_id in ("t_1", "tx1"):
+        await tenant(store, tenant_id)
+        await account(store, tenant_id, limits=RateLimits(minute=1))
+    await store.enqueue([new(1, tenant_id="tx1")], T0)
+    assert await send_all(store, T0) == ["m1"]
+    assert await store.delete_tenant("t_1") is True
+    await store.enqueue([new(2, tenant_id="tx1")], T0 + 1)
+    assert await claim_ids(store, T0 + 1) == []
