@@ -17,7 +17,6 @@ from tests.store.conftest import PgSchema, StoreFactory
 from tests.store.test_contract import LEASE, T0, account, new, tenant
 
 
-
 @pytest.fixture
 def backend() -> str:
     """Every store in this module is a PostgreSQL instance on the test's schema."""
