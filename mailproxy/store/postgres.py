@@ -381,7 +381,7 @@ class PostgresStore:
             if not await _ex(c, "delete_tenant", tenant_id=tenant_id):
                 return False
             for name in ("delete_tenant_events", "delete_tenant_messages",
-                         "delete_tenant_rates"):
+                         "delete_tenant_rates", "delete_tenant_blocks"):
                 await _ex(c, name, tenant_id=tenant_id)
             return True
 
@@ -413,6 +413,7 @@ class PostgresStore:
         async def op(c: Conn) -> bool:
             if not await _ex(c, "delete_account", tenant_id=tenant_id, account_id=account_id):
                 return False
+            await _ex(c, "delete_account_block", tenant_id=tenant_id, account_id=account_id)
             for row in await _q(c, "open_messages_of_account", tenant_id=tenant_id,
                                 account_id=account_id):
                 await self._fail(c, row["seq"], tenant_id, "account deleted", None, now)
@@ -655,6 +656,10 @@ class _Plan:
     scopes: tuple[str, ...]
 
 
+def _block_key(account: Account) -> str:
+    return f"rate_block:{account.tenant_id}/{account.id}"
+
+
 def _plan(row: Any) -> _Plan:
     account = rows.account_config(row["tenant_id"], row["id"], json.loads(row["config"]))
     tenant_limits = rows.tenant_limits(json.loads(row["tenant_config"]))
@@ -672,6 +677,9 @@ class _Claim:
     Accounts without limits are claimed together (one LATERAL query per run of them);
     an account under a rate limit is claimed alone, while this transaction holds the
     advisory locks of its scopes, so that no other instance can spend the same budget.
+    An account deferred for a full window is recorded in meta ("rate_block:t/a"), so that
+    every instance skips it until the window frees, as the deferring worker does: one
+    deferred event per full window, however many instances run.
     """
 
     def __init__(
@@ -699,6 +707,7 @@ class _Claim:
         scopes = sorted({s for p in plans for s in p.scopes})
         if scopes:
             await _val(c, "lock_scopes", scopes=scopes)
+            plans = await self._unblocked(c, plans)
         run: list[_Plan] = []
         for plan in plans:
             if not plan.scopes:
@@ -711,6 +720,19 @@ class _Claim:
             await self._claim_limited(c, plan)
         await self._claim_free(c, run)
         return ClaimBatch(tuple(self.claimed), self.blocked, tuple(self.limited))
+
+    async def _unblocked(self, c: Conn, plans: list[_Plan]) -> list[_Plan]:
+        """Drop (and report as blocked) the accounts another instance found over a limit."""
+        keys = [_block_key(p.account) for p in plans if p.scopes]
+        blocks = {r["key"]: r["until"] for r in await _q(c, "rate_blocks", keys=keys)}
+        kept = []
+        for plan in plans:
+            until = blocks.get(_block_key(plan.account))
+            if until is not None and until > self.now_int:
+                self.blocked[plan.account.key] = until
+            else:
+                kept.append(plan)
+        return kept
 
     async def _take(self, c: Conn, wanted: Sequence[tuple[Account, int]], scopes: tuple[str, ...]
                     ) -> None:
@@ -782,6 +804,7 @@ class _Claim:
         await _ex(c, "insert_event", seq=seq, tenant_id=account.tenant_id, event_type="deferred",
                   event_ts=self.now_int, description="rate_limit",
                   metadata=rows.dumps({"next_attempt_ts": until}))
+        await _ex(c, "set_meta", key=_block_key(account), value=str(until))
         self.blocked[account.key] = until
         self.limited.append(RateLimited(account.tenant_id, account.id, deferred=True))
 

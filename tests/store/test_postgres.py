@@ -13,7 +13,7 @@ from mailproxy.model import RateLimits, Sent
 from mailproxy.service import Store
 from mailproxy.store.postgres import PostgresStore
 from mailproxy.vault import Vault
-from tests.store.conftest import PgSchema, StoreFactory
+from tests.store.conftest import PG_URL, PgSchema, StoreFactory
 from tests.store.test_contract import LEASE, T0, account, new, tenant
 
 
@@ -89,6 +89,29 @@ async def test_rate_limit_is_never_overshot_across_instances(make_store: StoreFa
     assert sum(sent) == limit
 
 
+async def test_one_rate_limit_deferral_whatever_the_number_of_instances(
+    make_store: StoreFactory
+) -> None:
+    one, two = await make_store(), await make_store()
+    await tenant(one)
+    await account(one, limits=RateLimits(minute=2))
+    await one.enqueue([new(i) for i in range(1, 6)], T0)
+    batch = await one.claim("w1", T0, LEASE, 100)
+    await one.record("w1", [(m, Sent()) for m in batch.messages], T0)
+    first = await one.claim("w1", T0 + 1, LEASE, 100)
+    assert first.blocked == {("acme", "main"): int(T0) + 60}
+    second = await two.claim("w2", T0 + 2, LEASE, 100)
+    assert (second.messages, second.blocked, second.rate_limited) == (
+        (), {("acme", "main"): int(T0) + 60}, ())
+    found = await one.get_tenant("acme")
+    assert found is not None
+    records = await one.list_messages(found, now=int(T0) + 2, include_history=True)
+    deferred = [h for r in records for h in r["history"] if h["event_type"] == "deferred"]
+    assert len(deferred) == 1
+    got = await two.claim("w2", T0 + 61, LEASE, 100)
+    assert [m.id for m in got.messages] == ["m3", "m4"]
+
+
 async def test_migrations_applied_once_when_instances_start_together(
     make_store: StoreFactory, pg_schema: PgSchema
 ) -> None:
@@ -99,7 +122,7 @@ async def test_migrations_applied_once_when_instances_start_together(
 async def test_schemas_are_isolated(make_store: StoreFactory, cipher: Vault) -> None:
     store = await make_store()
     await tenant(store, "only-here")
-    other = PgSchema(store._dsn)  # type: ignore[attr-defined]
+    other = PgSchema(PG_URL)
     elsewhere = PostgresStore(other.url, cipher, pool_size=1)
     await elsewhere.open()
     try:

@@ -52,6 +52,16 @@ DELETE FROM events WHERE tenant_id = :tenant_id;
 -- name: delete_tenant_messages
 DELETE FROM messages WHERE tenant_id = :tenant_id;
 
+-- name: delete_tenant_blocks
+DELETE FROM meta WHERE starts_with(key, 'rate_block:' || :tenant_id::text || '/');
+
+-- name: delete_account_block
+DELETE FROM meta WHERE key = 'rate_block:' || :tenant_id::text || '/' || :account_id::text;
+
+-- name: rate_blocks
+-- Accounts another instance found over a limit: skipped until the window frees.
+SELECT key, value::bigint AS until FROM meta WHERE key = ANY(:keys::text[]);
+
 -- name: delete_tenant_rates
 DELETE FROM rate_sends
 WHERE scope = 't:' || :tenant_id::text OR starts_with(scope, 'a:' || :tenant_id::text || '/');
