@@ -61,6 +61,7 @@ _TRANSIENT: tuple[type[BaseException], ...] = (
     asyncpg.exceptions.OperatorInterventionError,  # admin/crash shutdown, starting up
     asyncpg.exceptions.TooManyConnectionsError,
     asyncpg.exceptions.TransactionRollbackError,  # deadlock, serialization failure
+    asyncpg.exceptions.InternalClientError,  # protocol state broken by a dropped connection
     OSError,
     TimeoutError,
 )
@@ -111,6 +112,9 @@ def _affected(status: str) -> int:
 
 class _CommitUnknown(Exception):
     """The connection failed during COMMIT: the transaction may or may not have committed."""
+
+
+_BROKEN: tuple[type[BaseException], ...] = (_CommitUnknown, *_TRANSIENT)
 
 
 async def _q(con: Conn, name: str, **values: Any) -> list[Any]:
@@ -223,7 +227,7 @@ class PostgresStore:
                     raise StoreError(f"database unavailable: {exc}") from exc
                 log.warning("database operation failed (%s); retrying in %.2f s", exc, delay)
                 if not isinstance(exc, asyncpg.exceptions.TransactionRollbackError):
-                    self._expire_connections()
+                    await self._expire_connections()
                 await asyncio.sleep(delay)
             except (asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
                 raise StoreError(f"database operation failed: {exc}") from exc
@@ -234,24 +238,33 @@ class PostgresStore:
         if pool is None:
             raise StoreError("store is closed")
         async with pool.acquire() as con:
-            tx = con.transaction()
-            await tx.start()
             try:
-                result = await fn(con)
-            except BaseException:
-                with contextlib.suppress(Exception):
-                    await tx.rollback()
+                return await self._in_transaction(con, fn)
+            except _BROKEN:
+                with contextlib.suppress(Exception):  # may already be detached from the pool
+                    con.terminate()  # never hand a broken connection back to the pool
                 raise
-            try:
-                await tx.commit()
-            except _TRANSIENT as exc:
-                raise _CommitUnknown() from exc
-            return result
 
-    def _expire_connections(self) -> None:
+    @staticmethod
+    async def _in_transaction(con: Conn, fn: Callable[[Conn], Awaitable[T]]) -> T:
+        tx = con.transaction()
+        await tx.start()
+        try:
+            result = await fn(con)
+        except BaseException:
+            with contextlib.suppress(Exception):
+                await tx.rollback()
+            raise
+        try:
+            await tx.commit()
+        except _TRANSIENT as exc:
+            raise _CommitUnknown() from exc
+        return result
+
+    async def _expire_connections(self) -> None:
         """After a connection error, replace the idle connections too: they died with it."""
         if self._pool is not None:
-            self._pool.expire_connections()
+            await self._pool.expire_connections()
 
     # -- wake-ups across instances ------------------------------------------------------------
 
