@@ -21,7 +21,7 @@ from mailproxy.errors import ConfigError
 from mailproxy.ingress import http
 from mailproxy.model import Priority
 from mailproxy.policy import RetryPolicy
-from mailproxy.service import Clock, MailService, Store, SystemClock
+from mailproxy.service import Clock, MailService, Store, SystemClock, WakeSource
 from mailproxy.store import open_store
 from mailproxy.tokens import new_token
 from mailproxy.vault import Vault, load_key, write_private
@@ -121,6 +121,8 @@ def make_app(parts: Parts) -> web.Application:
 
     async def lifetime(_app: web.Application) -> AsyncIterator[None]:
         await parts.worker.start(recover_all=not parts.settings.is_postgres)
+        if isinstance(parts.store, WakeSource):  # enqueues by other instances wake us
+            await parts.store.listen(parts.worker.wake)
         yield
         await parts.worker.stop(parts.settings.shutdown_grace_seconds)
         await parts.pool.close()

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 from mailproxy import intake
 from mailproxy.errors import Forbidden, InvalidRequest, NotFound, Unauthorized
@@ -78,6 +78,16 @@ class Store(Protocol):
     async def release(self, owner: str, claimed: Sequence[Claimed], now: float) -> None: ...
     async def recover(self, now: float, retry_max: int, *, all_sending: bool) -> int: ...
     async def prune(self, now: float) -> None: ...
+
+
+@runtime_checkable
+class WakeSource(Protocol):
+    """Optional store capability: wake-ups from other instances sharing the database.
+
+    PostgreSQL implements it with LISTEN/NOTIFY; SQLite has a single process and does not.
+    """
+
+    async def listen(self, callback: Callable[[], None]) -> None: ...
 
 
 @dataclass(frozen=True, slots=True)
