@@ -23,7 +23,7 @@ from mailproxy.model import Priority
 from mailproxy.netguard import AllowList
 from mailproxy.policy import RetryPolicy
 from mailproxy.reports import Reporter, ReporterSettings
-from mailproxy.service import Clock, MailService, Store, SystemClock
+from mailproxy.service import Clock, MailService, Store, SystemClock, WakeSource
 from mailproxy.store import open_store
 from mailproxy.tokens import new_token
 from mailproxy.vault import Vault, load_key, write_private
@@ -159,6 +159,8 @@ def make_app(parts: Parts) -> web.Application:
     async def lifetime(_app: web.Application) -> AsyncIterator[None]:
         await parts.worker.start(recover_all=not parts.settings.is_postgres)
         await parts.reporter.start()
+        if isinstance(parts.store, WakeSource):  # enqueues by other instances wake us
+            await parts.store.listen(parts.worker.wake)
         yield
         await parts.reporter.stop()
         await parts.worker.stop(parts.settings.shutdown_grace_seconds)

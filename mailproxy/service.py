@@ -6,7 +6,7 @@ import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, fields, replace
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 from mailproxy import audit, intake, sync
 from mailproxy.errors import Forbidden, InvalidRequest, NotFound, Unauthorized
@@ -117,6 +117,16 @@ class Store(Protocol):
         self, *, tenant_id: str | None, since_ts: int | None, until_ts: int | None
     ) -> list[CommandEntry]: ...
     async def prune_commands(self, before_ts: int) -> int: ...
+
+
+@runtime_checkable
+class WakeSource(Protocol):
+    """Optional store capability: wake-ups from other instances sharing the database.
+
+    PostgreSQL implements it with LISTEN/NOTIFY; SQLite has a single process and does not.
+    """
+
+    async def listen(self, callback: Callable[[], None]) -> None: ...
 
 
 @dataclass(frozen=True, slots=True)

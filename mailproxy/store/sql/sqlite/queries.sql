@@ -47,7 +47,9 @@ DELETE FROM events WHERE tenant_id = ?;
 DELETE FROM messages WHERE tenant_id = ?;
 
 -- name: delete_tenant_rates
-DELETE FROM rate_sends WHERE scope = 't:' || ?1 OR scope LIKE 'a:' || ?1 || '/%';
+-- A prefix test, not LIKE: tenant ids may contain '_', which LIKE reads as a wildcard.
+DELETE FROM rate_sends
+WHERE scope = 't:' || ?1 OR substr(scope, 1, length(?1) + 3) = 'a:' || ?1 || '/';
 
 -- name: get_account
 SELECT tenant_id, id, config, secrets, submission_hash, created_at, updated_at

@@ -1,0 +1,831 @@
+"""PostgreSQL store: asyncpg pool, claim with FOR UPDATE SKIP LOCKED under a lease.
+
+Several instances may share one database. What SQLite gets from owning the file, this
+store gets from the database: row locks (SKIP LOCKED) keep claimers apart, a lease owner
+fences late outcomes, and a transaction-level advisory lock per rate scope makes checking
+and consuming a rate window one atomic step across instances.
+
+Every operation is one transaction. A lost connection before COMMIT is retried with
+backoff on a fresh connection (the pool reconnects after a server restart); a failure
+during COMMIT is not retried, because its outcome is unknown. Driver exceptions leave as
+StoreError.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import re
+import uuid
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, TypeVar
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+import asyncpg
+
+from mailproxy import policy
+from mailproxy.errors import ConfigError, StoreError
+from mailproxy.model import (
+    Account,
+    ClaimBatch,
+    Claimed,
+    Deferred,
+    Failed,
+    LimitBehavior,
+    NewMessage,
+    Outcome,
+    RateLimited,
+    RateLimits,
+    Sent,
+    Tenant,
+)
+from mailproxy.store import rows
+from mailproxy.store.queries import load_queries, migrations
+
+log = logging.getLogger("mailproxy.store.postgres")
+
+T = TypeVar("T")
+Conn = Any  # asyncpg.Connection (asyncpg ships no type information)
+CHANNEL = "mailproxy_wake"
+_FINAL = frozenset(rows.FINAL)
+_SCHEMA_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
+_PARAM = re.compile(r"(?<![:\w]):([A-Za-z_]\w*)")
+_RETRY_DELAYS = (0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 3.0)
+
+# Errors after which the transaction surely did not commit and a new attempt may succeed.
+_TRANSIENT: tuple[type[BaseException], ...] = (
+    asyncpg.PostgresConnectionError,
+    asyncpg.exceptions.OperatorInterventionError,  # admin/crash shutdown, starting up
+    asyncpg.exceptions.TooManyConnectionsError,
+    asyncpg.exceptions.TransactionRollbackError,  # deadlock, serialization failure
+    asyncpg.exceptions.InternalClientError,  # protocol state broken by a dropped connection
+    OSError,
+    TimeoutError,
+)
+
+
+@dataclass(frozen=True, slots=True)
+class _Sql:
+    """A named query with :name parameters rewritten to asyncpg's $n."""
+
+    text: str
+    names: tuple[str, ...]
+
+    def args(self, values: Mapping[str, Any]) -> list[Any]:
+        return [values[name] for name in self.names]
+
+
+def _compile(sql: str) -> _Sql:
+    names: list[str] = []
+
+    def number(match: re.Match[str]) -> str:
+        name = match.group(1)
+        if name not in names:
+            names.append(name)
+        return f"${names.index(name) + 1}"
+
+    return _Sql(_PARAM.sub(number, sql), tuple(names))
+
+
+Q = {name: _compile(sql) for name, sql in load_queries("postgres").items()}
+
+
+def _split_url(url: str) -> tuple[str, str | None]:
+    """(dsn for asyncpg, schema) from a URL that may carry ?schema=NAME."""
+    parts = urlsplit(url)
+    query = parse_qsl(parts.query, keep_blank_values=True)
+    schema = next((v for k, v in query if k == "schema"), None)
+    if schema is not None and not _SCHEMA_NAME.match(schema):
+        raise ConfigError(f"invalid PostgreSQL schema name: {schema!r}")
+    rest = urlencode([(k, v) for k, v in query if k != "schema"])
+    scheme = "postgresql" if parts.scheme == "postgres" else parts.scheme
+    return urlunsplit((scheme, parts.netloc, parts.path, rest, parts.fragment)), schema
+
+
+def _affected(status: str) -> int:
+    """Row count from a command tag such as 'UPDATE 3'."""
+    return int(status.rsplit(" ", 1)[-1])
+
+
+class _CommitUnknown(Exception):
+    """The connection failed during COMMIT: the transaction may or may not have committed."""
+
+
+_BROKEN: tuple[type[BaseException], ...] = (_CommitUnknown, *_TRANSIENT)
+
+
+async def _q(con: Conn, name: str, **values: Any) -> list[Any]:
+    sql = Q[name]
+    return list(await con.fetch(sql.text, *sql.args(values)))
+
+
+async def _q1(con: Conn, name: str, **values: Any) -> Any:
+    sql = Q[name]
+    return await con.fetchrow(sql.text, *sql.args(values))
+
+
+async def _val(con: Conn, name: str, **values: Any) -> Any:
+    sql = Q[name]
+    return await con.fetchval(sql.text, *sql.args(values))
+
+
+async def _ex(con: Conn, name: str, **values: Any) -> int:
+    sql = Q[name]
+    return _affected(await con.execute(sql.text, *sql.args(values)))
+
+
+class PostgresStore:
+    """The Store on a PostgreSQL database, shared by any number of instances."""
+
+    def __init__(
+        self, url: str, cipher: rows.Cipher, *, pool_size: int = 10,
+        retry_delays: Sequence[float] = _RETRY_DELAYS,
+    ) -> None:
+        self._dsn, self._schema = _split_url(url)
+        self._cipher = cipher
+        self._pool_size = max(1, pool_size)
+        self._retry_delays = tuple(retry_delays)
+        self._pool: Any = None
+        self._claim_offset = 0
+        self._listen_con: Any = None
+        self._listen_task: asyncio.Task[None] | None = None
+        self._listen_lost = asyncio.Event()
+        self._listen_callback: Callable[[], None] | None = None
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    def _server_settings(self) -> dict[str, str]:
+        name = "mailproxy" if self._schema is None else f"mailproxy/{self._schema}"
+        settings = {"application_name": name}
+        if self._schema is not None:
+            settings["search_path"] = f'"{self._schema}"'
+        return settings
+
+    async def open(self) -> None:
+        try:
+            await self._migrate()
+            self._pool = await asyncpg.create_pool(
+                self._dsn, min_size=1, max_size=self._pool_size,
+                server_settings=self._server_settings(),
+            )
+        except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError) as exc:
+            raise StoreError(f"cannot open the PostgreSQL database: {exc}") from exc
+
+    async def _migrate(self) -> None:
+        """Create the schema and apply new migrations, one instance at a time."""
+        con = await asyncpg.connect(self._dsn, server_settings=self._server_settings())
+        try:
+            lock = f"mailproxy:migrate:{self._schema or ''}"
+            await con.execute("SELECT pg_advisory_lock(hashtextextended($1, 0))", lock)
+            try:
+                if self._schema is not None:
+                    await con.execute(f'CREATE SCHEMA IF NOT EXISTS "{self._schema}"')
+                await con.execute(
+                    "CREATE TABLE IF NOT EXISTS schema_migrations ("
+                    " version integer PRIMARY KEY,"
+                    " applied_at timestamptz NOT NULL DEFAULT now())"
+                )
+                done = {r[0] for r in await con.fetch("SELECT version FROM schema_migrations")}
+                for number, script in migrations("postgres"):
+                    if number in done:
+                        continue
+                    async with con.transaction():
+                        await con.execute(script)
+                        await con.execute(
+                            "INSERT INTO schema_migrations (version) VALUES ($1)", number)
+            finally:
+                await con.execute("SELECT pg_advisory_unlock(hashtextextended($1, 0))", lock)
+        finally:
+            await con.close()
+
+    async def close(self) -> None:
+        if self._listen_task is not None:
+            self._listen_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._listen_task
+            self._listen_task = None
+        await self._drop_listener()
+        if self._pool is not None:
+            pool, self._pool = self._pool, None
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(pool.close(), 10)
+
+    # -- plumbing ----------------------------------------------------------------------------
+
+    async def _run(self, fn: Callable[[Conn], Awaitable[T]]) -> T:
+        """Run fn in one transaction; retry when the connection was lost before COMMIT."""
+        for delay in (*self._retry_delays, None):
+            try:
+                return await self._attempt(fn)
+            except _CommitUnknown as exc:
+                raise StoreError(f"database commit outcome unknown: {exc.__cause__}") from exc
+            except _TRANSIENT as exc:
+                if delay is None:
+                    raise StoreError(f"database unavailable: {exc}") from exc
+                log.warning("database operation failed (%s); retrying in %.2f s", exc, delay)
+                if not isinstance(exc, asyncpg.exceptions.TransactionRollbackError):
+                    await self._expire_connections()
+                await asyncio.sleep(delay)
+            except (asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+                raise StoreError(f"database operation failed: {exc}") from exc
+        raise AssertionError("unreachable")
+
+    async def _attempt(self, fn: Callable[[Conn], Awaitable[T]]) -> T:
+        pool = self._pool
+        if pool is None:
+            raise StoreError("store is closed")
+        async with pool.acquire() as con:
+            try:
+                return await self._in_transaction(con, fn)
+            except _BROKEN:
+                with contextlib.suppress(Exception):  # may already be detached from the pool
+                    con.terminate()  # never hand a broken connection back to the pool
+                raise
+
+    @staticmethod
+    async def _in_transaction(con: Conn, fn: Callable[[Conn], Awaitable[T]]) -> T:
+        tx = con.transaction()
+        await tx.start()
+        try:
+            result = await fn(con)
+        except BaseException:
+            with contextlib.suppress(Exception):
+                await tx.rollback()
+            raise
+        try:
+            await tx.commit()
+        except _TRANSIENT as exc:
+            raise _CommitUnknown() from exc
+        return result
+
+    async def _expire_connections(self) -> None:
+        """After a connection error, replace the idle connections too: they died with it."""
+        if self._pool is not None:
+            await self._pool.expire_connections()
+
+    # -- wake-ups across instances ------------------------------------------------------------
+
+    async def listen(self, callback: Callable[[], None]) -> None:
+        """Call callback on each NOTIFY mailproxy_wake, re-subscribing after a reconnect."""
+        self._listen_callback = callback
+        await self._subscribe()
+        self._listen_task = asyncio.get_running_loop().create_task(
+            self._watch_listener(), name="pg-listen")
+
+    async def _subscribe(self) -> None:
+        try:
+            con = await asyncpg.connect(self._dsn, server_settings=self._server_settings())
+            await con.add_listener(CHANNEL, self._notified)
+        except _TRANSIENT as exc:
+            raise StoreError(f"cannot listen for wake-ups: {exc}") from exc
+        except (asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            raise StoreError(f"cannot listen for wake-ups: {exc}") from exc
+        con.add_termination_listener(self._listener_lost)
+        self._listen_lost.clear()
+        self._listen_con = con
+
+    def _notified(self, *_args: Any) -> None:
+        if self._listen_callback is not None:
+            self._listen_callback()
+
+    def _listener_lost(self, *_args: Any) -> None:
+        self._listen_lost.set()
+
+    async def _watch_listener(self) -> None:
+        """Reconnect the listening connection when it drops (checked every 10 s too)."""
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._listen_lost.wait(), 10)
+            if not self._listen_lost.is_set() and await self._listener_alive():
+                continue
+            await self._drop_listener()
+            attempt = 0
+            while True:
+                try:
+                    await self._subscribe()
+                    break
+                except StoreError as exc:
+                    delay = min(5.0, 0.1 * 2**attempt)
+                    attempt += 1
+                    log.warning("wake-up listener lost (%s); retrying in %.1f s", exc, delay)
+                    await asyncio.sleep(delay)
+            self._notified()  # a notification may have been missed while away
+
+    async def _listener_alive(self) -> bool:
+        con = self._listen_con
+        if con is None or con.is_closed():
+            return False
+        try:
+            await asyncio.wait_for(con.execute("SELECT 1"), 5)
+        except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError):
+            return False
+        return True
+
+    async def _drop_listener(self) -> None:
+        con, self._listen_con = self._listen_con, None
+        if con is None:
+            return
+        con.remove_termination_listener(self._listener_lost)
+        if con.is_closed():
+            return
+        try:
+            await asyncio.wait_for(con.close(), 5)
+        except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError):
+            con.terminate()
+
+    # -- meta --------------------------------------------------------------------------------
+
+    async def ping(self) -> None:
+        await self._run(lambda c: c.fetchval("SELECT 1"))
+
+    async def get_meta(self, key: str) -> str | None:
+        value = await self._run(lambda c: _val(c, "get_meta", key=key))
+        return None if value is None else str(value)
+
+    async def set_meta(self, key: str, value: str) -> None:
+        await self._run(lambda c: _ex(c, "set_meta", key=key, value=value))
+
+    async def set_meta_if_absent(self, key: str, value: str) -> str:
+        """Store value unless one exists; return the stored value."""
+
+        async def op(c: Conn) -> str:
+            await _ex(c, "set_meta_if_absent", key=key, value=value)
+            return str(await _val(c, "get_meta", key=key))
+
+        return await self._run(op)
+
+    # -- tenants -----------------------------------------------------------------------------
+
+    def _tenant(self, row: Sequence[Any] | None) -> Tenant | None:
+        return None if row is None else rows.tenant_from_row(row, self._cipher)
+
+    async def get_tenant(self, tenant_id: str) -> Tenant | None:
+        return self._tenant(await self._run(lambda c: _q1(c, "get_tenant", tenant_id=tenant_id)))
+
+    async def list_tenants(self, active_only: bool = False) -> list[Tenant]:
+        found = await self._run(lambda c: _q(c, "list_tenants", active_only=active_only))
+        return [rows.tenant_from_row(r, self._cipher) for r in found]
+
+    async def tenant_by_key_hash(self, key_hash: str) -> Tenant | None:
+        return self._tenant(await self._run(lambda c: _q1(c, "tenant_by_key", key_hash=key_hash)))
+
+    async def put_tenant(self, tenant: Tenant) -> bool:
+        """Insert or replace a tenant's fields (not its key); True when created."""
+        data = rows.tenant_to_row(tenant, self._cipher)
+        data["active"] = bool(data["active"])
+        data["now_text"] = rows.now_text()
+        return bool(await self._run(lambda c: _val(c, "put_tenant", **data)))
+
+    async def set_api_key(self, tenant_id: str, key_hash: str | None, expires: int | None) -> bool:
+        values = {"key_hash": key_hash, "expires": expires, "now_text": rows.now_text(),
+                  "tenant_id": tenant_id}
+        return bool(await self._run(lambda c: _ex(c, "set_api_key", **values)))
+
+    async def set_suspended(self, tenant_id: str, batches: Sequence[str]) -> bool:
+        values = {"suspended": rows.dumps(list(batches)), "now_text": rows.now_text(),
+                  "tenant_id": tenant_id}
+        return bool(await self._run(lambda c: _ex(c, "set_suspended", **values)))
+
+    async def delete_tenant(self, tenant_id: str) -> bool:
+        async def op(c: Conn) -> bool:
+            if not await _ex(c, "delete_tenant", tenant_id=tenant_id):
+                return False
+            for name in ("delete_tenant_events", "delete_tenant_messages",
+                         "delete_tenant_rates", "delete_tenant_blocks"):
+                await _ex(c, name, tenant_id=tenant_id)
+            return True
+
+        return await self._run(op)
+
+    # -- accounts ----------------------------------------------------------------------------
+
+    async def get_account(self, tenant_id: str, account_id: str) -> Account | None:
+        row = await self._run(
+            lambda c: _q1(c, "get_account", tenant_id=tenant_id, account_id=account_id))
+        return None if row is None else rows.account_from_row(row, self._cipher)
+
+    async def list_accounts(self, tenant_id: str | None = None) -> list[Account]:
+        async def op(c: Conn) -> list[Any]:
+            if tenant_id is None:
+                return await _q(c, "all_accounts")
+            return await _q(c, "list_accounts", tenant_id=tenant_id)
+
+        return [rows.account_from_row(r, self._cipher) for r in await self._run(op)]
+
+    async def put_account(self, account: Account) -> None:
+        data = rows.account_to_row(account, self._cipher)
+        data["now_text"] = rows.now_text()
+        await self._run(lambda c: _ex(c, "upsert_account", **data))
+
+    async def delete_account(self, tenant_id: str, account_id: str, now: int) -> bool:
+        """Delete an account; its open messages become `error` ("account deleted")."""
+
+        async def op(c: Conn) -> bool:
+            if not await _ex(c, "delete_account", tenant_id=tenant_id, account_id=account_id):
+                return False
+            await _ex(c, "delete_account_block", tenant_id=tenant_id, account_id=account_id)
+            for row in await _q(c, "open_messages_of_account", tenant_id=tenant_id,
+                                account_id=account_id):
+                await self._fail(c, row["seq"], tenant_id, "account deleted", None, now)
+            return True
+
+        return await self._run(op)
+
+    # -- messages: intake --------------------------------------------------------------------
+
+    async def enqueue(self, items: Sequence[NewMessage], now: float) -> list[str | None]:
+        """Store each item in one transaction; per item None (queued) or a rejection reason.
+
+        Other instances are woken by a notification that is delivered at commit.
+        """
+
+        async def op(c: Conn) -> list[str | None]:
+            results = [await self._enqueue_one(c, m, now) for m in items]
+            if any(r is None for r in results):
+                await _val(c, "notify_wake")
+            return results
+
+        return await self._run(op)
+
+    async def _enqueue_one(self, c: Conn, m: NewMessage, now: float) -> str | None:
+        # Two tries: a concurrent transaction may insert the same id between read and insert.
+        for _ in range(2):
+            existing = await _q1(c, "message_state", tenant_id=m.tenant_id, client_id=m.id)
+            if existing is not None:
+                return await self._enqueue_existing(c, m, now, existing)
+            stored, reason = await self._insert(c, m, now)
+            if stored:
+                return reason
+        raise StoreError(f"message {m.id} changed concurrently, try again")
+
+    async def _enqueue_existing(
+        self, c: Conn, m: NewMessage, now: float, existing: Any
+    ) -> str | None:
+        seq, status, intake_error = existing
+        if status == "sending":
+            return "message is being sent"
+        replaceable = status == "error" and intake_error and m.error is None
+        if status in _FINAL and not replaceable:
+            return "already sent"
+        if m.error is not None:
+            return m.error
+        await _ex(c, "upsert_message", **self._message_values(m, now), seq=seq)
+        return None
+
+    async def _insert(self, c: Conn, m: NewMessage, now: float) -> tuple[bool, str | None]:
+        """(False, None) when another transaction stored the same id first."""
+        values = self._message_values(m, now)
+        values.update(pk=str(uuid.uuid4()), tenant_id=m.tenant_id, client_id=m.id)
+        if m.error is not None:
+            values.update(status="error", queued=None, intake_error=True, error=m.error,
+                          error_ts=int(now))
+        else:
+            values.update(intake_error=False, error=None, error_ts=None)
+        seq = await _val(c, "insert_message", **values)
+        if seq is None:
+            return False, None
+        if m.error is not None:
+            await _ex(c, "insert_event", seq=seq, tenant_id=m.tenant_id, event_type="error",
+                      event_ts=int(now), description=m.error,
+                      metadata=rows.dumps({"error_code": None}))
+        return True, m.error
+
+    @staticmethod
+    def _message_values(m: NewMessage, now: float) -> dict[str, Any]:
+        scheduled = m.deferred_ts is not None and m.deferred_ts > now
+        return {
+            "account_id": m.account_id,
+            "status": "scheduled" if scheduled else "pending",
+            "queued": 2 if scheduled else 1,
+            "priority": int(m.priority),
+            "due_ts": m.deferred_ts if scheduled else 0,
+            "deferred_ts": m.deferred_ts if scheduled else None,
+            "batch_code": m.batch_code,
+            "is_pec": m.is_pec,
+            "payload": rows.dumps(m.payload),
+            "raw": m.raw,
+            "envelope_from": m.envelope_from,
+            "now": now,
+        }
+
+    # -- messages: queries -------------------------------------------------------------------
+
+    async def count_open(self, tenant_id: str | None = None, batch_code: str | None = None) -> int:
+        value = await self._run(
+            lambda c: _val(c, "count_open", tenant_id=tenant_id, batch_code=batch_code))
+        return int(value)
+
+    async def list_messages(
+        self,
+        tenant: Tenant,
+        *,
+        now: int,
+        active_only: bool = False,
+        status: str | None = None,
+        include_history: bool = False,
+        limit: int = 10000,
+        offset: int = 0,
+    ) -> list[dict[str, Any]]:
+        args = {"tenant_id": tenant.id, "active_only": active_only, "status": status,
+                "now": now, "limit": limit, "offset": offset}
+
+        async def op(c: Conn) -> tuple[list[Any], list[Any]]:
+            found = await _q(c, "list_messages", **args)
+            events: list[Any] = []
+            if include_history and found:
+                events = await _q(c, "history", seqs=[r["seq"] for r in found])
+            return found, events
+
+        found, events = await self._run(op)
+        history: dict[int, list[dict[str, Any]]] | None = None
+        if include_history:
+            history = {r["seq"]: [] for r in found}
+            for ev in events:
+                history[ev[0]].append(rows.history_entry(ev))
+        return [
+            rows.message_record(r, tenant, now, None if history is None else history[r["seq"]])
+            for r in found
+        ]
+
+    async def delete_messages(self, tenant_id: str, ids: Sequence[str]) -> tuple[int, list[str]]:
+        async def op(c: Conn) -> dict[str, int]:
+            gone = await _q(c, "delete_messages", tenant_id=tenant_id, ids=list(ids))
+            if gone:
+                await _ex(c, "delete_events_of", seqs=[r["seq"] for r in gone])
+            return {r["client_id"]: r["seq"] for r in gone}
+
+        deleted = await self._run(op)
+        removed, missing, seen = 0, [], set()
+        for client_id in ids:  # a repeated id counts once, then reads as not found
+            if client_id in deleted and client_id not in seen:
+                seen.add(client_id)
+                removed += 1
+            else:
+                missing.append(client_id)
+        return removed, missing
+
+    # -- messages: dispatch ------------------------------------------------------------------
+
+    async def claim(
+        self,
+        owner: str,
+        now: float,
+        lease_seconds: float,
+        max_total: int,
+        skip: frozenset[tuple[str, str]] = frozenset(),
+    ) -> ClaimBatch:
+        self._claim_offset += 1
+        offset = self._claim_offset
+        await self._run(lambda c: _ex(c, "promote_due", now_int=int(now)))
+        claim = _Claim(self, owner, now, lease_seconds, max_total, skip)
+        return await self._run(lambda c: claim.run(c, offset))
+
+    async def _fail(
+        self, c: Conn, seq: int, tenant_id: str, error: str, code: int | None, now: int
+    ) -> None:
+        await _ex(c, "fail_message", status="error", error=error, now_int=now,
+                  now=float(now), seq=seq)
+        await _ex(c, "insert_event", seq=seq, tenant_id=tenant_id, event_type="error",
+                  event_ts=now, description=error, metadata=rows.dumps({"error_code": code}))
+
+    async def record(
+        self, owner: str, results: Sequence[tuple[Claimed, Outcome]], now: float
+    ) -> list[bool]:
+        """Commit outcomes of leases still owned (fencing); False where the lease was lost."""
+
+        async def op(c: Conn) -> list[bool]:
+            return [await self._record_one(c, owner, m, o, now) for m, o in results]
+
+        return await self._run(op)
+
+    async def _record_one(
+        self, c: Conn, owner: str, m: Claimed, outcome: Outcome, now: float
+    ) -> bool:
+        now_int = int(now)
+        base = {"owner": owner, "seq": m.seq, "now": now, "now_int": now_int}
+        if isinstance(outcome, Sent):
+            done = await _ex(c, "finish_sent", **base)
+            if done:
+                for scope in m.rate_scopes:
+                    await _ex(c, "add_rate_send", scope=scope, ts=now_int)
+        elif isinstance(outcome, Deferred):
+            queued = 1 if outcome.next_ts <= now_int else 2
+            done = await _ex(c, "finish_deferred", **base, queued=queued,
+                             next_ts=outcome.next_ts, retry_count=outcome.retry_count)
+        else:
+            assert isinstance(outcome, Failed)
+            status = "suppressed" if outcome.suppressed else "error"
+            done = await _ex(c, "finish_failed", **base, status=status, error=outcome.error)
+        if not done:
+            return False
+        event_type, description, metadata = rows.outcome_event(outcome, now_int)
+        await _ex(c, "insert_event", seq=m.seq, tenant_id=m.tenant_id, event_type=event_type,
+                  event_ts=now_int, description=description, metadata=rows.dumps(metadata))
+        return True
+
+    async def renew(self, owner: str, claimed: Sequence[Claimed], until: float) -> None:
+        seqs = [m.seq for m in claimed]
+        await self._run(lambda c: _ex(c, "renew", until=until, seqs=seqs, owner=owner))
+
+    async def release(self, owner: str, claimed: Sequence[Claimed], now: float) -> None:
+        """Give unfinished claims back to the queue without counting a try (clean shutdown)."""
+        seqs = [m.seq for m in claimed]
+        await self._run(lambda c: _ex(c, "release", now=now, seqs=seqs, owner=owner))
+
+    async def recover(self, now: float, retry_max: int, *, all_sending: bool = False) -> int:
+        """Return lost claims to the queue, counting a try; give up after retry_max.
+
+        Only expired leases unless all_sending; a row another transaction holds (its owner
+        recording an outcome) is left alone.
+        """
+
+        async def op(c: Conn) -> int:
+            found = (await _q(c, "all_sending") if all_sending
+                     else await _q(c, "expired_leases", now=now))
+            for seq, tenant_id, retry_count in found:
+                if retry_count + 1 > retry_max:
+                    await self._fail(c, seq, tenant_id,
+                                     f"worker lost the message {retry_count + 1} times", None,
+                                     int(now))
+                else:
+                    await _ex(c, "requeue_lost", now=now, seq=seq)
+            return len(found)
+
+        return await self._run(op)
+
+    async def prune(self, now: float) -> None:
+        await self._run(lambda c: _ex(c, "prune_rate_sends", before=int(now) - 86400))
+
+
+@dataclass(frozen=True, slots=True)
+class _Plan:
+    """One account to serve in a claim cycle, with its rate scopes and limits."""
+
+    account: Account
+    tenant_limits: RateLimits | None
+    scopes: tuple[str, ...]
+
+
+def _block_key(account: Account) -> str:
+    return f"rate_block:{account.tenant_id}/{account.id}"
+
+
+def _plan(row: Any) -> _Plan:
+    account = rows.account_config(row["tenant_id"], row["id"], json.loads(row["config"]))
+    tenant_limits = rows.tenant_limits(json.loads(row["tenant_config"]))
+    scopes: list[str] = []
+    if account.limits.windows():
+        scopes.append(f"a:{account.tenant_id}/{account.id}")
+    if tenant_limits is not None and tenant_limits.windows():
+        scopes.append(f"t:{account.tenant_id}")
+    return _Plan(account, tenant_limits, tuple(scopes))
+
+
+class _Claim:
+    """One claim cycle: the same decisions as SqliteStore._claim, in one transaction.
+
+    Accounts without limits are claimed together (one LATERAL query per run of them);
+    an account under a rate limit is claimed alone, while this transaction holds the
+    advisory locks of its scopes, so that no other instance can spend the same budget.
+    An account deferred for a full window is recorded in meta ("rate_block:t/a"), so that
+    every instance skips it until the window frees, as the deferring worker does: one
+    deferred event per full window, however many instances run.
+    """
+
+    def __init__(
+        self, store: PostgresStore, owner: str, now: float, lease_seconds: float,
+        max_total: int, skip: frozenset[tuple[str, str]],
+    ) -> None:
+        self.store = store
+        self.owner = owner
+        self.now = now
+        self.now_int = int(now)
+        self.lease_seconds = lease_seconds
+        self.max_total = max_total
+        self.skip = skip
+        self.claimed: list[Claimed] = []
+        self.blocked: dict[tuple[str, str], int] = {}
+        self.limited: list[RateLimited] = []
+
+    async def run(self, c: Conn, offset: int) -> ClaimBatch:
+        self.claimed, self.blocked, self.limited = [], {}, []
+        plans = [p for p in map(_plan, await _q(c, "claim_accounts"))
+                 if p.account.key not in self.skip]
+        if plans:
+            shift = offset % len(plans)
+            plans = plans[shift:] + plans[:shift]
+        scopes = sorted({s for p in plans for s in p.scopes})
+        if scopes:
+            await _val(c, "lock_scopes", scopes=scopes)
+            plans = await self._unblocked(c, plans)
+        run: list[_Plan] = []
+        for plan in plans:
+            if not plan.scopes:
+                run.append(plan)
+                continue
+            await self._claim_free(c, run)
+            run = []
+            if self.max_total - len(self.claimed) <= 0:
+                break
+            await self._claim_limited(c, plan)
+        await self._claim_free(c, run)
+        return ClaimBatch(tuple(self.claimed), self.blocked, tuple(self.limited))
+
+    async def _unblocked(self, c: Conn, plans: list[_Plan]) -> list[_Plan]:
+        """Drop (and report as blocked) the accounts another instance found over a limit."""
+        keys = [_block_key(p.account) for p in plans if p.scopes]
+        blocks = {r["key"]: r["until"] for r in await _q(c, "rate_blocks", keys=keys)}
+        kept = []
+        for plan in plans:
+            until = blocks.get(_block_key(plan.account))
+            if until is not None and until > self.now_int:
+                self.blocked[plan.account.key] = until
+            else:
+                kept.append(plan)
+        return kept
+
+    async def _take(self, c: Conn, wanted: Sequence[tuple[Account, int]], scopes: tuple[str, ...]
+                    ) -> None:
+        remaining = self.max_total - len(self.claimed)
+        wanted = [(a, n) for a, n in wanted if n > 0]
+        if remaining <= 0 or not wanted:
+            return
+        got = await _q(
+            c, "claim", owner=self.owner, until=self.now + self.lease_seconds, now=self.now,
+            now_int=self.now_int, tenant_ids=[a.tenant_id for a, _ in wanted],
+            account_ids=[a.id for a, _ in wanted], ns=[min(n, remaining) for _, n in wanted],
+            max_total=remaining,
+        )
+        order = {a.key: i for i, (a, _) in enumerate(wanted)}
+        got.sort(key=lambda r: (order[(r["tenant_id"], r["account_id"])], r["priority"],
+                                r["seq"]))
+        self.claimed.extend(_claimed(r, scopes) for r in got)
+
+    async def _claim_free(self, c: Conn, run: Sequence[_Plan]) -> None:
+        await self._take(c, [(p.account, p.account.batch_size) for p in run], ())
+
+    async def _claim_limited(self, c: Conn, plan: _Plan) -> None:
+        account = plan.account
+        budget = await self._budget(c, plan)
+        n = min(account.batch_size, self.max_total - len(self.claimed))
+        if budget.allowed is not None and budget.allowed < n:
+            await self._over_limit(c, account, budget)
+            n = budget.allowed
+        await self._take(c, [(account, n)], plan.scopes)
+
+    async def _budget(self, c: Conn, plan: _Plan) -> policy.Budget:
+        """Budget of the account's scopes; in-flight is read before sends (never undercounts)."""
+        account = plan.account
+        budgets: list[policy.Budget] = []
+        since = self.now_int - 86400
+        for scope in plan.scopes:
+            if scope.startswith("a:"):
+                limits = account.limits
+                in_flight = await _val(c, "count_sending_account", tenant_id=account.tenant_id,
+                                       account_id=account.id)
+            else:
+                limits = plan.tenant_limits or RateLimits()
+                in_flight = await _val(c, "count_sending_tenant", tenant_id=account.tenant_id)
+            sends = [(r["ts"], r["n"]) for r in await _q(c, "rate_sends", scope=scope,
+                                                          since=since)]
+            budgets.append(policy.window_budget(limits, sends, int(in_flight), self.now_int))
+        return policy.combine_budgets(budgets)
+
+    async def _over_limit(self, c: Conn, account: Account, budget: policy.Budget) -> None:
+        """Apply limit_behavior to the due messages beyond the budget."""
+        allowed = budget.allowed or 0
+        reject = account.limit_behavior == LimitBehavior.REJECT
+        heads = await _q(c, "ready_head", tenant_id=account.tenant_id, account_id=account.id,
+                         n=allowed + (account.batch_size if reject else 1))
+        heads = heads[allowed:]
+        if not heads:
+            return
+        if reject:
+            for row in heads:
+                await self.store._fail(c, row["seq"], account.tenant_id, "rate_limit_exceeded",
+                                       429, self.now_int)
+                self.limited.append(RateLimited(account.tenant_id, account.id, deferred=False))
+            return
+        if allowed > 0 or budget.free_at is None:
+            return  # only in-flight reservations block: their outcome decides
+        seq = heads[0]["seq"]
+        until = budget.free_at
+        await _ex(c, "defer_rate_limited", until=until, now=self.now, seq=seq)
+        await _ex(c, "insert_event", seq=seq, tenant_id=account.tenant_id, event_type="deferred",
+                  event_ts=self.now_int, description="rate_limit",
+                  metadata=rows.dumps({"next_attempt_ts": until}))
+        await _ex(c, "set_meta", key=_block_key(account), value=str(until))
+        self.blocked[account.key] = until
+        self.limited.append(RateLimited(account.tenant_id, account.id, deferred=True))
+
+
+def _claimed(r: Any, scopes: tuple[str, ...]) -> Claimed:
+    return Claimed(
+        pk=r["pk"], tenant_id=r["tenant_id"], id=r["client_id"], account_id=r["account_id"],
+        priority=r["priority"], retry_count=r["retry_count"], created_ts=r["created_ts"],
+        date_ts=r["date_ts"], payload=json.loads(r["payload"]), raw=r["raw"], seq=r["seq"],
+        envelope_from=r["envelope_from"], rate_scopes=scopes,
+    )

@@ -1,0 +1,227 @@
+"""PostgreSQL only: several instances on one database, lost connections, wake-ups."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import Counter
+
+import asyncpg
+import pytest
+
+from mailproxy.errors import ConfigError, StoreError
+from mailproxy.model import RateLimits, Sent
+from mailproxy.service import Store
+from mailproxy.store.postgres import PostgresStore
+from mailproxy.vault import Vault
+from tests.store.conftest import PG_URL, PgSchema, StoreFactory
+from tests.store.test_contract import LEASE, T0, account, new, tenant
+
+
+@pytest.fixture
+def backend() -> str:
+    """Every store in this module is a PostgreSQL instance on the test's schema."""
+    return "postgres"
+
+
+async def _kill_connections(schema: PgSchema) -> int:
+    """Terminate every server connection of the stores on this schema (a lost network)."""
+    con = await asyncpg.connect(schema.base_url)
+    try:
+        return int(await con.fetchval(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
+            " WHERE application_name = $1 AND pid <> pg_backend_pid()",
+            f"mailproxy/{schema.name}"))
+    finally:
+        await con.close()
+
+
+async def _drain(store: Store, owner: str, max_total: int) -> list[str]:
+    """Claim and send until nothing is left open anywhere."""
+    got: list[str] = []
+    while True:
+        batch = await store.claim(owner, T0, LEASE, max_total)
+        if batch.messages:
+            got.extend(m.id for m in batch.messages)
+            await store.record(owner, [(m, Sent()) for m in batch.messages], T0)
+        elif await store.count_open("acme") == 0:
+            return got
+        await asyncio.sleep(0)
+
+
+async def test_concurrent_instances_claim_each_message_once(make_store: StoreFactory) -> None:
+    stores = [await make_store() for _ in range(4)]
+    await tenant(stores[0])
+    for name in ("a1", "a2"):
+        await account(stores[0], account_id=name, batch_size=20)
+    items = [new(i, account_id="a1" if i % 3 else "a2") for i in range(500)]
+    for start in range(0, 500, 100):
+        await stores[0].enqueue(items[start:start + 100], T0)
+    results = await asyncio.gather(
+        *(_drain(s, f"w{i}", 25) for i, s in enumerate(stores)))
+    counts = Counter(mid for got in results for mid in got)
+    assert len(counts) == 500
+    assert set(counts.values()) == {1}
+    assert sum(1 for got in results if got) > 1  # the work really was shared
+
+
+async def test_rate_limit_is_never_overshot_across_instances(make_store: StoreFactory) -> None:
+    limit = 7
+    stores = [await make_store() for _ in range(3)]
+    await tenant(stores[0])
+    await account(stores[0], limits=RateLimits(minute=limit), batch_size=5)
+    await stores[0].enqueue([new(i) for i in range(60)], T0)
+
+    async def run(store: Store, owner: str, send: bool) -> int:
+        total = 0
+        for _ in range(10):
+            batch = await store.claim(owner, T0 + 1, LEASE, 100)
+            total += len(batch.messages)
+            if send and batch.messages:
+                await store.record(owner, [(m, Sent()) for m in batch.messages], T0 + 1)
+            await asyncio.sleep(0)
+        return total
+
+    # in flight only, then sent: neither may exceed the limit in one window
+    held = await asyncio.gather(*(run(s, f"h{i}", False) for i, s in enumerate(stores)))
+    assert sum(held) == limit
+    await stores[0].recover(T0 + LEASE + 10, 5, all_sending=True)
+    sent = await asyncio.gather(*(run(s, f"s{i}", True) for i, s in enumerate(stores)))
+    assert sum(sent) == limit
+
+
+async def test_one_rate_limit_deferral_whatever_the_number_of_instances(
+    make_store: StoreFactory
+) -> None:
+    one, two = await make_store(), await make_store()
+    await tenant(one)
+    await account(one, limits=RateLimits(minute=2))
+    await one.enqueue([new(i) for i in range(1, 6)], T0)
+    batch = await one.claim("w1", T0, LEASE, 100)
+    await one.record("w1", [(m, Sent()) for m in batch.messages], T0)
+    first = await one.claim("w1", T0 + 1, LEASE, 100)
+    assert first.blocked == {("acme", "main"): int(T0) + 60}
+    second = await two.claim("w2", T0 + 2, LEASE, 100)
+    assert (second.messages, second.blocked, second.rate_limited) == (
+        (), {("acme", "main"): int(T0) + 60}, ())
+    found = await one.get_tenant("acme")
+    assert found is not None
+    records = await one.list_messages(found, now=int(T0) + 2, include_history=True)
+    deferred = [h for r in records for h in r["history"] if h["event_type"] == "deferred"]
+    assert len(deferred) == 1
+    got = await two.claim("w2", T0 + 61, LEASE, 100)
+    assert [m.id for m in got.messages] == ["m3", "m4"]
+
+
+async def test_migrations_applied_once_when_instances_start_together(
+    make_store: StoreFactory, pg_schema: PgSchema
+) -> None:
+    await asyncio.gather(*(make_store() for _ in range(5)))
+    assert [r[0] for r in await pg_schema.fetch("SELECT version FROM schema_migrations")] == [1]
+
+
+async def test_schemas_are_isolated(make_store: StoreFactory, cipher: Vault) -> None:
+    store = await make_store()
+    await tenant(store, "only-here")
+    other = PgSchema(PG_URL)
+    elsewhere = PostgresStore(other.url, cipher, pool_size=1)
+    await elsewhere.open()
+    try:
+        assert await elsewhere.get_tenant("only-here") is None
+    finally:
+        await elsewhere.close()
+        await other.drop()
+
+
+async def test_recover_across_instances_only_takes_expired_leases(
+    make_store: StoreFactory
+) -> None:
+    one, two = await make_store(), await make_store()
+    await tenant(one)
+    await account(one)
+    await one.enqueue([new(1)], T0)
+    batch = await one.claim("w1", T0, LEASE, 100)
+    assert await two.recover(T0 + LEASE - 1, 5, all_sending=False) == 0
+    assert await one.record("w1", [(batch.messages[0], Sent())], T0 + 1) == [True]
+    await one.enqueue([new(2)], T0 + 2)
+    batch = await one.claim("w1", T0 + 2, LEASE, 100)
+    assert await two.recover(T0 + LEASE + 3, 5, all_sending=False) == 1
+    assert await one.record("w1", [(batch.messages[0], Sent())], T0 + 400) == [False]
+    again = await two.claim("w2", T0 + 401, LEASE, 100)
+    assert [(m.id, m.retry_count) for m in again.messages] == [("m2", 1)]
+
+
+async def test_pool_recovers_after_connections_are_lost(
+    make_store: StoreFactory, pg_schema: PgSchema
+) -> None:
+    store = await make_store()
+    await tenant(store)
+    await account(store)
+    for round_ in range(3):
+        assert await _kill_connections(pg_schema) >= 1
+        assert await store.enqueue([new(round_)], T0) == [None]
+        assert await store.get_tenant("acme") is not None
+    assert await store.count_open("acme") == 3
+
+
+async def test_listen_wakes_other_instances_and_survives_reconnect(
+    make_store: StoreFactory, pg_schema: PgSchema
+) -> None:
+    listener, writer = await make_store(), await make_store()
+    await tenant(writer)
+    await account(writer)
+    woken = asyncio.Event()
+    assert isinstance(listener, PostgresStore)
+    await listener.listen(woken.set)
+
+    await writer.enqueue([new(1)], T0)
+    await asyncio.wait_for(woken.wait(), 5)
+
+    woken.clear()
+    await _kill_connections(pg_schema)
+    await asyncio.wait_for(woken.wait(), 15)  # called once after re-subscribing
+    woken.clear()
+    await writer.enqueue([new(2)], T0)
+    await asyncio.wait_for(woken.wait(), 5)
+
+
+async def test_nothing_queued_sends_no_wake_up(make_store: StoreFactory) -> None:
+    listener, writer = await make_store(), await make_store()
+    await tenant(writer)
+    await account(writer)
+    woken = asyncio.Event()
+    assert isinstance(listener, PostgresStore)
+    await listener.listen(woken.set)
+    assert await writer.enqueue([new(1, error="missing to")], T0) == ["missing to"]
+    await writer.enqueue([new(2)], T0)  # a later wake-up proves the first would have arrived
+    await asyncio.wait_for(woken.wait(), 5)
+    assert await writer.count_open("acme") == 1
+
+
+async def test_unreachable_server_is_a_store_error(cipher: Vault) -> None:
+    store = PostgresStore("postgresql://postgres@127.0.0.1:1/test", cipher, retry_delays=())
+    with pytest.raises(StoreError):
+        await store.open()
+    with pytest.raises(StoreError):
+        await store.ping()
+    await store.close()
+
+
+async def test_driver_errors_leave_as_store_errors(make_store: StoreFactory,
+                                                   pg_schema: PgSchema) -> None:
+    store = await make_store()
+    await tenant(store)
+    con = await asyncpg.connect(pg_schema.base_url)
+    try:
+        await con.execute(f'DROP TABLE "{pg_schema.name}".messages CASCADE')
+    finally:
+        await con.close()
+    with pytest.raises(StoreError):
+        await store.count_open()
+    await store.close()
+    with pytest.raises(StoreError):
+        await store.ping()
+
+
+def test_bad_schema_name_is_a_config_error(cipher: Vault) -> None:
+    with pytest.raises(ConfigError):
+        PostgresStore("postgresql://h/db?schema=x;drop", cipher)
