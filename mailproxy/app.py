@@ -7,6 +7,7 @@ import contextlib
 import logging
 import secrets
 import signal
+import socket
 import sys
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -18,11 +19,12 @@ from mailproxy import intake
 from mailproxy.config import Settings
 from mailproxy.delivery import SmtpPool
 from mailproxy.errors import ConfigError
-from mailproxy.ingress import http
+from mailproxy.ingress import http, smtp
 from mailproxy.model import Priority
 from mailproxy.policy import RetryPolicy
 from mailproxy.service import Clock, MailService, Store, SystemClock
 from mailproxy.store import open_store
+from mailproxy.submission import AuthThrottle, SmtpSubmission
 from mailproxy.tokens import new_token
 from mailproxy.vault import Vault, load_key, write_private
 from mailproxy.worker import Observer, Worker, WorkerSettings
@@ -40,6 +42,7 @@ class Parts:
     worker: Worker
     pool: SmtpPool
     instance_id: str
+    listener: smtp.SmtpListener | None = None
 
 
 def admin_token(settings: Settings) -> str:
@@ -105,7 +108,31 @@ async def build(
         admin_token=admin_token(settings), waker=worker,
     )
     service.account_listeners.append(worker)
-    return Parts(settings, store, service, worker, pool, instance_id)
+    listener = None
+    if settings.smtp_port:
+        try:
+            listener = _smtp_listener(settings, store, clock, worker)
+        except ConfigError:
+            await store.close()
+            raise
+    return Parts(settings, store, service, worker, pool, instance_id, listener)
+
+
+def _smtp_listener(settings: Settings, store: Store, clock: Clock, worker: Worker
+                   ) -> smtp.SmtpListener:
+    submission = SmtpSubmission(
+        store=store, clock=clock, max_size=settings.smtp_max_size,
+        max_recipients=settings.smtp_max_recipients,
+        default_priority=Priority(settings.default_priority), waker=worker,
+    )
+    config = smtp.ListenerConfig(
+        host=settings.smtp_host, port=settings.smtp_port, tls_port=settings.smtp_tls_port,
+        tls_context=smtp.server_tls_context(settings.smtp_tls_cert, settings.smtp_tls_key),
+        plain_auth=settings.plain_auth_allowed, max_size=settings.smtp_max_size,
+        auth_fail_delay=settings.smtp_auth_fail_delay_seconds, hostname=socket.getfqdn(),
+    )
+    throttle = AuthThrottle(settings.smtp_auth_max_failures, clock)
+    return smtp.SmtpListener(submission, throttle, config)
 
 
 def make_app(parts: Parts) -> web.Application:
@@ -127,6 +154,16 @@ def make_app(parts: Parts) -> web.Application:
         await parts.store.close()
 
     app.cleanup_ctx.append(lifetime)
+    listener = parts.listener
+    if listener is not None:
+
+        async def smtp_lifetime(_app: web.Application) -> AsyncIterator[None]:
+            # Registered after the worker: starts after it and stops before it.
+            await listener.start()
+            yield
+            await listener.stop()
+
+        app.cleanup_ctx.append(smtp_lifetime)
     return app
 
 
