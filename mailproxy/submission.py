@@ -13,8 +13,9 @@ import enum
 import math
 import uuid
 from collections import deque
-from collections.abc import Sequence
-from dataclasses import dataclass, field
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from email.policy import default as _HEADER_POLICY
 from typing import Any
 
 from mailproxy import compose
@@ -26,6 +27,9 @@ from mailproxy.service import Clock, Store, Waker, tenant_for_token
 from mailproxy.tokens import check_password
 
 AUTH_WINDOW_SECONDS = 600.0
+# Within one session, tenant and account state found at a MAIL FROM is trusted this long,
+# so that a client sending many messages does not pay two lookups per message.
+SENDER_RECHECK_SECONDS = 1.0
 MAX_CLIENT_ID = 255
 MAX_BATCH_CODE = 64
 CONTROL_ID = "x-mail-proxy-id"
@@ -50,6 +54,7 @@ class Sender:
     login: Login
     address: str
     is_pec: bool = False
+    checked_at: float = 0.0
 
 
 class SenderVerdict(enum.Enum):
@@ -124,9 +129,8 @@ def _deferred_ts(value: str) -> int:
     return int(number)
 
 
-def read_control(raw: bytes, default_priority: Priority) -> Control:
-    """Parse the control headers of `raw` (raises InvalidControl)."""
-    values = compose.read_control_headers(raw, CONTROL_HEADERS)
+def read_control(values: Mapping[str, str], default_priority: Priority) -> Control:
+    """Parse the control header values, by lower-case name (raises InvalidControl)."""
     client_id = values.get(CONTROL_ID) or None
     if client_id is not None and len(client_id) > MAX_CLIENT_ID:
         raise InvalidControl("X-Mail-Proxy-ID")
@@ -145,10 +149,13 @@ def read_control(raw: bytes, default_priority: Priority) -> Control:
     )
 
 
-def _subject(raw: bytes) -> str | None:
-    """The decoded Subject for listings; a malformed one must never refuse the message."""
+def _decoded_subject(value: str | None) -> str | None:
+    """The Subject for listings, encoded-words decoded; a malformed one must never refuse
+    the message. Plain text skips the `email` header parser, which is slow."""
+    if value is None or "=?" not in value:
+        return value
     try:
-        return compose.decoded_subject(raw)
+        return str(_HEADER_POLICY.header_factory("subject", value))
     except Exception:  # the email package may raise almost anything on hostile headers
         return None
 
@@ -212,18 +219,25 @@ class SmtpSubmission:
         return Login(tenant_id, account_id) if valid else None
 
     async def sender(
-        self, login: Login, address: str, smtputf8: bool
+        self, login: Login, address: str, smtputf8: bool, previous: Sender | None = None
     ) -> tuple[SenderVerdict, Sender | None]:
-        """MAIL FROM: the envelope sender is used verbatim ("" is the null sender)."""
+        """MAIL FROM: the envelope sender is used verbatim ("" is the null sender).
+
+        `previous` is the session's last accepted sender, reused while recent enough.
+        """
         if address and not envelope_address_ok(address, smtputf8):
             return SenderVerdict.MALFORMED, None
+        now = self.clock.now()
+        if (previous is not None and previous.login == login
+                and 0 <= now - previous.checked_at < SENDER_RECHECK_SECONDS):
+            return SenderVerdict.OK, replace(previous, address=address)
         tenant = await self.store.get_tenant(login.tenant_id)
         if tenant is None or not tenant.active:
             return SenderVerdict.INACTIVE_TENANT, None
         account = await self.store.get_account(login.tenant_id, login.account_id)
         if account is None:
             return SenderVerdict.UNKNOWN_ACCOUNT, None
-        return SenderVerdict.OK, Sender(login, address, account.is_pec_account)
+        return SenderVerdict.OK, Sender(login, address, account.is_pec_account, now)
 
     def recipient(self, address: str, smtputf8: bool, accepted: int) -> RecipientVerdict:
         """RCPT TO, given how many recipients the transaction already has."""
@@ -237,8 +251,9 @@ class SmtpSubmission:
         """Store the message as received; QUEUED only once the row is committed."""
         if len(raw) > self.max_size:
             return Submitted(Acceptance.TOO_LARGE)
+        headers = compose.read_control_headers(raw, (*CONTROL_HEADERS, "subject"))
         try:
-            control = read_control(raw, self.default_priority)
+            control = read_control(headers, self.default_priority)
         except InvalidControl as exc:
             return Submitted(Acceptance.INVALID_CONTROL, detail=str(exc))
         client_id = control.client_id or f"smtp-{uuid.uuid4()}"
@@ -250,7 +265,7 @@ class SmtpSubmission:
             "from": sender.address,
             "to": list(recipients),
             "raw_size": len(raw),
-            "subject": _subject(raw),
+            "subject": _decoded_subject(headers.get("subject")),
         }
         message = NewMessage(
             tenant_id=login.tenant_id, id=client_id, account_id=login.account_id,
