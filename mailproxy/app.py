@@ -109,7 +109,7 @@ async def build(
     )
     service.account_listeners.append(worker)
     listener = None
-    if settings.smtp_port:
+    if settings.smtp_port or settings.smtp_tls_port:
         try:
             listener = _smtp_listener(settings, store, clock, worker)
         except ConfigError:

@@ -285,7 +285,9 @@ class SmtpListener:
         _quiet_protocol_logger()
         config = self.config
         loop = asyncio.get_running_loop()
-        endpoints: list[tuple[int, ssl.SSLContext | None]] = [(config.port, None)]
+        endpoints: list[tuple[int, ssl.SSLContext | None]] = []
+        if config.port:
+            endpoints.append((config.port, None))
         if config.tls_port and config.tls_context is not None:
             endpoints.append((config.tls_port, config.tls_context))
         elif config.tls_port:
