@@ -335,7 +335,8 @@ async def test_implicit_tls_port(make_api: ApiFactory, relay: Relay, tmp_path: P
     cert, key = make_certificate(tmp_path)
     tls_port = free_port()
     proxy = await start_proxy(make_api, relay, smtp_tls_cert=str(cert), smtp_tls_key=str(key),
-                              smtp_allow_plain_auth=False, smtp_tls_port=tls_port)
+                              smtp_allow_plain_auth=False, smtp_tls_port=tls_port,
+                              smtp_port=0)  # implicit TLS only
     context = ssl.create_default_context(cafile=str(cert))
     async with aiosmtplib.SMTP(hostname=HOST, port=tls_port, use_tls=True,
                                tls_context=context, timeout=10) as smtp:
@@ -545,6 +546,20 @@ async def test_protocol_logger_stays_at_info_and_no_secret_is_logged(
         if record.name.startswith("mail.log"):
             assert record.levelno >= logging.INFO, (record.getMessage(), record.created)
         assert not any(s in record.getMessage() for s in secrets), record.getMessage()
+
+
+async def test_protocol_trace_is_off_unless_debugging(
+    make_api: ApiFactory, relay: Relay, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO)
+    logging.getLogger("mail.log").setLevel(logging.NOTSET)
+    proxy = await start_proxy(make_api, relay)
+    caplog.clear()
+    smtp = await session(proxy)
+    await smtp.sendmail("sender@acme.test", ["rcpt@example.org"], simple("quiet-1"))
+    await smtp.quit()
+    assert logging.getLogger("mail.log").getEffectiveLevel() == logging.WARNING
+    assert not [r for r in caplog.records if r.name == "mail.log"]
 
 
 async def test_warns_when_nobody_could_authenticate(
