@@ -174,7 +174,7 @@ class _Handler:
         return _data_reply(result.status, result.client_id, result.detail)
 
     async def handle_exception(self, error: Exception) -> str:
-        log.error("SMTP session error: %s: %s", type(error).__name__, error)
+        log.error("SMTP session error: %s: %s", type(error).__name__, error, exc_info=error)
         return LOCAL_ERROR
 
 
