@@ -7,6 +7,7 @@ import contextlib
 import logging
 import secrets
 import signal
+import socket
 import sys
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, replace
@@ -18,13 +19,14 @@ from mailproxy import intake, sync
 from mailproxy.config import Settings
 from mailproxy.delivery import SmtpPool
 from mailproxy.errors import ConfigError
-from mailproxy.ingress import http
+from mailproxy.ingress import http, smtp
 from mailproxy.model import Priority
 from mailproxy.netguard import AllowList
 from mailproxy.policy import RetryPolicy
 from mailproxy.reports import Reporter, ReporterSettings
 from mailproxy.service import Clock, MailService, Store, SystemClock, WakeSource
 from mailproxy.store import open_store
+from mailproxy.submission import AuthThrottle, SmtpSubmission
 from mailproxy.tokens import new_token
 from mailproxy.vault import Vault, load_key, write_private
 from mailproxy.worker import Observer, Worker, WorkerSettings
@@ -43,6 +45,7 @@ class Parts:
     pool: SmtpPool
     instance_id: str
     reporter: Reporter
+    listener: smtp.SmtpListener | None = None
 
 
 def admin_token(settings: Settings) -> str:
@@ -128,7 +131,14 @@ async def build(
     service.token_writer = lambda token: write_private(token_path, token + "\n")
     worker.on_events = reporter.wake
     await _apply_bounce_settings(settings, store)
-    return Parts(settings, store, service, worker, pool, instance_id, reporter)
+    listener = None
+    if settings.smtp_port or settings.smtp_tls_port:
+        try:
+            listener = _smtp_listener(settings, store, clock, worker)
+        except ConfigError:
+            await store.close()
+            raise
+    return Parts(settings, store, service, worker, pool, instance_id, reporter, listener)
 
 
 _BOUNCE_FIELDS = ("bounce_enabled", "bounce_imap_host", "bounce_imap_port", "bounce_imap_user",
@@ -143,6 +153,23 @@ async def _apply_bounce_settings(settings: Settings, store: Store) -> None:
     if given:
         current = await store.get_instance()
         await store.put_instance(replace(current, **given))
+
+
+def _smtp_listener(settings: Settings, store: Store, clock: Clock, worker: Worker
+                   ) -> smtp.SmtpListener:
+    submission = SmtpSubmission(
+        store=store, clock=clock, max_size=settings.smtp_max_size,
+        max_recipients=settings.smtp_max_recipients,
+        default_priority=Priority(settings.default_priority), waker=worker,
+    )
+    config = smtp.ListenerConfig(
+        host=settings.smtp_host, port=settings.smtp_port, tls_port=settings.smtp_tls_port,
+        tls_context=smtp.server_tls_context(settings.smtp_tls_cert, settings.smtp_tls_key),
+        plain_auth=settings.plain_auth_allowed, max_size=settings.smtp_max_size,
+        auth_fail_delay=settings.smtp_auth_fail_delay_seconds, hostname=socket.getfqdn(),
+    )
+    throttle = AuthThrottle(settings.smtp_auth_max_failures, clock)
+    return smtp.SmtpListener(submission, throttle, config)
 
 
 def make_app(parts: Parts) -> web.Application:
@@ -168,6 +195,16 @@ def make_app(parts: Parts) -> web.Application:
         await parts.store.close()
 
     app.cleanup_ctx.append(lifetime)
+    listener = parts.listener
+    if listener is not None:
+
+        async def smtp_lifetime(_app: web.Application) -> AsyncIterator[None]:
+            # Registered after the worker: starts after it and stops before it.
+            await listener.start()
+            yield
+            await listener.stop()
+
+        app.cleanup_ctx.append(smtp_lifetime)
     return app
 
 

@@ -180,13 +180,8 @@ class MailService:
             raise Unauthorized("Invalid or missing API token")
         if same(token, self.admin_token):
             return Caller()
-        tenant = await self.store.tenant_by_key_hash(hash_token(token))
-        if tenant is None or tenant.api_key_hash is None:
-            raise Unauthorized("Invalid or missing API token")
-        if not same(tenant.api_key_hash, hash_token(token)):
-            raise Unauthorized("Invalid or missing API token")
-        expires = tenant.api_key_expires_at
-        if expires is not None and expires <= self.clock.now():
+        tenant = await tenant_for_token(self.store, token, self.clock.now())
+        if tenant is None:
             raise Unauthorized("Invalid or missing API token")
         return Caller(tenant_id=tenant.id)
 
@@ -532,6 +527,20 @@ def apply_instance_fields(base: InstanceConfig, body: Mapping[str, Any]) -> Inst
 def _ts_or_none(value: Any) -> int | None:
     """Timestamps: floats are accepted and truncated (§1)."""
     return None if value is None else int(value)
+
+
+async def tenant_for_token(store: Store, token: str, now: float) -> Tenant | None:
+    """The tenant whose current, unexpired API key is `token` (admin token excluded)."""
+    digest = hash_token(token)
+    tenant = await store.tenant_by_key_hash(digest)
+    if tenant is None or tenant.api_key_hash is None:
+        return None
+    if not same(tenant.api_key_hash, digest):
+        return None
+    expires = tenant.api_key_expires_at
+    if expires is not None and expires <= now:
+        return None
+    return tenant
 
 
 def _str_or_none(value: Any) -> str | None:

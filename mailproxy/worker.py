@@ -264,9 +264,12 @@ class Worker:
         except (intake.Rejected, ValueError) as exc:
             return Failed(str(exc))
         utf8 = needs_smtputf8(sender) or any(needs_smtputf8(r) for r in recipients)
+        # 8-bit bytes (raw or SMTP-submitted content) go out with BODY=8BITMIME (§9.6).
+        eightbit = not data.isascii()
         started = asyncio.get_running_loop().time()
         try:
-            refused = await self._sender.send(account, sender, recipients, data, smtputf8=utf8)
+            refused = await self._sender.send(account, sender, recipients, data, smtputf8=utf8,
+                                              eightbit=eightbit)
         except TemporaryFailure as exc:
             self._observer.smtp_seconds("temporary", asyncio.get_running_loop().time() - started)
             return self._temporary(message, str(exc))
