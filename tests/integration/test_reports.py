@@ -201,7 +201,7 @@ async def test_failure_backs_off_without_ack_and_run_now_retries(
     status = await sync_status(api)
     assert (status["consecutive_failures"], status["retry_at"], status["last_error"]) == (
         0, None, None)
-    assert [c.items[0]["id"] for c in endpoint.calls] == ["m1", "m1"]
+    assert [[i["id"] for i in c.items] for c in endpoint.calls] == [["m1"], ["m1"]]
 
 
 async def test_redirects_are_not_followed_and_count_as_failures(
