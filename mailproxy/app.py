@@ -19,6 +19,7 @@ from mailproxy.config import Settings
 from mailproxy.delivery import SmtpPool
 from mailproxy.errors import ConfigError
 from mailproxy.ingress import http
+from mailproxy.metrics import Metrics
 from mailproxy.model import Priority
 from mailproxy.policy import RetryPolicy
 from mailproxy.service import Clock, MailService, Store, SystemClock
@@ -40,6 +41,7 @@ class Parts:
     worker: Worker
     pool: SmtpPool
     instance_id: str
+    metrics: Metrics
 
 
 def admin_token(settings: Settings) -> str:
@@ -78,6 +80,7 @@ async def build(
         raise
     clock = clock or SystemClock()
     instance_id = secrets.token_hex(6)
+    metrics = Metrics(store, settings.metrics_token)
     pool = SmtpPool(
         pool_size=settings.smtp_pool_size, pool_wait=settings.smtp_pool_wait_seconds,
         connect_timeout=settings.smtp_connect_timeout_seconds,
@@ -96,7 +99,7 @@ async def build(
                               settings.retry_factor, settings.retry_max_delay_seconds),
             genro_header=settings.compat_genro_header,
         ),
-        observer,
+        observer or metrics,
     )
     service = MailService(
         store=store, clock=clock,
@@ -105,24 +108,28 @@ async def build(
         admin_token=admin_token(settings), waker=worker,
     )
     service.account_listeners.append(worker)
-    return Parts(settings, store, service, worker, pool, instance_id)
+    service.account_listeners.append(metrics)
+    return Parts(settings, store, service, worker, pool, instance_id, metrics)
 
 
 def make_app(parts: Parts) -> web.Application:
     """The aiohttp application; the worker starts and stops with it."""
     app = web.Application(
-        middlewares=[http.error_middleware],
+        middlewares=[parts.metrics.middleware(), http.error_middleware],
         client_max_size=parts.settings.api_max_body_bytes,
     )
     app[PARTS] = parts
     app[http.SERVICE] = parts.service
     app[http.STATUS_INFO] = {"worker": parts.worker, "instance_id": parts.instance_id}
+    app[http.METRICS] = parts.metrics
     http.add_routes(app)
 
     async def lifetime(_app: web.Application) -> AsyncIterator[None]:
         await parts.worker.start(recover_all=not parts.settings.is_postgres)
+        await parts.metrics.refresh()
         yield
         await parts.worker.stop(parts.settings.shutdown_grace_seconds)
+        await parts.metrics.close()
         await parts.pool.close()
         await parts.store.close()
 
