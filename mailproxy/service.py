@@ -236,8 +236,8 @@ class MailService:
         if not created:
             return None
         key = new_token()
-        expires = body.get("api_key_expires_at")
-        await self.store.set_api_key(tenant_id, hash_token(key), expires)
+        await self.store.set_api_key(tenant_id, hash_token(key),
+                                     _seconds(body.get("api_key_expires_at")))
         return key
 
     async def update_tenant(self, caller: Caller, tenant_id: str, body: Mapping[str, Any]
@@ -251,7 +251,7 @@ class MailService:
         await self.store.put_tenant(updated)
         if caller.admin and "api_key_expires_at" in body:
             await self.store.set_api_key(tenant_id, tenant.api_key_hash,
-                                         body["api_key_expires_at"])
+                                         _seconds(body["api_key_expires_at"]))
 
     async def delete_tenant(self, caller: Caller, tenant_id: str) -> None:
         self.require_admin(caller)
@@ -319,6 +319,11 @@ class MailService:
         if self.waker is not None:
             self.waker.wake()
         return batches, await self.store.count_open(tenant_id, batch_code)
+
+
+def _seconds(value: Any) -> int | None:
+    """A timestamp from a request: floats are truncated (§1)."""
+    return None if value is None else int(value)
 
 
 def _str_or_none(value: Any) -> str | None:

@@ -56,6 +56,7 @@ M = TypeVar("M", bound=BaseModel)
 _MESSAGES = TypeAdapter(list[MessageShape])
 _STATUS_NAMES = {s.value for s in Status}
 _SUSPENSION_QUERY = (tenant_query(), Param("batch_code"))
+_MAX_INT64 = 2**63 - 1
 
 
 class MetricsExporter(Protocol):
@@ -192,7 +193,7 @@ def _query_int(request: web.Request, name: str, default: int) -> int:
         number = int(value)
     except ValueError:
         number = -1
-    if number < 0:
+    if not 0 <= number <= _MAX_INT64:
         raise Unprocessable([{"loc": ["query", name],
                               "msg": "Input should be a non-negative integer",
                               "type": "int_parsing"}])
@@ -295,8 +296,9 @@ async def delete_messages(request: web.Request) -> web.Response:
 
 @documented(Spec("List messages (§5)", "tenant", response=MessagesResponse, query=(
     tenant_query(), Param("active_only", "boolean"), Param("include_history", "boolean"),
-    Param("status", enum=tuple(sorted(_STATUS_NAMES))), Param("limit", "integer", minimum=0),
-    Param("offset", "integer", minimum=0))))
+    Param("status", enum=tuple(sorted(_STATUS_NAMES))),
+    Param("limit", "integer", minimum=0, maximum=_MAX_INT64),
+    Param("offset", "integer", minimum=0, maximum=_MAX_INT64))))
 async def list_messages(request: web.Request) -> web.Response:
     caller = await _caller(request)
     tenant_id = _query_str(request, "tenant_id", required=True)

@@ -29,6 +29,7 @@ class Param:
     required: bool = False
     enum: tuple[str, ...] = ()
     minimum: int | None = None
+    maximum: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,6 +99,8 @@ def _parameters(path: str, spec: Spec | None) -> list[dict[str, Any]]:
             schema["enum"] = list(q.enum)
         if q.minimum is not None:
             schema["minimum"] = q.minimum
+        if q.maximum is not None:
+            schema["maximum"] = q.maximum
         params.append({"name": q.name, "in": "query", "required": q.required, "schema": schema})
     return params
 

@@ -9,6 +9,12 @@ from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, Stri
 Str = StrictStr | None
 AddressList = StrictStr | list[StrictStr] | None
 Number = StrictInt | StrictFloat
+MAX_TS = 253402300799  # 9999-12-31T23:59:59Z: later "timestamps" are mistakes, not dates
+# Integers the database stores: bounded so that no value overflows a 64-bit column.
+Int64 = Annotated[StrictInt, Field(ge=-(2**63), le=2**63 - 1)]
+# A Unix time in seconds (§1: floats accepted and truncated).
+Timestamp = (Annotated[StrictInt, Field(ge=-MAX_TS, le=MAX_TS)]
+             | Annotated[StrictFloat, Field(ge=-MAX_TS, le=MAX_TS, allow_inf_nan=False)])
 
 
 class AttachmentShape(BaseModel):
@@ -62,9 +68,9 @@ class ClientAuthShape(BaseModel):
 class RateLimitsShape(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
-    minute: StrictInt | None = None
-    hour: StrictInt | None = None
-    day: StrictInt | None = None
+    minute: Int64 | None = None
+    hour: Int64 | None = None
+    day: Int64 | None = None
 
 
 class TenantShape(BaseModel):
@@ -82,7 +88,7 @@ class TenantShape(BaseModel):
     rate_limits: RateLimitsShape | None = None
     large_file_config: dict[str, Any] | None = None
     active: StrictBool | None = None
-    api_key_expires_at: Number | None = None
+    api_key_expires_at: Timestamp | None = None
 
 
 class AccountShape(BaseModel):
@@ -96,9 +102,9 @@ class AccountShape(BaseModel):
     password: Str = None
     use_tls: StrictBool | None = None
     ttl: Annotated[StrictInt, Field(ge=1)] | None = None
-    limit_per_minute: StrictInt | None = None
-    limit_per_hour: StrictInt | None = None
-    limit_per_day: StrictInt | None = None
+    limit_per_minute: Int64 | None = None
+    limit_per_hour: Int64 | None = None
+    limit_per_day: Int64 | None = None
     limit_behavior: Literal["defer", "reject"] | None = None
     batch_size: Annotated[StrictInt, Field(ge=1, le=10000)] | None = None
     submission_password: Str = None
@@ -120,13 +126,13 @@ class IdsShape(BaseModel):
 class CleanupShape(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
-    older_than_seconds: StrictInt | None = None
+    older_than_seconds: Int64 | None = None
 
 
 class ApiKeyShape(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
-    expires_at: Number | None = None
+    expires_at: Timestamp | None = None
 
 
 # -- documented bodies and responses (OpenAPI; one model per shape of the contract) ------------
