@@ -20,6 +20,7 @@ from mailproxy.config import Settings
 from mailproxy.delivery import SmtpPool
 from mailproxy.errors import ConfigError
 from mailproxy.ingress import http, smtp
+from mailproxy.metrics import Metrics
 from mailproxy.model import Priority
 from mailproxy.netguard import AllowList
 from mailproxy.policy import RetryPolicy
@@ -45,6 +46,7 @@ class Parts:
     pool: SmtpPool
     instance_id: str
     reporter: Reporter
+    metrics: Metrics
     listener: smtp.SmtpListener | None = None
 
 
@@ -84,6 +86,7 @@ async def build(
         raise
     clock = clock or SystemClock()
     instance_id = secrets.token_hex(6)
+    metrics = Metrics(store, settings.metrics_token)
     pool = SmtpPool(
         pool_size=settings.smtp_pool_size, pool_wait=settings.smtp_pool_wait_seconds,
         connect_timeout=settings.smtp_connect_timeout_seconds,
@@ -102,7 +105,7 @@ async def build(
                               settings.retry_factor, settings.retry_max_delay_seconds),
             genro_header=settings.compat_genro_header,
         ),
-        observer,
+        observer or metrics,
     )
     service = MailService(
         store=store, clock=clock,
@@ -138,7 +141,9 @@ async def build(
         except ConfigError:
             await store.close()
             raise
-    return Parts(settings, store, service, worker, pool, instance_id, reporter, listener)
+    service.account_listeners.append(metrics)
+    return Parts(settings, store, service, worker, pool, instance_id, reporter, metrics,
+                 listener)
 
 
 _BOUNCE_FIELDS = ("bounce_enabled", "bounce_imap_host", "bounce_imap_port", "bounce_imap_user",
@@ -175,12 +180,14 @@ def _smtp_listener(settings: Settings, store: Store, clock: Clock, worker: Worke
 def make_app(parts: Parts) -> web.Application:
     """The aiohttp application; the worker starts and stops with it."""
     app = web.Application(
-        middlewares=[http.command_log_middleware, http.error_middleware],
+        middlewares=[parts.metrics.middleware(), http.command_log_middleware,
+                     http.error_middleware],
         client_max_size=parts.settings.api_max_body_bytes,
     )
     app[PARTS] = parts
     app[http.SERVICE] = parts.service
     app[http.STATUS_INFO] = {"worker": parts.worker, "instance_id": parts.instance_id}
+    app[http.METRICS] = parts.metrics
     http.add_routes(app)
 
     async def lifetime(_app: web.Application) -> AsyncIterator[None]:
@@ -188,9 +195,11 @@ def make_app(parts: Parts) -> web.Application:
         await parts.reporter.start()
         if isinstance(parts.store, WakeSource):  # enqueues by other instances wake us
             await parts.store.listen(parts.worker.wake)
+        await parts.metrics.refresh()
         yield
         await parts.reporter.stop()
         await parts.worker.stop(parts.settings.shutdown_grace_seconds)
+        await parts.metrics.close()
         await parts.pool.close()
         await parts.store.close()
 

@@ -9,6 +9,9 @@ import sys
 from collections.abc import Sequence
 
 from mailproxy import __version__
+from mailproxy.admin import commands, lifecycle
+from mailproxy.admin.instances import Instance
+from mailproxy.admin.ui import FAILED, OK, USAGE, CliError, Ctx
 from mailproxy.config import load_settings, settings_table
 from mailproxy.errors import ConfigError, StoreError
 
@@ -29,14 +32,101 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+USAGE_TEXT = """usage: mail-proxy COMMAND ...
+
+  serve [NAME] [--host H] [--port P] [--smtp-port P] [--data-dir D] [--db URL] [--config F]
+  start NAME [--host H] [--port P] [--smtp-port P] [--db URL]
+  stop NAME | restart NAME | list
+  NAME info | NAME token [--regenerate]
+  NAME tenants list | show ID | add [ID] [...] | delete ID [--yes]
+  NAME TENANT accounts list | add [ID] [...] | delete ID [--yes]
+  NAME TENANT messages list [--active] [--history] [--status S]
+  NAME TENANT send FILE.eml... [--account ID] [--id ID] [--from A] [--to A]...
+  NAME TENANT run-now
+  settings
+
+Global options: --json (machine-readable output), --no-input (never prompt).
+Exit codes: 0 success, 1 operation failed, 2 usage error, 3 instance not running."""
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
+    try:
+        return _dispatch(args)
+    except CliError as exc:
+        print(f"mail-proxy: {exc}", file=sys.stderr)
+        return exc.code
+    except SystemExit as exc:  # argparse: --help (0) or a usage error (2)
+        return exc.code if isinstance(exc.code, int) else USAGE
+    except KeyboardInterrupt:
+        print("mail-proxy: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:  # one clear line, never a traceback
+        print(f"mail-proxy: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return FAILED
+
+
+def _global_flags(args: list[str]) -> tuple[Ctx, list[str]]:
+    """--json and --no-input may appear anywhere before a `--`."""
+    rest: list[str] = []
+    flags = {"--json": False, "--no-input": False}
+    for index, arg in enumerate(args):
+        if arg == "--":
+            rest.extend(args[index:])
+            break
+        if arg in flags:
+            flags[arg] = True
+        else:
+            rest.append(arg)
+    return Ctx(json=flags["--json"], no_input=flags["--no-input"]), rest
+
+
+def _dispatch(argv: list[str]) -> int:
+    ctx, args = _global_flags(argv)
+    if not args:
+        print(USAGE_TEXT, file=sys.stderr)
+        return USAGE
+    head = args[0]
+    if head in ("-h", "--help", "help"):
+        print(USAGE_TEXT)
+        return OK
+    if head in ("serve", "settings", "--version"):
+        return _serve(args)
+    lifecycle_commands = {"start": lifecycle.cmd_start, "stop": lifecycle.cmd_stop,
+                          "restart": lifecycle.cmd_restart, "list": lifecycle.cmd_list}
+    if head in lifecycle_commands:
+        return lifecycle_commands[head](ctx, args[1:])
+    if head.startswith("-"):
+        raise CliError(f"unknown option {head}; see mail-proxy --help", USAGE)
+    return _instance_command(ctx, Instance.named(head), args[1:])
+
+
+def _instance_command(ctx: Ctx, instance: Instance, args: list[str]) -> int:
+    if not args:
+        raise CliError(f"what should {instance.name} do? see mail-proxy --help", USAGE)
+    verb, rest = args[0], args[1:]
+    if verb == "info":
+        return lifecycle.cmd_info(ctx, instance, rest)
+    if verb == "token":
+        return lifecycle.cmd_token(ctx, instance, rest)
+    if verb == "tenants":
+        return commands.cmd_tenants(ctx, instance, rest)
+    if not rest:
+        raise CliError(f"unknown command {verb!r} for {instance.name}; see mail-proxy --help",
+                       USAGE)
+    tenant_commands = {"accounts": commands.cmd_accounts, "messages": commands.cmd_messages,
+                       "send": commands.cmd_send, "run-now": commands.cmd_run_now}
+    action = tenant_commands.get(rest[0])
+    if action is None:
+        raise CliError(f"unknown command {rest[0]!r}; see mail-proxy --help", USAGE)
+    return action(ctx, instance, verb, rest[1:])
+
+
+def _serve(argv: list[str]) -> int:
     args = _parser().parse_args(argv)
     if args.command == "settings":
         print(settings_table())
         return 0
-    if args.command != "serve":
-        _parser().print_help()
-        return 2
     cli = {k: v for k, v in vars(args).items() if k not in ("command",)}
     try:
         settings = load_settings(cli)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -148,12 +149,19 @@ def _raw(value: str, limit: int) -> bytes:
     return data
 
 
+MAX_DEFERRED_TS = 253402300799  # 9999-12-31: beyond is a mistake (and overflows storage)
+
+
 def _deferred_ts(value: Any) -> int | None:
     if value is None:
         return None
+    if isinstance(value, float) and not math.isfinite(value):
+        raise Rejected("invalid payload: deferred_ts must be a finite number")
     ts = int(value)
     if ts < 0:
         raise Rejected("invalid payload: deferred_ts must not be negative")
+    if ts > MAX_DEFERRED_TS:
+        raise Rejected("invalid payload: deferred_ts is out of range")
     return ts
 
 

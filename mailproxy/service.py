@@ -287,8 +287,8 @@ class MailService:
         if not created:
             return None
         key = new_token()
-        expires = _ts_or_none(body.get("api_key_expires_at"))
-        await self.store.set_api_key(tenant_id, hash_token(key), expires)
+        await self.store.set_api_key(tenant_id, hash_token(key),
+                                     _seconds(body.get("api_key_expires_at")))
         return key
 
     async def update_tenant(self, caller: Caller, tenant_id: str, body: Mapping[str, Any]
@@ -302,7 +302,7 @@ class MailService:
         await self.store.put_tenant(updated)
         if caller.admin and "api_key_expires_at" in body:
             await self.store.set_api_key(tenant_id, tenant.api_key_hash,
-                                         _ts_or_none(body["api_key_expires_at"]))
+                                         _seconds(body["api_key_expires_at"]))
 
     async def delete_tenant(self, caller: Caller, tenant_id: str) -> None:
         self.require_admin(caller)
@@ -524,11 +524,6 @@ def apply_instance_fields(base: InstanceConfig, body: Mapping[str, Any]) -> Inst
     return replace(base, **changes)
 
 
-def _ts_or_none(value: Any) -> int | None:
-    """Timestamps: floats are accepted and truncated (§1)."""
-    return None if value is None else int(value)
-
-
 async def tenant_for_token(store: Store, token: str, now: float) -> Tenant | None:
     """The tenant whose current, unexpired API key is `token` (admin token excluded)."""
     digest = hash_token(token)
@@ -541,6 +536,11 @@ async def tenant_for_token(store: Store, token: str, now: float) -> Tenant | Non
     if expires is not None and expires <= now:
         return None
     return tenant
+
+
+def _seconds(value: Any) -> int | None:
+    """A timestamp from a request: floats are truncated (§1)."""
+    return None if value is None else int(value)
 
 
 def _str_or_none(value: Any) -> str | None:

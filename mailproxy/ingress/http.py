@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from collections.abc import Awaitable, Callable, Mapping
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from aiohttp import web
 from pydantic import BaseModel, TypeAdapter, ValidationError
 
-from mailproxy import __version__
+from mailproxy import __version__, resources
 from mailproxy.errors import (
     Forbidden,
     InvalidRequest,
@@ -19,17 +20,33 @@ from mailproxy.errors import (
     StoreError,
     Unauthorized,
 )
+from mailproxy.ingress.openapi import Param, Spec, build_openapi, documented, tenant_query
 from mailproxy.ingress.schemas import (
     AccountShape,
+    AccountsResponse,
+    AddMessagesBody,
+    AddMessagesResponse,
+    ApiKeyResponse,
     ApiKeyShape,
     CleanupShape,
+    DeleteMessagesResponse,
+    HealthResponse,
     IdsShape,
     InstanceShape,
     MessageShape,
+    MessagesResponse,
+    OkResponse,
+    StatusResponse,
+    SuspensionResponse,
+    TenantBody,
+    TenantCreatedResponse,
+    TenantInfo,
     TenantShape,
+    TenantsResponse,
 )
 from mailproxy.model import Account, InstanceConfig, Status, Tenant
 from mailproxy.service import Caller, MailService, SyncView
+from mailproxy.tokens import same
 
 log = logging.getLogger("mailproxy.http")
 
@@ -41,6 +58,19 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 M = TypeVar("M", bound=BaseModel)
 _MESSAGES = TypeAdapter(list[MessageShape])
 _STATUS_NAMES = {s.value for s in Status}
+_SUSPENSION_QUERY = (tenant_query(), Param("batch_code"))
+_MAX_INT64 = 2**63 - 1
+
+
+class MetricsExporter(Protocol):
+    """What GET /metrics needs (mailproxy.metrics.Metrics)."""
+
+    token: str | None
+
+    async def render(self) -> tuple[bytes, str]: ...
+
+
+METRICS = web.AppKey("metrics", MetricsExporter)
 
 
 class Unprocessable(Exception):
@@ -168,7 +198,7 @@ def _query_int(request: web.Request, name: str, default: int) -> int:
         number = int(value)
     except ValueError:
         number = -1
-    if number < 0:
+    if not 0 <= number <= _MAX_INT64:
         raise Unprocessable([{"loc": ["query", name],
                               "msg": "Input should be a non-negative integer",
                               "type": "int_parsing"}])
@@ -177,6 +207,8 @@ def _query_int(request: web.Request, name: str, default: int) -> int:
 
 # -- views -------------------------------------------------------------------------------------
 
+@documented(Spec("Liveness and database check", "public", response=HealthResponse,
+                 extra_responses=(503,)))
 async def health(request: web.Request) -> web.Response:
     try:
         await request.app[SERVICE].store.ping()
@@ -185,6 +217,7 @@ async def health(request: web.Request) -> web.Response:
     return _json({"status": "ok"})
 
 
+@documented(Spec("Dispatcher state", "auth", response=StatusResponse))
 async def status(request: web.Request) -> web.Response:
     await _caller(request)
     info = request.app[STATUS_INFO]
@@ -193,6 +226,8 @@ async def status(request: web.Request) -> web.Response:
                   "instance_id": info["instance_id"], "pending_messages": pending})
 
 
+@documented(Spec("Enqueue up to 1000 messages (§4)", "auth", body=AddMessagesBody,
+                response=AddMessagesResponse))
 async def add_messages(request: web.Request) -> web.Response:
     caller = await _caller(request)
     body = await _object(request)
@@ -214,6 +249,8 @@ async def add_messages(request: web.Request) -> web.Response:
     return _json({"ok": True, "queued": result.queued, "rejected": rejected})
 
 
+@documented(Spec("Wake the dispatcher and the report loop", "auth", response=OkResponse,
+                query=(tenant_query(required=False),)))
 async def run_now(request: web.Request) -> web.Response:
     caller = await _caller(request)
     tenant_id = _query_str(request, "tenant_id")
@@ -233,14 +270,20 @@ async def _suspension(request: web.Request, suspend: bool) -> web.Response:
                   "suspended_batches": batches, "pending_messages": pending})
 
 
+@documented(Spec("Hold a tenant's messages (all or one batch)", "tenant",
+                response=SuspensionResponse, query=_SUSPENSION_QUERY))
 async def suspend(request: web.Request) -> web.Response:
     return await _suspension(request, True)
 
 
+@documented(Spec("Release held messages", "tenant", response=SuspensionResponse,
+                query=_SUSPENSION_QUERY))
 async def activate(request: web.Request) -> web.Response:
     return await _suspension(request, False)
 
 
+@documented(Spec("Delete messages by client id", "tenant", body=IdsShape,
+                response=DeleteMessagesResponse, query=(tenant_query(),)))
 async def delete_messages(request: web.Request) -> web.Response:
     caller = await _caller(request)
     tenant_id = _query_str(request, "tenant_id", required=True)
@@ -261,6 +304,11 @@ async def cleanup_messages(request: web.Request) -> web.Response:
     return _json({"ok": True, "removed": removed})
 
 
+@documented(Spec("List messages (§5)", "tenant", response=MessagesResponse, query=(
+    tenant_query(), Param("active_only", "boolean"), Param("include_history", "boolean"),
+    Param("status", enum=tuple(sorted(_STATUS_NAMES))),
+    Param("limit", "integer", minimum=0, maximum=_MAX_INT64),
+    Param("offset", "integer", minimum=0, maximum=_MAX_INT64))))
 async def list_messages(request: web.Request) -> web.Response:
     caller = await _caller(request)
     tenant_id = _query_str(request, "tenant_id", required=True)
@@ -283,6 +331,8 @@ async def list_messages(request: web.Request) -> web.Response:
     return _json({"ok": True, "messages": records})
 
 
+@documented(Spec("Create or update an SMTP account (§6)", "tenant", body=AccountShape,
+                response=OkResponse))
 async def post_account(request: web.Request) -> web.Response:
     caller = await _caller(request)
     body = await _object(request)
@@ -291,6 +341,8 @@ async def post_account(request: web.Request) -> web.Response:
     return _json({"ok": True})
 
 
+@documented(Spec("List accounts", "tenant", response=AccountsResponse,
+                query=(tenant_query(),)))
 async def list_accounts(request: web.Request) -> web.Response:
     caller = await _caller(request)
     tenant_id = _query_str(request, "tenant_id", required=True)
@@ -301,6 +353,7 @@ async def list_accounts(request: web.Request) -> web.Response:
     return _json({"ok": True, "accounts": [account_info(a) for a in accounts]})
 
 
+@documented(Spec("Delete an account", "tenant", response=OkResponse, query=(tenant_query(),)))
 async def delete_account(request: web.Request) -> web.Response:
     caller = await _caller(request)
     tenant_id = _query_str(request, "tenant_id", required=True)
@@ -309,6 +362,8 @@ async def delete_account(request: web.Request) -> web.Response:
     return _json({"ok": True})
 
 
+@documented(Spec("Create or replace a tenant (§7)", "admin", body=TenantBody,
+                response=TenantCreatedResponse))
 async def post_tenant(request: web.Request) -> web.Response:
     caller = await _caller(request)
     body = await _object(request)
@@ -321,6 +376,8 @@ async def post_tenant(request: web.Request) -> web.Response:
     return _json({"ok": True} if key is None else {"ok": True, "api_key": key})
 
 
+@documented(Spec("List tenants", "admin", response=TenantsResponse,
+                query=(Param("active_only", "boolean"),)))
 async def list_tenants(request: web.Request) -> web.Response:
     caller = await _caller(request)
     service = request.app[SERVICE]
@@ -329,12 +386,14 @@ async def list_tenants(request: web.Request) -> web.Response:
     return _json({"ok": True, "tenants": [tenant_info(t) for t in tenants]})
 
 
+@documented(Spec("Read one tenant", "tenant", response=TenantInfo))
 async def get_tenant(request: web.Request) -> web.Response:
     caller = await _caller(request)
     tenant = await request.app[SERVICE].tenant_in_scope(caller, request.match_info["tenant_id"])
     return _json(tenant_info(tenant))
 
 
+@documented(Spec("Partial tenant update", "tenant", body=TenantShape, response=OkResponse))
 async def put_tenant(request: web.Request) -> web.Response:
     caller = await _caller(request)
     body = await _object(request)
@@ -343,12 +402,15 @@ async def put_tenant(request: web.Request) -> web.Response:
     return _json({"ok": True})
 
 
+@documented(Spec("Delete a tenant and everything it owns", "admin", response=OkResponse))
 async def delete_tenant(request: web.Request) -> web.Response:
     caller = await _caller(request)
     await request.app[SERVICE].delete_tenant(caller, request.match_info["tenant_id"])
     return _json({"ok": True})
 
 
+@documented(Spec("Issue or rotate the tenant token", "admin", body=ApiKeyShape,
+                body_required=False, response=ApiKeyResponse))
 async def issue_key(request: web.Request) -> web.Response:
     caller = await _caller(request)
     shape = _shape(ApiKeyShape, await _object(request, optional=True))
@@ -358,6 +420,7 @@ async def issue_key(request: web.Request) -> web.Response:
     return _json({"ok": True, "api_key": key, "expires_at": expires})
 
 
+@documented(Spec("Revoke the tenant token", "admin", response=OkResponse))
 async def revoke_key(request: web.Request) -> web.Response:
     caller = await _caller(request)
     await request.app[SERVICE].revoke_key(caller, request.match_info["tenant_id"])
@@ -480,6 +543,54 @@ def _logged_tenant(request: web.Request, caller: Caller, payload: Any) -> str | 
         if len(ids) == 1 and isinstance(next(iter(ids)), str):
             return str(next(iter(ids)))
     return None
+# -- operations: metrics, OpenAPI, docs ------------------------------------------------------
+
+@documented(Spec("Prometheus metrics (§14)", "metrics",
+                 media_type="text/plain; version=1.0.0; charset=utf-8"))
+async def metrics(request: web.Request) -> web.Response:
+    exporter = request.app[METRICS]
+    if exporter.token is not None and not await _may_scrape(request, exporter.token):
+        raise Unauthorized("Invalid or missing API token")
+    body, content_type = await exporter.render()
+    return web.Response(body=body, headers={"Content-Type": content_type})
+
+
+async def _may_scrape(request: web.Request, token: str) -> bool:
+    """GMP_METRICS_TOKEN as a bearer token, or the admin token in X-API-Token."""
+    scheme, _, value = request.headers.get("Authorization", "").partition(" ")
+    if scheme.lower() == "bearer" and value and same(value.strip(), token):
+        return True
+    try:
+        return (await _caller(request)).admin
+    except Unauthorized:
+        return False
+
+
+@documented(Spec("OpenAPI 3.1 description of every route", "public"))
+async def openapi(request: web.Request) -> web.Response:
+    return _json(build_openapi(ROUTES))
+
+
+@documented(Spec("Human API reference rendered from /openapi.json", "public",
+                 media_type="text/html"))
+async def docs(request: web.Request) -> web.Response:
+    page = resources.path("templates", "docs.html").read_bytes()
+    return web.Response(body=page, content_type="text/html", charset="utf-8")
+
+
+_ASSET = re.compile(r"^[a-z0-9_-]+\.(css|js)$")
+_ASSET_TYPES = {"css": "text/css", "js": "text/javascript"}
+
+
+@documented(Spec("Assets of the /docs page", "public", media_type="text/plain"))
+async def docs_asset(request: web.Request) -> web.Response:
+    name = request.match_info["name"]
+    match = _ASSET.match(name)
+    asset = resources.path("static", "docs", name)
+    if match is None or not asset.is_file():
+        raise NotFound("asset not found")
+    return web.Response(body=asset.read_bytes(), content_type=_ASSET_TYPES[match.group(1)],
+                        charset="utf-8")
 
 
 # -- response shapes ---------------------------------------------------------------------------
@@ -576,6 +687,10 @@ ROUTES: tuple[tuple[str, str, Handler], ...] = (
     ("POST", "/instance/reload-bounce", reload_bounce),
     ("GET", "/command-log", command_log),
     ("GET", "/command-log/export", command_log_export),
+    ("GET", "/metrics", metrics),
+    ("GET", "/openapi.json", openapi),
+    ("GET", "/docs", docs),
+    ("GET", "/docs/static/{name}", docs_asset),
 )
 
 

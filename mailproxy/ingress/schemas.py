@@ -9,6 +9,12 @@ from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, Stri
 Str = StrictStr | None
 AddressList = StrictStr | list[StrictStr] | None
 Number = StrictInt | StrictFloat
+MAX_TS = 253402300799  # 9999-12-31T23:59:59Z: later "timestamps" are mistakes, not dates
+# Integers the database stores: bounded so that no value overflows a 64-bit column.
+Int64 = Annotated[StrictInt, Field(ge=-(2**63), le=2**63 - 1)]
+# A Unix time in seconds (§1: floats accepted and truncated).
+Timestamp = (Annotated[StrictInt, Field(ge=-MAX_TS, le=MAX_TS)]
+             | Annotated[StrictFloat, Field(ge=-MAX_TS, le=MAX_TS, allow_inf_nan=False)])
 
 
 class AttachmentShape(BaseModel):
@@ -62,9 +68,9 @@ class ClientAuthShape(BaseModel):
 class RateLimitsShape(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
-    minute: StrictInt | None = None
-    hour: StrictInt | None = None
-    day: StrictInt | None = None
+    minute: Int64 | None = None
+    hour: Int64 | None = None
+    day: Int64 | None = None
 
 
 class TenantShape(BaseModel):
@@ -82,7 +88,7 @@ class TenantShape(BaseModel):
     rate_limits: RateLimitsShape | None = None
     large_file_config: dict[str, Any] | None = None
     active: StrictBool | None = None
-    api_key_expires_at: Number | None = None
+    api_key_expires_at: Timestamp | None = None
 
 
 class AccountShape(BaseModel):
@@ -96,9 +102,9 @@ class AccountShape(BaseModel):
     password: Str = None
     use_tls: StrictBool | None = None
     ttl: Annotated[StrictInt, Field(ge=1)] | None = None
-    limit_per_minute: StrictInt | None = None
-    limit_per_hour: StrictInt | None = None
-    limit_per_day: StrictInt | None = None
+    limit_per_minute: Int64 | None = None
+    limit_per_hour: Int64 | None = None
+    limit_per_day: Int64 | None = None
     limit_behavior: Literal["defer", "reject"] | None = None
     batch_size: Annotated[StrictInt, Field(ge=1, le=10000)] | None = None
     submission_password: Str = None
@@ -120,7 +126,7 @@ class IdsShape(BaseModel):
 class CleanupShape(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
-    older_than_seconds: Annotated[StrictInt, Field(ge=0)] | None = None
+    older_than_seconds: Annotated[StrictInt, Field(ge=0, le=2**63 - 1)] | None = None
 
 
 class InstanceShape(BaseModel):
@@ -144,4 +150,187 @@ class InstanceShape(BaseModel):
 class ApiKeyShape(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
-    expires_at: Number | None = None
+    expires_at: Timestamp | None = None
+
+
+# -- documented bodies and responses (OpenAPI; one model per shape of the contract) ------------
+
+
+class AddMessagesBody(BaseModel):
+    """POST /commands/add-messages (§4.1); items are checked one by one (§4.5)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    default_priority: StrictInt | StrictStr | None = None
+    messages: Annotated[list[MessageShape], Field(max_length=1000)]
+
+
+class TenantBody(TenantShape):
+    """POST /tenant: a full Tenant (§7); `id` is required."""
+
+    id: Annotated[StrictStr, Field(pattern=r"^[A-Za-z0-9_-]{1,64}$")]
+
+
+class ErrorResponse(BaseModel):
+    """Every error (§1): `detail` is a text, a list of {loc, msg, type} (422) or an object."""
+
+    detail: Any
+
+
+class HealthResponse(BaseModel):
+    status: StrictStr
+
+
+class OkResponse(BaseModel):
+    ok: bool
+
+
+class StatusResponse(OkResponse):
+    active: bool
+    version: str
+    instance_id: str
+    pending_messages: int
+
+
+class RejectedItem(BaseModel):
+    id: str | None
+    reason: str
+    index: int
+
+
+class AddMessagesResponse(OkResponse):
+    queued: int
+    rejected: list[RejectedItem]
+
+
+class SuspensionResponse(OkResponse):
+    tenant_id: str
+    batch_code: str | None = None
+    suspended_batches: list[str]
+    pending_messages: int
+
+
+class DeleteMessagesResponse(OkResponse):
+    removed: int
+    not_found: list[str]
+    unauthorized: list[str]
+
+
+class HistoryEntry(BaseModel):
+    event_id: str
+    event_type: str
+    event_ts: int
+    description: str | None
+    metadata: dict[str, Any]
+    reported_ts: int | None
+
+
+class MessageRecord(BaseModel):
+    """§5.2: every key is always present (null when unset); `history` only on request."""
+
+    pk: str
+    id: str
+    tenant_id: str
+    tenant_name: str
+    account_id: str | None
+    status: Literal["pending", "scheduled", "deferred", "sending", "sent", "error", "bounced",
+                    "suppressed"]
+    suspended: bool
+    priority: Annotated[int, Field(ge=0, le=3)]
+    batch_code: str | None
+    deferred_ts: int | None
+    retry_count: int
+    sent_ts: int | None
+    error_ts: int | None
+    error: str | None
+    reported_ts: int | None
+    bounce_type: str | None
+    bounce_code: str | None
+    bounce_reason: str | None
+    bounce_ts: int | None
+    is_pec: bool
+    created_at: str | None
+    updated_at: str | None
+    message: dict[str, Any]
+    history: list[HistoryEntry] | None = None
+
+
+class MessagesResponse(OkResponse):
+    messages: list[MessageRecord]
+
+
+class AccountInfo(BaseModel):
+    """§6: the Account without secrets, plus has_* flags; every key always present."""
+
+    id: str
+    tenant_id: str
+    host: str
+    port: int
+    user: str | None
+    use_tls: bool | None
+    ttl: int
+    limit_per_minute: int | None
+    limit_per_hour: int | None
+    limit_per_day: int | None
+    limit_behavior: Literal["defer", "reject"]
+    batch_size: int
+    is_pec_account: bool
+    imap_host: str | None
+    imap_port: int
+    imap_user: str | None
+    imap_folder: str
+    imap_ssl: bool
+    has_password: bool
+    has_submission_password: bool
+    has_imap_password: bool
+    created_at: str | None
+    updated_at: str | None
+
+
+class AccountsResponse(OkResponse):
+    accounts: list[AccountInfo]
+
+
+class ClientAuthInfo(BaseModel):
+    method: str
+    user: str | None
+
+
+class RateLimitsInfo(BaseModel):
+    minute: int | None
+    hour: int | None
+    day: int | None
+
+
+class TenantInfo(BaseModel):
+    """§7: the Tenant without secrets, plus has_* flags; every key always present."""
+
+    id: str
+    name: str | None
+    client_base_url: str | None
+    client_sync_path: str
+    client_attachment_path: str
+    client_auth: ClientAuthInfo
+    rate_limits: RateLimitsInfo | None
+    large_file_config: dict[str, Any] | None
+    active: bool
+    api_key_expires_at: int | None
+    has_client_secret: bool
+    has_webhook_secret: bool
+    has_api_key: bool
+    suspended_batches: list[str]
+    created_at: str | None
+    updated_at: str | None
+
+
+class TenantsResponse(OkResponse):
+    tenants: list[TenantInfo]
+
+
+class TenantCreatedResponse(OkResponse):
+    api_key: str | None = None
+
+
+class ApiKeyResponse(OkResponse):
+    api_key: str
+    expires_at: int | None

@@ -1,0 +1,1 @@
+"""The mail-proxy operations commands: instances, and REST calls to a running one."""

@@ -1,0 +1,291 @@
+"""Named instances: their directory, remembered ports, background process, pid file."""
+
+from __future__ import annotations
+
+import configparser
+import contextlib
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+from mailproxy.admin.rest import Rest, not_running
+from mailproxy.admin.ui import FAILED, NOT_RUNNING, USAGE, CliError
+from mailproxy.config import Settings, load_settings
+from mailproxy.errors import ConfigError
+
+RESERVED = frozenset({"serve", "start", "stop", "restart", "list", "help", "settings"})
+_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}$")
+FIRST_PORT, FIRST_SMTP_PORT = 8000, 2525
+START_TIMEOUT_SECONDS = 30.0
+# Where `start` writes each remembered setting in config.ini.
+SECTION_OF = {"host": "server", "port": "server", "db_path": "server", "smtp_port": "smtp"}
+
+
+def home() -> Path:
+    return Path.home() / ".mail-proxy"
+
+
+def check_name(name: str) -> str:
+    if name in RESERVED:
+        raise CliError(f"{name!r} is a reserved word and cannot be an instance name", USAGE)
+    if not _NAME.match(name):
+        raise CliError(f"invalid instance name {name!r} (letters, digits, _ . -)", USAGE)
+    return name
+
+
+@dataclass(frozen=True, slots=True)
+class Instance:
+    name: str
+    dir: Path
+
+    @classmethod
+    def named(cls, name: str) -> Instance:
+        """~/.mail-proxy/NAME, or GMP_DATA_DIR when set."""
+        check_name(name)
+        override = os.environ.get("GMP_DATA_DIR")
+        return cls(name, Path(override).expanduser() if override else home() / name)
+
+    @property
+    def config_path(self) -> Path:
+        return self.dir / "config.ini"
+
+    @property
+    def pid_path(self) -> Path:
+        return self.dir / "server.pid"
+
+    @property
+    def log_path(self) -> Path:
+        return self.dir / "server.log"
+
+    @property
+    def token_path(self) -> Path:
+        return self.dir / "api_token"
+
+    def exists(self) -> bool:
+        return self.dir.is_dir()
+
+    def settings(self) -> Settings:
+        try:
+            return load_settings({"instance": self.name, "data_dir": str(self.dir)})
+        except ConfigError as exc:
+            raise CliError(f"instance {self.name}: {exc}", FAILED) from None
+
+    def pid(self) -> int | None:
+        """The pid of the running server, or None (a stale pid file is ignored)."""
+        try:
+            pid = int(self.pid_path.read_text().strip())
+        except (OSError, ValueError):
+            return None
+        return pid if _alive(pid) else None
+
+    def admin_token(self, settings: Settings) -> str:
+        if settings.api_token:
+            return settings.api_token
+        try:
+            token = self.token_path.read_text(encoding="ascii").strip()
+        except OSError:
+            token = ""
+        if not token:
+            raise CliError(f"instance {self.name} has no admin token yet (start it first)",
+                           NOT_RUNNING)
+        return token
+
+    def rest(self) -> Rest:
+        """A client for the running instance (exit 3 when there is none)."""
+        if not self.exists():
+            raise CliError(f"no instance named {self.name}; create it with: "
+                           f"mail-proxy start {self.name}", NOT_RUNNING)
+        settings = self.settings()
+        return Rest(base_url(settings), self.admin_token(settings), self.name)
+
+
+def base_url(settings: Settings) -> str:
+    host = settings.host
+    if host in ("0.0.0.0", ""):
+        host = "127.0.0.1"
+    elif host == "::":
+        host = "::1"
+    if ":" in host:
+        host = f"[{host}]"
+    return f"http://{host}:{settings.port}"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    stat = Path(f"/proc/{pid}/stat")
+    if stat.exists():
+        with contextlib.suppress(OSError):
+            if stat.read_text().rsplit(")", 1)[-1].split()[0] == "Z":
+                return False  # a zombie nobody reaped: the server is gone
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+            return b"mailproxy" in cmdline or b"mail-proxy" in cmdline
+    return True
+
+
+def all_instances() -> list[Instance]:
+    found = []
+    if home().is_dir():
+        for path in sorted(home().iterdir()):
+            if path.is_dir() and _NAME.match(path.name) and path.name not in RESERVED:
+                found.append(Instance(path.name, path))
+    return found
+
+
+# -- config.ini ------------------------------------------------------------------------------
+
+def _read_config(path: Path) -> configparser.ConfigParser:
+    parser = configparser.ConfigParser(interpolation=None)
+    if path.exists():
+        try:
+            parser.read(path, encoding="utf-8")
+        except configparser.Error as exc:
+            raise CliError(f"{path}: {exc}", FAILED) from None
+    return parser
+
+
+def config_values(path: Path) -> dict[str, str]:
+    parser = _read_config(path)
+    return {k: v for section in parser.sections() for k, v in parser.items(section)}
+
+
+def remember(instance: Instance, values: dict[str, str]) -> None:
+    """Write settings into config.ini, in the section that already holds each key."""
+    parser = _read_config(instance.config_path)
+    for key, value in values.items():
+        section = next((s for s in parser.sections() if parser.has_option(s, key)),
+                       SECTION_OF.get(key, "server"))
+        if not parser.has_section(section):
+            parser.add_section(section)
+        parser.set(section, key, value)
+    with instance.config_path.open("w", encoding="utf-8") as handle:
+        parser.write(handle)
+
+
+def _ports_of_other_instances(instance: Instance) -> set[int]:
+    taken: set[int] = set()
+    for other in all_instances():
+        if other.dir == instance.dir:
+            continue
+        with contextlib.suppress(CliError):
+            values = config_values(other.config_path)
+            for key in ("port", "smtp_port"):
+                if values.get(key, "").isdigit():
+                    taken.add(int(values[key]))
+    return taken
+
+
+def free_port(host: str, first: int, avoid: set[int]) -> int:
+    """The first port from `first` that nobody listens on and no other instance claims."""
+    bind_host = "127.0.0.1" if host in ("", "localhost") else host
+    for port in range(first, first + 1000):
+        if port in avoid:
+            continue
+        with socket.socket(socket.AF_INET6 if ":" in bind_host else socket.AF_INET) as sock:
+            try:
+                sock.bind((bind_host, port))
+            except OSError:
+                continue
+            return port
+    raise CliError(f"no free port found from {first}", FAILED)
+
+
+def plan_settings(instance: Instance, flags: dict[str, str | int | None]) -> dict[str, str]:
+    """What `start` writes into config.ini: given flags, and ports picked on first start."""
+    stored = config_values(instance.config_path)
+    values = {k: str(v) for k, v in flags.items() if v is not None}
+    host = str(values.get("host") or stored.get("host") or os.environ.get("GMP_HOST")
+               or "127.0.0.1")
+    avoid = _ports_of_other_instances(instance)
+    if "port" not in values and "port" not in stored and not os.environ.get("GMP_PORT"):
+        values["port"] = str(free_port(host, FIRST_PORT, avoid))
+    if ("smtp_port" not in values and "smtp_port" not in stored
+            and not os.environ.get("GMP_SMTP_PORT")):
+        avoid.add(int(values.get("port") or stored.get("port") or 0))
+        smtp_host = os.environ.get("GMP_SMTP_HOST") or stored.get("smtp_host") or "127.0.0.1"
+        values["smtp_port"] = str(free_port(smtp_host, FIRST_SMTP_PORT, avoid))
+    return values
+
+
+# -- process ---------------------------------------------------------------------------------
+
+def spawn(instance: Instance) -> subprocess.Popen[bytes]:
+    """`mail-proxy serve NAME` in the background, detached, logging to server.log."""
+    command = [sys.executable, "-m", "mailproxy", "serve", instance.name,
+               "--data-dir", str(instance.dir)]
+    with instance.log_path.open("ab") as log, open(os.devnull, "rb") as null:
+        process = subprocess.Popen(
+            command, stdin=null, stdout=log, stderr=log, start_new_session=True,
+            close_fds=True,
+        )
+    instance.pid_path.write_text(f"{process.pid}\n", encoding="ascii")
+    return process
+
+
+def wait_healthy(instance: Instance, process: subprocess.Popen[bytes], url: str) -> None:
+    deadline = time.monotonic() + START_TIMEOUT_SECONDS
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            instance.pid_path.unlink(missing_ok=True)
+            raise CliError(f"instance {instance.name} did not start: {_last_log_line(instance)}"
+                           f" (log: {instance.log_path})", FAILED)
+        if _healthy(url):
+            return
+        time.sleep(0.1)
+    raise CliError(f"instance {instance.name} did not answer /health within "
+                   f"{START_TIMEOUT_SECONDS:.0f} s (log: {instance.log_path})", FAILED)
+
+
+def _healthy(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url + "/health", timeout=1) as response:
+            return bool(response.status == 200)
+    except (urllib.error.URLError, ConnectionError, OSError):
+        return False
+
+
+def _last_log_line(instance: Instance) -> str:
+    try:
+        lines = instance.log_path.read_text(encoding="utf-8", errors="replace").splitlines()
+    except OSError:
+        return "no log"
+    meaningful = [line for line in lines if line.strip()]
+    return meaningful[-1].strip() if meaningful else "no log output"
+
+
+def terminate(instance: Instance, pid: int, grace: float) -> bool:
+    """SIGTERM, wait for the graceful shutdown, then SIGKILL. True if it had to be killed."""
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + grace + 5.0  # in-flight sends, then closing the store
+    while time.monotonic() < deadline:
+        if not _alive(pid):
+            instance.pid_path.unlink(missing_ok=True)
+            return False
+        time.sleep(0.1)
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGKILL)
+    for _ in range(50):
+        if not _alive(pid):
+            break
+        time.sleep(0.1)
+    instance.pid_path.unlink(missing_ok=True)
+    return True
+
+
+def require_running(instance: Instance) -> None:
+    """Exit 3 early when there is no server (no pid file and nothing on the port)."""
+    if instance.pid() is None and not _healthy(base_url(instance.settings())):
+        raise not_running(instance.name)

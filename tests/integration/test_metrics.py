@@ -1,0 +1,95 @@
+"""Prometheus metrics (§14) over HTTP: names, labels, buckets, zero series, protection."""
+
+from __future__ import annotations
+
+from prometheus_client import generate_latest
+
+from mailproxy.metrics import Metrics
+from tests.conftest import ADMIN, Api, ApiFactory, message
+from tests.relay import Relay
+
+
+async def scrape(api: Api, headers: dict[str, str] | None = None) -> tuple[int, str, str]:
+    async with api.client.get("/metrics", headers=headers or {}) as resp:
+        return resp.status, resp.headers.get("Content-Type", ""), await resp.text()
+
+
+def value(text: str, series: str) -> float:
+    for line in text.splitlines():
+        if line.startswith(series + " "):
+            return float(line.rsplit(" ", 1)[1])
+    raise AssertionError(f"{series} not in metrics:\n{text}")
+
+
+async def test_account_counters_start_at_zero_and_count_sends(api: Api, relay: Relay) -> None:
+    await api.tenant("acme", name="Acme Corp")
+    await api.account(relay)
+    status, content_type, text = await scrape(api)
+    assert status == 200
+    assert content_type.startswith("text/plain; version=")
+    labels = 'account_id="main",account_name="main",tenant_id="acme",tenant_name="Acme Corp"'
+    for name in ("gmp_sent_total", "gmp_errors_total", "gmp_deferred_total",
+                 "gmp_rate_limited_total"):
+        assert value(text, f"{name}{{{labels}}}") == 0.0
+    assert "_created" not in text
+    await api.send(message(1), message(2))
+    await relay.wait_for(2)
+    for _ in range(100):
+        _, _, text = await scrape(api)
+        if value(text, f"gmp_sent_total{{{labels}}}") == 2.0:
+            break
+    assert value(text, f"gmp_sent_total{{{labels}}}") == 2.0
+    assert value(text, 'gmp_queue_latency_seconds_count{tenant_id="acme"}') == 2.0
+    assert value(text, 'gmp_smtp_send_seconds_count{outcome="sent"}') == 2.0
+    assert 'gmp_queue_latency_seconds_bucket{le="86400.0",tenant_id="acme"}' in text
+    assert 'gmp_smtp_send_seconds_bucket{le="0.05",outcome="sent"}' in text
+    assert value(text, "gmp_pending_messages") == 0.0
+
+
+async def test_permanent_failure_counts_as_error(api: Api, relay: Relay) -> None:
+    await api.tenant()
+    await api.account(relay)
+    relay.replies["DATA"] = "554 5.7.1 rejected"
+    await api.send(message(1))
+    labels = 'account_id="main",account_name="main",tenant_id="acme",tenant_name="acme"'
+    for _ in range(200):
+        _, _, text = await scrape(api)
+        if value(text, f"gmp_errors_total{{{labels}}}") == 1.0:
+            break
+    assert value(text, f"gmp_errors_total{{{labels}}}") == 1.0
+    assert value(text, 'gmp_smtp_send_seconds_count{outcome="permanent"}') == 1.0
+
+
+async def test_http_requests_are_counted_by_route_template(api: Api) -> None:
+    await api.tenant()
+    await api.call("GET", "/tenant/acme")
+    await api.call("GET", "/tenant/nobody")
+    await api.call("GET", "/no/such/path")
+    _, _, text = await scrape(api)
+    assert value(text, 'gmp_http_requests_total{method="GET",route="/tenant/{tenant_id}",'
+                       'status="200"}') == 1.0
+    assert value(text, 'gmp_http_requests_total{method="GET",route="/tenant/{tenant_id}",'
+                       'status="404"}') == 1.0
+    assert value(text, 'gmp_http_requests_total{method="GET",route="unmatched",'
+                       'status="404"}') == 1.0
+    for declared in ("gmp_bounces_total", "gmp_reports_sent_total",
+                     "gmp_report_failures_total"):
+        assert f"# TYPE {declared} counter" in text
+
+
+async def test_metrics_token_protects_the_endpoint(make_api: ApiFactory) -> None:
+    api = await make_api(metrics_token="scrape-me")
+    assert (await scrape(api))[0] == 401
+    assert (await scrape(api, {"Authorization": "Bearer wrong"}))[0] == 401
+    assert (await scrape(api, {"Authorization": "Bearer scrape-me"}))[0] == 200
+    assert (await scrape(api, {"X-API-Token": ADMIN}))[0] == 200
+    tenant_key = await api.tenant()
+    assert (await scrape(api, {"X-API-Token": tenant_key}))[0] == 401
+
+
+async def test_registries_are_per_app(api: Api) -> None:
+    other = Metrics(api.parts.store)  # type: ignore[attr-defined]
+    await api.call("GET", "/status")
+    _, _, text = await scrape(api)
+    assert 'route="/status"' in text
+    assert b'route="/status"' not in generate_latest(other.registry)
