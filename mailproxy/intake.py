@@ -36,6 +36,9 @@ class Rejected(Exception):
 class IntakeRules:
     default_priority: Priority
     max_raw_size: int
+    # Attachment sources this instance can fetch; others are refused at intake so the client
+    # learns at once instead of at send time.
+    fetch_modes: frozenset[str] = frozenset({"base64"})
 
 
 def _present(item: Mapping[str, Any], key: str) -> bool:
@@ -222,7 +225,10 @@ def build(
             raise Rejected("invalid payload: id contains control characters")
         if batch_code is not None and len(batch_code) > 64:
             raise Rejected("invalid payload: batch_code longer than 64 characters")
-        content_of(item)
+        for attachment in content_of(item).attachments:
+            if attachment.fetch_mode not in rules.fetch_modes:
+                raise Rejected(f"invalid attachment: fetch_mode {attachment.fetch_mode} "
+                               "is not available on this instance")
         deferred_ts = _deferred_ts(item.get("deferred_ts"))
         if item.get("raw") is not None:
             raw = _raw(item["raw"], rules.max_raw_size)

@@ -375,3 +375,23 @@ async def test_health_and_status(api: Api) -> None:
     body = await api.ok("GET", "/status")
     assert body["ok"] is True and body["active"] is True and body["pending_messages"] == 0
     assert len(body["instance_id"]) == 12
+
+
+async def test_base64_attachment_is_delivered_and_other_sources_are_refused(
+    api: Api, relay: Relay
+) -> None:
+    await api.tenant()
+    await api.account(relay)
+    data = base64.b64encode(b"%PDF-1.4 fake").decode()
+    body = await api.send(
+        message(1, attachments=[{"filename": "report.pdf", "storage_path": f"base64:{data}"}]),
+        message(2, attachments=[{"filename": "a.txt", "storage_path": "/etc/hostname"}]),
+    )
+    assert body["rejected"] == [{"id": "m2", "index": 1, "reason":
+                                 "invalid attachment: fetch_mode filesystem is not available "
+                                 "on this instance"}]
+    [got] = await relay.wait_for(1)
+    parsed = email.message_from_bytes(got.content, policy=policy.default)
+    [part] = list(parsed.iter_attachments())
+    assert part.get_filename() == "report.pdf"
+    assert part.get_content() == b"%PDF-1.4 fake"
