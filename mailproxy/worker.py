@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import email.utils
 import logging
+import mimetypes
 import random
 import socket
 from collections.abc import Callable, Sequence
@@ -291,12 +292,19 @@ class Worker:
         return Deferred(reason=error, next_ts=int(self._clock.now()) + delay, retry_count=count)
 
     def _build(self, message: Claimed) -> tuple[str, list[str], bytes]:
-        payload = message.payload
-        if message.raw is not None:
-            return self._build_raw(message)
-        content = intake.content_of(payload)
+        """Envelope sender, recipients and the bytes to send."""
+        if message.raw is not None and message.envelope_from is not None:
+            return self._build_submitted(message, message.raw)
+        content = intake.content_of(message.payload)
         sender = _addr(content.return_path or self._s.bounce_return_path or content.from_addr)
         recipients = [_addr(a) for a in content.recipients]
+        if message.raw is not None:
+            data = compose.prepare_raw(
+                message.raw, pk=message.pk, client_id=message.id, date_ts=message.date_ts,
+                from_domain=sender.rpartition("@")[2] or None,
+                genro_header=self._s.genro_header, hostname=self._hostname,
+            )
+            return sender, recipients, data
         data = compose.build_message(
             content, pk=message.pk, client_id=message.id, date_ts=message.date_ts,
             attachments=[_fetch_inline(a) for a in content.attachments],
@@ -304,39 +312,15 @@ class Worker:
         )
         return sender, recipients, data
 
-    def _build_raw(self, message: Claimed) -> tuple[str, list[str], bytes]:
-        payload = message.payload
-        raw = message.raw
-        assert raw is not None
-        if message.envelope_from is not None:
-            sender = message.envelope_from
-            recipients = list(payload.get("to") or [])
-            strip: Sequence[str] = CONTROL_HEADERS
-        else:
-            from_item = payload.get("from") or payload.get("from_addr") or ""
-            sender = _addr(payload.get("return_path") or self._s.bounce_return_path or from_item)
-            recipients = [
-                _addr(a) for key in ("to", "cc", "bcc")
-                for a in _address_items(payload.get(key))
-            ]
-            strip = ()
-        from_domain = sender.rpartition("@")[2] or None
+    def _build_submitted(self, message: Claimed, raw: bytes) -> tuple[str, list[str], bytes]:
+        """SMTP-submitted mail: the envelope as received, control headers removed."""
+        sender = message.envelope_from or ""
         data = compose.prepare_raw(
             raw, pk=message.pk, client_id=message.id, date_ts=message.date_ts,
-            from_domain=from_domain, genro_header=self._s.genro_header,
-            hostname=self._hostname, strip_headers=strip,
+            from_domain=sender.rpartition("@")[2] or None, genro_header=self._s.genro_header,
+            hostname=self._hostname, strip_headers=CONTROL_HEADERS,
         )
-        return sender, recipients, data
-
-
-def _address_items(value: object) -> list[str]:
-    from mailproxy.addresses import parse_address_list
-
-    if value is None:
-        return []
-    if isinstance(value, str | list):
-        return parse_address_list(value)
-    return []
+        return sender, list(message.payload.get("to") or []), data
 
 
 def _addr(item: str) -> str:
@@ -348,9 +332,7 @@ def _addr(item: str) -> str:
 
 
 def _fetch_inline(attachment: Attachment) -> tuple[str, str, bytes]:
-    """Attachment content for the modes that need no network (base64, filesystem)."""
-    import mimetypes
-
+    """Attachment content for the inline mode (the only one this instance fetches)."""
     if attachment.fetch_mode != "base64":
         raise intake.Rejected(f"invalid attachment: fetch_mode {attachment.fetch_mode} "
                               "is not available on this instance")
