@@ -561,9 +561,9 @@ def _logged_tenant(request: web.Request, caller: Caller, payload: Any) -> str | 
         return str(payload["tenant_id"])
     messages = payload.get("messages")
     if isinstance(messages, list):
-        ids = {m.get("tenant_id") for m in messages if isinstance(m, dict)}
-        if len(ids) == 1 and isinstance(next(iter(ids)), str):
-            return str(next(iter(ids)))
+        given = [m.get("tenant_id") for m in messages if isinstance(m, dict)]
+        if given and all(isinstance(g, str) for g in given) and len(set(given)) == 1:
+            return str(given[0])
     return None
 # -- operations: metrics, OpenAPI, docs ------------------------------------------------------
 
