@@ -125,7 +125,7 @@ async def build(
         retention_seconds=settings.report_retention_seconds,
         command_log_days=settings.command_log_retention_days,
         allow_private=AllowList.parse(settings.attachment_allow_private),
-    ))
+    ), observer=metrics)
     service.reports = reporter
     service.sync_rules = rules
     service.retention_seconds = settings.report_retention_seconds

@@ -18,7 +18,7 @@ import logging
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 from urllib.parse import urlsplit
 
 import aiohttp
@@ -33,6 +33,22 @@ from mailproxy.service import Clock, Store
 log = logging.getLogger("mailproxy.reports")
 
 USER_AGENT = f"mailproxy/{__version__}"
+
+
+class ReportObserver(Protocol):
+    """Told the outcome of every report POST; mailproxy.metrics.Metrics implements it."""
+
+    def report_sent(self, tenant_id: str) -> None: ...
+
+    def report_failed(self, tenant_id: str) -> None: ...
+
+
+class NullReportObserver:
+    def report_sent(self, tenant_id: str) -> None:
+        return None
+
+    def report_failed(self, tenant_id: str) -> None:
+        return None
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,8 +74,10 @@ class CallResult:
 
 class Reporter:
     def __init__(self, store: Store, clock: Clock, settings: ReporterSettings,
-                 rng: random.Random | None = None) -> None:
+                 rng: random.Random | None = None,
+                 observer: ReportObserver | None = None) -> None:
         self._store = store
+        self._observer = observer or NullReportObserver()
         self._clock = clock
         self._s = settings
         self._rng = rng or random.Random()
@@ -233,12 +251,22 @@ class Reporter:
                                                    now + self._s.timeout + 60)
             result = await self._call(target, [sync.report_item(e) for e in events if e.pk],
                                       now)
+            self._observe(tenant.id, result)
             state = await self._settle_call(tenant, state, events, result, now)
             if not result.ok or len(events) < sync.MAX_ITEMS:
                 return
             events = await self._store.pending_events(tenant.id, sync.MAX_ITEMS)
             if not events:
                 return
+
+    def _observe(self, tenant_id: str, result: CallResult) -> None:
+        try:
+            if result.ok:
+                self._observer.report_sent(tenant_id)
+            else:
+                self._observer.report_failed(tenant_id)
+        except Exception as exc:  # an observer never stops reporting
+            log.warning("report observer failed: %s", exc)
 
     async def _settle_call(self, tenant: Tenant, state: SyncState, events: Sequence[Event],
                            result: CallResult, now: float) -> SyncState:

@@ -28,16 +28,22 @@ from mailproxy.ingress.schemas import (
     AddMessagesResponse,
     ApiKeyResponse,
     ApiKeyShape,
+    CleanupResponse,
     CleanupShape,
+    CommandExportResponse,
+    CommandLogResponse,
     DeleteMessagesResponse,
     HealthResponse,
     IdsShape,
+    InstanceResponse,
     InstanceShape,
     MessageShape,
     MessagesResponse,
     OkResponse,
+    ReloadBounceResponse,
     StatusResponse,
     SuspensionResponse,
+    SyncStatusResponse,
     TenantBody,
     TenantCreatedResponse,
     TenantInfo,
@@ -60,6 +66,9 @@ _MESSAGES = TypeAdapter(list[MessageShape])
 _STATUS_NAMES = {s.value for s in Status}
 _SUSPENSION_QUERY = (tenant_query(), Param("batch_code"))
 _MAX_INT64 = 2**63 - 1
+_COMMAND_RANGE = (tenant_query(required=False),
+                  Param("since_ts", "integer", minimum=0, maximum=_MAX_INT64),
+                  Param("until_ts", "integer", minimum=0, maximum=_MAX_INT64))
 
 
 class MetricsExporter(Protocol):
@@ -295,6 +304,8 @@ async def delete_messages(request: web.Request) -> web.Response:
     return _json({"ok": True, "removed": removed, "not_found": missing, "unauthorized": []})
 
 
+@documented(Spec("Purge reported old messages", "tenant", body=CleanupShape,
+                body_required=False, response=CleanupResponse, query=(tenant_query(),)))
 async def cleanup_messages(request: web.Request) -> web.Response:
     caller = await _caller(request)
     tenant_id = _query_str(request, "tenant_id", required=True)
@@ -427,6 +438,7 @@ async def revoke_key(request: web.Request) -> web.Response:
     return _json({"ok": True})
 
 
+@documented(Spec("Report-loop state per tenant", "admin", response=SyncStatusResponse))
 async def sync_status(request: web.Request) -> web.Response:
     caller = await _caller(request)
     service = request.app[SERVICE]
@@ -435,12 +447,15 @@ async def sync_status(request: web.Request) -> web.Response:
                   "tenants": [sync_info(v) for v in views]})
 
 
+@documented(Spec("Instance settings", "admin", response=InstanceResponse))
 async def get_instance(request: web.Request) -> web.Response:
     caller = await _caller(request)
     config = await request.app[SERVICE].instance(caller)
     return _json({"ok": True, **instance_info(config)})
 
 
+@documented(Spec("Change instance settings", "admin", body=InstanceShape,
+                response=OkResponse))
 async def put_instance(request: web.Request) -> web.Response:
     caller = await _caller(request)
     body = await _object(request)
@@ -449,6 +464,7 @@ async def put_instance(request: web.Request) -> web.Response:
     return _json({"ok": True})
 
 
+@documented(Spec("Restart the bounce poller", "admin", response=ReloadBounceResponse))
 async def reload_bounce(request: web.Request) -> web.Response:
     caller = await _caller(request)
     enabled = await request.app[SERVICE].reload_bounce(caller)
@@ -461,6 +477,10 @@ def _optional_int(request: web.Request, name: str) -> int | None:
     return _query_int(request, name, 0)
 
 
+@documented(Spec("Audit log, newest first", "admin", response=CommandLogResponse, query=(
+    *_COMMAND_RANGE, Param("endpoint_filter"),
+    Param("limit", "integer", minimum=0, maximum=_MAX_INT64),
+    Param("offset", "integer", minimum=0, maximum=_MAX_INT64))))
 async def command_log(request: web.Request) -> web.Response:
     caller = await _caller(request)
     since, until = _optional_int(request, "since_ts"), _optional_int(request, "until_ts")
@@ -475,6 +495,8 @@ async def command_log(request: web.Request) -> web.Response:
         for e in entries]})
 
 
+@documented(Spec("Replayable log: successful commands, oldest first", "admin",
+                response=CommandExportResponse, query=_COMMAND_RANGE))
 async def command_log_export(request: web.Request) -> web.Response:
     caller = await _caller(request)
     since, until = _optional_int(request, "since_ts"), _optional_int(request, "until_ts")
@@ -539,9 +561,9 @@ def _logged_tenant(request: web.Request, caller: Caller, payload: Any) -> str | 
         return str(payload["tenant_id"])
     messages = payload.get("messages")
     if isinstance(messages, list):
-        ids = {m.get("tenant_id") for m in messages if isinstance(m, dict)}
-        if len(ids) == 1 and isinstance(next(iter(ids)), str):
-            return str(next(iter(ids)))
+        given = [m.get("tenant_id") for m in messages if isinstance(m, dict)]
+        if given and all(isinstance(g, str) for g in given) and len(set(given)) == 1:
+            return str(given[0])
     return None
 # -- operations: metrics, OpenAPI, docs ------------------------------------------------------
 

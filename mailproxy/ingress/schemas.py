@@ -334,3 +334,80 @@ class TenantCreatedResponse(OkResponse):
 class ApiKeyResponse(OkResponse):
     api_key: str
     expires_at: int | None
+
+
+class CleanupResponse(OkResponse):
+    removed: int
+
+
+class SyncStatusItem(BaseModel):
+    """One tenant of GET /tenants/sync-status (§3.5); every key always present."""
+
+    id: str
+    name: str | None
+    active: bool
+    client_base_url: str | None
+    last_sync_ts: int | None
+    next_sync_due: bool
+    next_sync_ts: int | None
+    in_dnd: bool
+    pending_events: int
+    consecutive_failures: int
+    retry_at: int | None
+    last_error: str | None
+
+
+class SyncStatusResponse(OkResponse):
+    sync_interval_seconds: int
+    tenants: list[SyncStatusItem]
+
+
+class InstanceResponse(OkResponse):
+    """GET /instance (§3.6). Not a listed record: a null-valued key may be omitted (§1)."""
+
+    name: str | None = None
+    edition: Literal["ee"]
+    bounce_enabled: bool
+    bounce_imap_host: str | None = None
+    bounce_imap_port: int
+    bounce_imap_user: str | None = None
+    has_bounce_imap_password: bool
+    bounce_imap_folder: str
+    bounce_imap_ssl: bool
+    bounce_poll_interval: int
+    bounce_return_path: str | None = None
+    created_at: str | None = None
+    updated_at: str | None = None
+
+
+class ReloadBounceResponse(OkResponse):
+    bounce_enabled: bool
+
+
+class CommandLogItem(BaseModel):
+    """One GET /command-log row (§3.7); the payload is redacted."""
+
+    id: int
+    command_ts: int
+    endpoint: str
+    tenant_id: str | None = None
+    payload: Any
+    response_status: int
+
+
+class CommandLogResponse(OkResponse):
+    total: int
+    commands: list[CommandLogItem]
+
+
+class CommandExportItem(BaseModel):
+    """One GET /command-log/export row (§3.7); secret keys are removed from the payload."""
+
+    endpoint: str
+    tenant_id: str | None = None
+    payload: Any
+    command_ts: int
+
+
+class CommandExportResponse(OkResponse):
+    commands: list[CommandExportItem]

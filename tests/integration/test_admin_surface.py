@@ -138,3 +138,16 @@ async def test_sync_status_shape(api: Api) -> None:
                          "next_sync_due", "next_sync_ts", "in_dnd", "pending_events",
                          "consecutive_failures", "retry_at", "last_error"}
     assert (item["id"], item["name"], item["active"]) == ("acme", "Acme", True)
+
+
+async def test_a_rejected_command_with_an_unhashable_tenant_id_is_still_logged(
+    api: Api,
+) -> None:
+    """Regression (schemathesis): a list as a message's tenant_id made the command-log
+    middleware raise TypeError, so that request vanished from the audit log."""
+    status, _ = await api.call("POST", "/commands/add-messages",
+                               json={"messages": [message(tenant_id=["acme"])]})
+    assert status == 422
+    log = await api.ok("GET", "/command-log",
+                       params={"endpoint_filter": "POST /commands/add-messages"})
+    assert [(c["response_status"], c["tenant_id"]) for c in log["commands"]] == [(422, None)]

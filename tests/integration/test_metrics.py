@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
+
 from prometheus_client import generate_latest
 
 from mailproxy.metrics import Metrics
 from tests.conftest import ADMIN, Api, ApiFactory, message
+from tests.endpoint import EndpointFactory
 from tests.relay import Relay
 
 
@@ -93,3 +96,37 @@ async def test_registries_are_per_app(api: Api) -> None:
     _, _, text = await scrape(api)
     assert 'route="/status"' in text
     assert b'route="/status"' not in generate_latest(other.registry)
+
+
+async def test_report_posts_move_the_report_counters(
+    api: Api, make_endpoint: EndpointFactory
+) -> None:
+    """Each acknowledged report POST counts in gmp_reports_sent_total, each failed one in
+    gmp_report_failures_total, labelled with the tenant."""
+    endpoint = await make_endpoint()
+    await api.tenant("acme", client_base_url=endpoint.base_url)
+    series = ('gmp_reports_sent_total{tenant_id="acme"}',
+              'gmp_report_failures_total{tenant_id="acme"}')
+
+    async def reach(sent: float, failed: float) -> None:
+        seen: tuple[float, ...] = ()
+        for _ in range(200):
+            _, _, text = await scrape(api)
+            seen = tuple(value(text, s) if s + " " in text else 0.0 for s in series)
+            if seen == (sent, failed):
+                return
+            await asyncio.sleep(0.05)
+        raise AssertionError(f"report counters {seen}, expected {(sent, failed)}")
+
+    await endpoint.wait_calls(1)  # the first heartbeat of a new tenant
+    await reach(1, 0)
+    rejected = {"messages": [message(1, subject="")]}  # stored as error: one report item
+    assert (await api.call("POST", "/commands/add-messages", json=rejected))[0] == 400
+    calls = await endpoint.wait_calls(2)
+    assert [i["id"] for i in calls[1].items] == ["m1"]
+    await reach(2, 0)
+    endpoint.status = 500
+    rejected = {"messages": [message(2, subject="")]}
+    assert (await api.call("POST", "/commands/add-messages", json=rejected))[0] == 400
+    await endpoint.wait_calls(3)
+    await reach(2, 1)

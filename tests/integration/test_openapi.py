@@ -52,3 +52,42 @@ async def test_docs_page_and_its_assets_are_served_locally(api: Api) -> None:
         assert resp.status == 404
     async with api.client.get("/docs/static/nothing.js") as resp:
         assert resp.status == 404
+
+
+async def test_reports_branch_routes_answer_their_documented_models(api: Api) -> None:
+    """Each answer of the routes added with the reports branch validates strictly against the
+    response model its Spec names, and the Spec carries the contract's level and parameters."""
+    await api.tenant("acme", name="Acme", client_base_url="https://app.acme.test")
+    await api.ok("PUT", "/instance", json={"name": "prod", "bounce_imap_password": "pw"})
+    answers = {
+        ("POST", "/commands/cleanup-messages"): await api.ok(
+            "POST", "/commands/cleanup-messages", params={"tenant_id": "acme"}),
+        ("GET", "/tenants/sync-status"): await api.ok("GET", "/tenants/sync-status"),
+        ("GET", "/instance"): await api.ok("GET", "/instance"),
+        ("PUT", "/instance"): await api.ok("PUT", "/instance", json={"name": "prod"}),
+        ("POST", "/instance/reload-bounce"): await api.ok("POST", "/instance/reload-bounce"),
+        ("GET", "/command-log"): await api.ok("GET", "/command-log", params={"limit": 5}),
+        ("GET", "/command-log/export"): await api.ok("GET", "/command-log/export"),
+    }
+    assert answers[("GET", "/tenants/sync-status")]["tenants"][0]["id"] == "acme"
+    assert answers[("GET", "/command-log")]["commands"]
+    assert answers[("GET", "/command-log/export")]["commands"]
+    handlers = {(m, p): h for m, p, h in ROUTES}
+    _, spec = await api.call("GET", "/openapi.json")
+    for (method, path), body in answers.items():
+        route_spec = SPECS[handlers[(method, path)]]
+        assert route_spec.response is not None, path
+        route_spec.response.model_validate(body, strict=True)
+        level = spec["paths"][path][method.lower()]["x-access-level"]
+        assert level == ("tenant" if path.startswith("/commands/") else "admin"), path
+    params = {p["name"]: p for p in spec["paths"]["/command-log"]["get"]["parameters"]}
+    assert set(params) == {"tenant_id", "since_ts", "until_ts", "endpoint_filter", "limit",
+                           "offset"}
+    assert not any(p["required"] for p in params.values())
+    export = spec["paths"]["/command-log/export"]["get"]["parameters"]
+    assert {p["name"] for p in export} == {"tenant_id", "since_ts", "until_ts"}
+    cleanup = spec["paths"]["/commands/cleanup-messages"]["post"]
+    assert cleanup["requestBody"]["required"] is False
+    assert [(p["name"], p["required"]) for p in cleanup["parameters"]] == [("tenant_id", True)]
+    item = spec["components"]["schemas"]["SyncStatusItem"]
+    assert set(item["required"]) == set(item["properties"])
