@@ -32,14 +32,18 @@ from mailproxy.model import (
     Account,
     ClaimBatch,
     Claimed,
+    CommandEntry,
     Deferred,
+    Event,
     Failed,
+    InstanceConfig,
     LimitBehavior,
     NewMessage,
     Outcome,
     RateLimited,
     RateLimits,
     Sent,
+    SyncState,
     Tenant,
 )
 from mailproxy.store import rows
@@ -90,7 +94,19 @@ def _compile(sql: str) -> _Sql:
     return _Sql(_PARAM.sub(number, sql), tuple(names))
 
 
-Q = {name: _compile(sql) for name, sql in load_queries("postgres").items()}
+def _load_all() -> dict[str, _Sql]:
+    """The named queries of every PostgreSQL query file (a name may appear once)."""
+    found: dict[str, _Sql] = {}
+    for filename in ("queries.sql", "reports.sql"):
+        for name, sql in load_queries("postgres", filename).items():
+            if name in found:
+                raise RuntimeError(f"query {name} is defined twice")
+            found[name] = _compile(sql)
+    return found
+
+
+Q = _load_all()
+_PURGE_CHUNK = 10000
 
 
 def _split_url(url: str) -> tuple[str, str | None]:
@@ -117,22 +133,22 @@ class _CommitUnknown(Exception):
 _BROKEN: tuple[type[BaseException], ...] = (_CommitUnknown, *_TRANSIENT)
 
 
-async def _q(con: Conn, name: str, **values: Any) -> list[Any]:
+async def _q(con: Conn, name: str, /, **values: Any) -> list[Any]:
     sql = Q[name]
     return list(await con.fetch(sql.text, *sql.args(values)))
 
 
-async def _q1(con: Conn, name: str, **values: Any) -> Any:
+async def _q1(con: Conn, name: str, /, **values: Any) -> Any:
     sql = Q[name]
     return await con.fetchrow(sql.text, *sql.args(values))
 
 
-async def _val(con: Conn, name: str, **values: Any) -> Any:
+async def _val(con: Conn, name: str, /, **values: Any) -> Any:
     sql = Q[name]
     return await con.fetchval(sql.text, *sql.args(values))
 
 
-async def _ex(con: Conn, name: str, **values: Any) -> int:
+async def _ex(con: Conn, name: str, /, **values: Any) -> int:
     sql = Q[name]
     return _affected(await con.execute(sql.text, *sql.args(values)))
 
@@ -394,7 +410,7 @@ class PostgresStore:
             if not await _ex(c, "delete_tenant", tenant_id=tenant_id):
                 return False
             for name in ("delete_tenant_events", "delete_tenant_messages",
-                         "delete_tenant_rates", "delete_tenant_blocks"):
+                         "delete_tenant_rates", "delete_tenant_blocks", "delete_sync"):
                 await _ex(c, name, tenant_id=tenant_id)
             return True
 
@@ -658,6 +674,138 @@ class PostgresStore:
 
     async def prune(self, now: float) -> None:
         await self._run(lambda c: _ex(c, "prune_rate_sends", before=int(now) - 86400))
+
+    # -- delivery reports --------------------------------------------------------------------
+
+    async def pending_event_counts(self) -> dict[str, int]:
+        """Unreported events per tenant (tenants without any are absent)."""
+        found = await self._run(lambda c: _q(c, "pending_event_counts"))
+        return {str(t): int(n) for t, n in found}
+
+    async def pending_events(self, tenant_id: str, limit: int) -> list[Event]:
+        """The tenant's oldest unreported events, in event order, with message id/account."""
+        found = await self._run(
+            lambda c: _q(c, "pending_events", tenant_id=tenant_id, limit=limit))
+        return [rows.event_from_row(r) for r in found]
+
+    async def ack_events(self, tenant_id: str, event_ids: Sequence[str], now: int) -> int:
+        """Mark events reported (and their messages' reported_ts); returns events marked."""
+        args = {"tenant_id": tenant_id, "now": now, "ids": [int(i) for i in event_ids]}
+
+        async def op(c: Conn) -> int:
+            await _val(c, "lock_tenant_acks", tenant_id=tenant_id)
+            await _ex(c, "ack_messages", **args)
+            return await _ex(c, "ack_events", **args)
+
+        return await self._run(op)
+
+    async def ack_all_events(self, tenant_id: str, now: int) -> int:
+        """Mark every unreported event of a tenant reported (tenant without a target)."""
+
+        async def op(c: Conn) -> int:
+            await _val(c, "lock_tenant_acks", tenant_id=tenant_id)
+            await _ex(c, "ack_tenant_messages", tenant_id=tenant_id, now=now)
+            return await _ex(c, "ack_tenant_events", tenant_id=tenant_id, now=now)
+
+        return await self._run(op)
+
+    async def get_sync_state(self, tenant_id: str) -> SyncState:
+        row = await self._run(lambda c: _q1(c, "get_sync", tenant_id=tenant_id))
+        return SyncState(tenant_id) if row is None else rows.sync_from_row(row)
+
+    async def list_sync_states(self) -> list[SyncState]:
+        return [rows.sync_from_row(r) for r in await self._run(lambda c: _q(c, "list_sync"))]
+
+    async def put_sync_state(self, state: SyncState) -> None:
+        """Upsert the state; never touches the report lease."""
+        data = rows.sync_to_row(state)
+        for name in ("last_sync_ts", "next_sync_after"):  # bigint columns
+            if data[name] is not None:
+                data[name] = int(data[name])
+        await self._run(lambda c: _ex(c, "put_sync", **data))
+
+    async def acquire_report_lease(self, tenant_id: str, owner: str, now: float, until: float
+                                   ) -> bool:
+        """Take or renew the claim on a tenant's pending events; False if another owns it.
+
+        One statement (INSERT ... ON CONFLICT DO UPDATE ... WHERE), so that of several
+        instances asking at once exactly one gets a free or expired lease.
+        """
+        values = {"tenant_id": tenant_id, "owner": owner, "now": now, "until": until}
+        return bool(await self._run(lambda c: _ex(c, "acquire_report_lease", **values)))
+
+    async def release_report_lease(self, tenant_id: str, owner: str) -> None:
+        await self._run(
+            lambda c: _ex(c, "release_report_lease", tenant_id=tenant_id, owner=owner))
+
+    async def purge_reported(self, before_ts: int, tenant_id: str | None = None) -> int:
+        """Delete final messages fully acknowledged before before_ts, with their events.
+
+        One transaction per chunk, so that a large purge holds its row locks briefly; rows
+        another instance is purging at the same time are skipped (it deletes them).
+        """
+
+        async def chunk(c: Conn) -> int:
+            found = await _q(c, "purge_candidates", before=before_ts, tenant_id=tenant_id,
+                             chunk=_PURGE_CHUNK)
+            seqs = [r["seq"] for r in found]
+            if seqs:
+                await _ex(c, "purge_events", seqs=seqs)
+                await _ex(c, "purge_messages", seqs=seqs)
+            return len(seqs)
+
+        total = 0
+        while True:
+            removed = await self._run(chunk)
+            total += removed
+            if removed < _PURGE_CHUNK:
+                return total
+
+    # -- instance settings and command log ---------------------------------------------------
+
+    async def get_instance(self) -> InstanceConfig:
+        row = await self._run(lambda c: _q1(c, "get_instance"))
+        return rows.instance_from_row(row, self._cipher)
+
+    async def put_instance(self, config: InstanceConfig) -> None:
+        data = rows.instance_to_row(config, self._cipher)
+        data["bounce_enabled"] = bool(data["bounce_enabled"])
+        data["bounce_imap_ssl"] = bool(data["bounce_imap_ssl"])
+        data["now_text"] = rows.now_text()
+        await self._run(lambda c: _ex(c, "put_instance", **data))
+
+    async def log_command(self, entry: CommandEntry) -> None:
+        values = {"command_ts": entry.command_ts, "endpoint": entry.endpoint,
+                  "tenant_id": entry.tenant_id, "payload": rows.dumps(entry.payload),
+                  "response_status": entry.response_status}
+        await self._run(lambda c: _ex(c, "insert_command", **values))
+
+    async def list_commands(
+        self, *, tenant_id: str | None, since_ts: int | None, until_ts: int | None,
+        endpoint: str | None, limit: int, offset: int,
+    ) -> tuple[int, list[CommandEntry]]:
+        """Matching rows newest first, and the number of all matches."""
+        where = {"tenant_id": tenant_id, "since_ts": since_ts, "until_ts": until_ts,
+                 "endpoint": endpoint}
+
+        async def op(c: Conn) -> tuple[int, list[Any]]:
+            total = await _val(c, "count_commands", **where)
+            found = await _q(c, "list_commands", **where, limit=limit, offset=offset)
+            return int(total), found
+
+        total, found = await self._run(op)
+        return total, [rows.command_from_row(r) for r in found]
+
+    async def export_commands(
+        self, *, tenant_id: str | None, since_ts: int | None, until_ts: int | None
+    ) -> list[CommandEntry]:
+        """Successful (2xx) rows, oldest first."""
+        found = await self._run(lambda c: _q(c, "export_commands", tenant_id=tenant_id,
+                                             since_ts=since_ts, until_ts=until_ts))
+        return [rows.command_from_row(r) for r in found]
+
+    async def prune_commands(self, before_ts: int) -> int:
+        return await self._run(lambda c: _ex(c, "prune_commands", before=before_ts))
 
 
 @dataclass(frozen=True, slots=True)
