@@ -16,6 +16,9 @@ ORDER BY e.event_id LIMIT :limit;
 -- otherwise lock the same message rows in different orders and deadlock.
 SELECT pg_advisory_xact_lock(hashtextextended('report-ack/' || :tenant_id::text, 0));
 
+-- name: try_lock_tenant_acks
+SELECT pg_try_advisory_xact_lock(hashtextextended('report-ack/' || :tenant_id::text, 0));
+
 -- name: ack_messages
 UPDATE messages SET reported_ts = :now
 WHERE seq IN (SELECT message_seq FROM events
