@@ -154,12 +154,22 @@ class Worker:
                 productive = False
             if self._stopping:
                 break
-            if productive and len(self._inflight) < self._capacity():
+            if productive and self._claim_wanted():
                 continue
             await self._idle(productive)
 
     def _capacity(self) -> int:
         return self._s.concurrency * 4
+
+    def _claim_wanted(self) -> bool:
+        """Claim when a quarter of the capacity is free, or sooner when the sends could run
+        dry (fewer claimed than the concurrency). Claiming for every freed slot cost one
+        claim transaction per message under load; with several instances sharing a queue,
+        each of those claims found only a few rows."""
+        room = self._capacity() - len(self._inflight)
+        if room <= 0:
+            return False
+        return room >= max(1, self._capacity() // 4) or len(self._inflight) < self._s.concurrency
 
     async def _idle(self, productive: bool) -> None:
         self._wake.clear()
@@ -177,9 +187,9 @@ class Worker:
 
     async def _cycle(self) -> bool:
         now = self._clock.now()
+        if not self._claim_wanted():
+            return True  # busy: wait for slots to free
         room = self._capacity() - len(self._inflight)
-        if room <= 0:
-            return True
         self._blocked = {k: v for k, v in self._blocked.items() if v > now}
         batch = await self._store.claim(self._s.owner, now, self._s.lease_seconds, room,
                                         frozenset(self._blocked))

@@ -20,6 +20,7 @@ import collections
 import contextlib
 import datetime
 import ipaddress
+import re
 import socket
 import ssl
 import tempfile
@@ -57,6 +58,17 @@ class Received:
     tls: bool
     reply: str
     time: float = field(default_factory=time.time)
+
+
+_MAIL_ID = re.compile(rb"^X-Genro-Mail-ID: ([^\r\n]+)", re.MULTILINE | re.IGNORECASE)
+
+
+def mail_id(item: Received) -> str:
+    """The client message id a received message carries (its X-Genro-Mail-ID header)."""
+    head = item.content.split(b"\r\n\r\n", 1)[0]
+    found = _MAIL_ID.search(head)
+    assert found is not None, head[:500]
+    return found.group(1).decode()
 
 
 def free_port() -> int:

@@ -32,14 +32,18 @@ from mailproxy.model import (
     Account,
     ClaimBatch,
     Claimed,
+    CommandEntry,
     Deferred,
+    Event,
     Failed,
+    InstanceConfig,
     LimitBehavior,
     NewMessage,
     Outcome,
     RateLimited,
     RateLimits,
     Sent,
+    SyncState,
     Tenant,
 )
 from mailproxy.store import rows
@@ -90,7 +94,19 @@ def _compile(sql: str) -> _Sql:
     return _Sql(_PARAM.sub(number, sql), tuple(names))
 
 
-Q = {name: _compile(sql) for name, sql in load_queries("postgres").items()}
+def _load_all() -> dict[str, _Sql]:
+    """The named queries of every PostgreSQL query file (a name may appear once)."""
+    found: dict[str, _Sql] = {}
+    for filename in ("queries.sql", "reports.sql"):
+        for name, sql in load_queries("postgres", filename).items():
+            if name in found:
+                raise RuntimeError(f"query {name} is defined twice")
+            found[name] = _compile(sql)
+    return found
+
+
+Q = _load_all()
+_PURGE_CHUNK = 10000
 
 
 def _split_url(url: str) -> tuple[str, str | None]:
@@ -110,6 +126,13 @@ def _affected(status: str) -> int:
     return int(status.rsplit(" ", 1)[-1])
 
 
+async def _keep_session(_con: Conn) -> None:
+    """Pool release without asyncpg's reset query (one round trip and four statements per
+    transaction). The pool still rolls back an open transaction; nothing else needs undoing:
+    pooled connections take only transaction-level advisory locks, never LISTEN (wake-ups
+    have their own connection), open no cursors and change no session settings."""
+
+
 class _CommitUnknown(Exception):
     """The connection failed during COMMIT: the transaction may or may not have committed."""
 
@@ -117,22 +140,22 @@ class _CommitUnknown(Exception):
 _BROKEN: tuple[type[BaseException], ...] = (_CommitUnknown, *_TRANSIENT)
 
 
-async def _q(con: Conn, name: str, **values: Any) -> list[Any]:
+async def _q(con: Conn, name: str, /, **values: Any) -> list[Any]:
     sql = Q[name]
     return list(await con.fetch(sql.text, *sql.args(values)))
 
 
-async def _q1(con: Conn, name: str, **values: Any) -> Any:
+async def _q1(con: Conn, name: str, /, **values: Any) -> Any:
     sql = Q[name]
     return await con.fetchrow(sql.text, *sql.args(values))
 
 
-async def _val(con: Conn, name: str, **values: Any) -> Any:
+async def _val(con: Conn, name: str, /, **values: Any) -> Any:
     sql = Q[name]
     return await con.fetchval(sql.text, *sql.args(values))
 
 
-async def _ex(con: Conn, name: str, **values: Any) -> int:
+async def _ex(con: Conn, name: str, /, **values: Any) -> int:
     sql = Q[name]
     return _affected(await con.execute(sql.text, *sql.args(values)))
 
@@ -159,7 +182,11 @@ class PostgresStore:
 
     def _server_settings(self) -> dict[str, str]:
         name = "mailproxy" if self._schema is None else f"mailproxy/{self._schema}"
-        settings = {"application_name": name}
+        # Plan every execution with its parameters. A prepared statement otherwise switches
+        # to a generic plan after five runs, and on a table without statistics (a new
+        # database, the first minute before autovacuum analyses it) that plan picks the
+        # wrong index: the id lookup of enqueue scanned every row of the tenant.
+        settings = {"application_name": name, "plan_cache_mode": "force_custom_plan"}
         if self._schema is not None:
             settings["search_path"] = f'"{self._schema}"'
         return settings
@@ -169,7 +196,7 @@ class PostgresStore:
             await self._migrate()
             self._pool = await asyncpg.create_pool(
                 self._dsn, min_size=1, max_size=self._pool_size,
-                server_settings=self._server_settings(),
+                server_settings=self._server_settings(), reset=_keep_session,
             )
         except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError) as exc:
             raise StoreError(f"cannot open the PostgreSQL database: {exc}") from exc
@@ -394,7 +421,7 @@ class PostgresStore:
             if not await _ex(c, "delete_tenant", tenant_id=tenant_id):
                 return False
             for name in ("delete_tenant_events", "delete_tenant_messages",
-                         "delete_tenant_rates", "delete_tenant_blocks"):
+                         "delete_tenant_rates", "delete_tenant_blocks", "delete_sync"):
                 await _ex(c, name, tenant_id=tenant_id)
             return True
 
@@ -579,9 +606,13 @@ class PostgresStore:
     ) -> ClaimBatch:
         self._claim_offset += 1
         offset = self._claim_offset
-        await self._run(lambda c: _ex(c, "promote_due", now_int=int(now)))
         claim = _Claim(self, owner, now, lease_seconds, max_total, skip)
-        return await self._run(lambda c: claim.run(c, offset))
+
+        async def op(c: Conn) -> ClaimBatch:
+            await _ex(c, "promote_due", now_int=int(now))
+            return await claim.run(c, offset)
+
+        return await self._run(op)  # one transaction: a claim cycle is frequent under load
 
     async def _fail(
         self, c: Conn, seq: int, tenant_id: str, error: str, code: int | None, now: int
@@ -658,6 +689,143 @@ class PostgresStore:
 
     async def prune(self, now: float) -> None:
         await self._run(lambda c: _ex(c, "prune_rate_sends", before=int(now) - 86400))
+
+    # -- delivery reports --------------------------------------------------------------------
+
+    async def pending_event_counts(self) -> dict[str, int]:
+        """Unreported events per tenant (tenants without any are absent)."""
+        found = await self._run(lambda c: _q(c, "pending_event_counts"))
+        return {str(t): int(n) for t, n in found}
+
+    async def pending_events(self, tenant_id: str, limit: int) -> list[Event]:
+        """The tenant's oldest unreported events, in event order, with message id/account."""
+        found = await self._run(
+            lambda c: _q(c, "pending_events", tenant_id=tenant_id, limit=limit))
+        return [rows.event_from_row(r) for r in found]
+
+    async def ack_events(self, tenant_id: str, event_ids: Sequence[str], now: int) -> int:
+        """Mark events reported (and their messages' reported_ts); returns events marked."""
+        args = {"tenant_id": tenant_id, "now": now, "ids": [int(i) for i in event_ids]}
+
+        async def op(c: Conn) -> int:
+            await _val(c, "lock_tenant_acks", tenant_id=tenant_id)
+            await _ex(c, "ack_messages", **args)
+            return await _ex(c, "ack_events", **args)
+
+        return await self._run(op)
+
+    async def ack_all_events(self, tenant_id: str, now: int) -> int:
+        """Mark every unreported event of a tenant reported (tenant without a target).
+
+        Every instance's report loop calls this for such tenants; when another instance is
+        acknowledging the tenant right now, this one leaves the work to it (0).
+        """
+
+        async def op(c: Conn) -> int:
+            if not await _val(c, "try_lock_tenant_acks", tenant_id=tenant_id):
+                return 0
+            await _ex(c, "ack_tenant_messages", tenant_id=tenant_id, now=now)
+            return await _ex(c, "ack_tenant_events", tenant_id=tenant_id, now=now)
+
+        return await self._run(op)
+
+    async def get_sync_state(self, tenant_id: str) -> SyncState:
+        row = await self._run(lambda c: _q1(c, "get_sync", tenant_id=tenant_id))
+        return SyncState(tenant_id) if row is None else rows.sync_from_row(row)
+
+    async def list_sync_states(self) -> list[SyncState]:
+        return [rows.sync_from_row(r) for r in await self._run(lambda c: _q(c, "list_sync"))]
+
+    async def put_sync_state(self, state: SyncState) -> None:
+        """Upsert the state; never touches the report lease."""
+        data = rows.sync_to_row(state)
+        for name in ("last_sync_ts", "next_sync_after"):  # bigint columns
+            if data[name] is not None:
+                data[name] = int(data[name])
+        await self._run(lambda c: _ex(c, "put_sync", **data))
+
+    async def acquire_report_lease(self, tenant_id: str, owner: str, now: float, until: float
+                                   ) -> bool:
+        """Take or renew the claim on a tenant's pending events; False if another owns it.
+
+        One statement (INSERT ... ON CONFLICT DO UPDATE ... WHERE), so that of several
+        instances asking at once exactly one gets a free or expired lease.
+        """
+        values = {"tenant_id": tenant_id, "owner": owner, "now": now, "until": until}
+        return bool(await self._run(lambda c: _ex(c, "acquire_report_lease", **values)))
+
+    async def release_report_lease(self, tenant_id: str, owner: str) -> None:
+        await self._run(
+            lambda c: _ex(c, "release_report_lease", tenant_id=tenant_id, owner=owner))
+
+    async def purge_reported(self, before_ts: int, tenant_id: str | None = None) -> int:
+        """Delete final messages fully acknowledged before before_ts, with their events.
+
+        One transaction per chunk, so that a large purge holds its row locks briefly; rows
+        another instance is purging at the same time are skipped (it deletes them).
+        """
+
+        async def chunk(c: Conn) -> int:
+            found = await _q(c, "purge_candidates", before=before_ts, tenant_id=tenant_id,
+                             chunk=_PURGE_CHUNK)
+            seqs = [r["seq"] for r in found]
+            if seqs:
+                await _ex(c, "purge_events", seqs=seqs)
+                await _ex(c, "purge_messages", seqs=seqs)
+            return len(seqs)
+
+        total = 0
+        while True:
+            removed = await self._run(chunk)
+            total += removed
+            if removed < _PURGE_CHUNK:
+                return total
+
+    # -- instance settings and command log ---------------------------------------------------
+
+    async def get_instance(self) -> InstanceConfig:
+        row = await self._run(lambda c: _q1(c, "get_instance"))
+        return rows.instance_from_row(row, self._cipher)
+
+    async def put_instance(self, config: InstanceConfig) -> None:
+        data = rows.instance_to_row(config, self._cipher)
+        data["bounce_enabled"] = bool(data["bounce_enabled"])
+        data["bounce_imap_ssl"] = bool(data["bounce_imap_ssl"])
+        data["now_text"] = rows.now_text()
+        await self._run(lambda c: _ex(c, "put_instance", **data))
+
+    async def log_command(self, entry: CommandEntry) -> None:
+        values = {"command_ts": entry.command_ts, "endpoint": entry.endpoint,
+                  "tenant_id": entry.tenant_id, "payload": rows.dumps(entry.payload),
+                  "response_status": entry.response_status}
+        await self._run(lambda c: _ex(c, "insert_command", **values))
+
+    async def list_commands(
+        self, *, tenant_id: str | None, since_ts: int | None, until_ts: int | None,
+        endpoint: str | None, limit: int, offset: int,
+    ) -> tuple[int, list[CommandEntry]]:
+        """Matching rows newest first, and the number of all matches."""
+        where = {"tenant_id": tenant_id, "since_ts": since_ts, "until_ts": until_ts,
+                 "endpoint": endpoint}
+
+        async def op(c: Conn) -> tuple[int, list[Any]]:
+            total = await _val(c, "count_commands", **where)
+            found = await _q(c, "list_commands", **where, limit=limit, offset=offset)
+            return int(total), found
+
+        total, found = await self._run(op)
+        return total, [rows.command_from_row(r) for r in found]
+
+    async def export_commands(
+        self, *, tenant_id: str | None, since_ts: int | None, until_ts: int | None
+    ) -> list[CommandEntry]:
+        """Successful (2xx) rows, oldest first."""
+        found = await self._run(lambda c: _q(c, "export_commands", tenant_id=tenant_id,
+                                             since_ts=since_ts, until_ts=until_ts))
+        return [rows.command_from_row(r) for r in found]
+
+    async def prune_commands(self, before_ts: int) -> int:
+        return await self._run(lambda c: _ex(c, "prune_commands", before=before_ts))
 
 
 @dataclass(frozen=True, slots=True)

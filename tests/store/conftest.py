@@ -1,77 +1,27 @@
 """Store fixtures: one contract, three backends (memory, SQLite file, PostgreSQL).
 
-PostgreSQL is the server at TEST_DATABASE_URL (default: the local test server); each test
-gets a fresh schema, dropped at teardown. When the server is unreachable the PostgreSQL
-cases are skipped, or fail when CI=true.
+PostgreSQL is the server of tests/pg.py; each test gets a fresh schema, dropped at teardown.
+When the server is unreachable the PostgreSQL cases are skipped, or fail when CI=true.
 """
 
 from __future__ import annotations
 
-import asyncio
 import os
-import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-import asyncpg
 import pytest
 
 from mailproxy.service import Store
 from mailproxy.store.postgres import PostgresStore
 from mailproxy.store.sqlite import SqliteStore
 from mailproxy.vault import Vault
+from tests.pg import PG_URL, PgSchema
 
-PG_URL = os.environ.get("TEST_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/test")
+__all__ = ["PG_URL", "PgSchema"]
+
 BACKENDS = ["memory", "sqlite", "postgres"]
-
-
-async def _probe(url: str) -> str | None:
-    try:
-        con = await asyncio.wait_for(asyncpg.connect(url), 5)
-    except Exception as exc:
-        return f"{type(exc).__name__}: {exc}"
-    await con.close()
-    return None
-
-
-@pytest.fixture(scope="session")
-def pg_url() -> str:
-    """The server URL, or skip (fail under CI=true) when it does not answer."""
-    problem = asyncio.run(_probe(PG_URL))
-    if problem is not None:
-        message = f"PostgreSQL not reachable at {PG_URL}: {problem}"
-        if os.environ.get("CI") == "true":
-            pytest.fail(message)
-        pytest.skip(message)
-    return PG_URL
-
-
-class PgSchema:
-    """A private schema on the test server, and raw SQL access to it."""
-
-    def __init__(self, base_url: str) -> None:
-        self.base_url = base_url
-        self.name = "t_" + uuid.uuid4().hex[:16]
-
-    @property
-    def url(self) -> str:
-        return f"{self.base_url}?schema={self.name}"
-
-    async def fetch(self, sql: str, *args: Any) -> list[Any]:
-        con = await asyncpg.connect(self.base_url,
-                                    server_settings={"search_path": self.name})
-        try:
-            return list(await con.fetch(sql, *args))
-        finally:
-            await con.close()
-
-    async def drop(self) -> None:
-        con = await asyncpg.connect(self.base_url)
-        try:
-            await con.execute(f'DROP SCHEMA IF EXISTS "{self.name}" CASCADE')
-        finally:
-            await con.close()
 
 
 @pytest.fixture

@@ -9,12 +9,13 @@ import asyncpg
 import pytest
 
 from mailproxy.errors import ConfigError, StoreError
-from mailproxy.model import RateLimits, Sent
+from mailproxy.model import InstanceConfig, RateLimits, Sent
 from mailproxy.service import Store
 from mailproxy.store.postgres import PostgresStore
+from mailproxy.store.queries import migrations
 from mailproxy.vault import Vault
 from tests.store.conftest import PG_URL, PgSchema, StoreFactory
-from tests.store.test_contract import LEASE, T0, account, new, tenant
+from tests.store.test_contract import LEASE, T0, account, listing, new, tenant
 
 
 @pytest.fixture
@@ -116,7 +117,93 @@ async def test_migrations_applied_once_when_instances_start_together(
     make_store: StoreFactory, pg_schema: PgSchema
 ) -> None:
     await asyncio.gather(*(make_store() for _ in range(5)))
-    assert [r[0] for r in await pg_schema.fetch("SELECT version FROM schema_migrations")] == [1]
+    found = await pg_schema.fetch("SELECT version FROM schema_migrations ORDER BY version")
+    assert [r[0] for r in found] == [1, 2]
+
+
+async def test_a_database_at_version_1_is_upgraded(
+    make_store: StoreFactory, pg_schema: PgSchema
+) -> None:
+    """A schema an older build created (001 only) gains the report tables at the next start."""
+    con = await asyncpg.connect(pg_schema.base_url)
+    try:
+        await con.execute(f'CREATE SCHEMA "{pg_schema.name}"')
+        await con.execute(f'SET search_path = "{pg_schema.name}"')
+        await con.execute(
+            "CREATE TABLE schema_migrations (version integer PRIMARY KEY,"
+            " applied_at timestamptz NOT NULL DEFAULT now())")
+        await con.execute(dict(migrations("postgres"))[1])
+        await con.execute("INSERT INTO schema_migrations (version) VALUES (1)")
+    finally:
+        await con.close()
+    store = await make_store()
+    found = await pg_schema.fetch("SELECT version FROM schema_migrations ORDER BY version")
+    assert [r[0] for r in found] == [1, 2]
+    await tenant(store)
+    assert await store.acquire_report_lease("acme", "A", T0, T0 + 30) is True
+    assert await store.get_instance() == InstanceConfig()
+
+
+async def test_report_lease_is_exclusive_across_instances(make_store: StoreFactory) -> None:
+    """Instances asking at the same moment: exactly one owner, on a new row and an old one."""
+    stores = [await make_store() for _ in range(3)]
+    tenants = [f"t{i}" for i in range(15)]
+
+    async def race(tenant_id: str, now: float) -> list[bool]:
+        return list(await asyncio.gather(*(
+            s.acquire_report_lease(tenant_id, f"owner{i}", now, now + 30)
+            for i, s in enumerate(stores))))
+
+    for tenant_id in tenants:  # no tenant_sync row yet: concurrent inserts
+        assert sum(await race(tenant_id, T0)) == 1
+    for tenant_id in tenants:  # held: nobody else gets it, the owner renews
+        won = await race(tenant_id, T0 + 10)
+        assert sum(won) == 1
+    winners = {}
+    for tenant_id in tenants:  # expired: exactly one of the three takes it over
+        won = await race(tenant_id, T0 + 100)
+        assert sum(won) == 1
+        winners[tenant_id] = won.index(True)
+    for tenant_id, i in winners.items():  # released: free again, and again one winner
+        await stores[i].release_report_lease(tenant_id, f"owner{i}")
+        assert sum(await race(tenant_id, T0 + 101)) == 1
+
+
+async def test_concurrent_acks_mark_each_event_once(make_store: StoreFactory) -> None:
+    stores = [await make_store() for _ in range(3)]
+    await tenant(stores[0])
+    await account(stores[0], batch_size=500)
+    await stores[0].enqueue([new(i) for i in range(300)], T0)
+    batch = await stores[0].claim("w1", T0, LEASE, 500)
+    await stores[0].record("w1", [(m, Sent()) for m in batch.messages], T0)
+    ids = [e.event_id for e in await stores[0].pending_events("acme", 1000)]
+    assert len(ids) == 300
+    counts = await asyncio.gather(
+        stores[0].ack_events("acme", ids[::2], int(T0) + 1),
+        stores[1].ack_events("acme", ids[::-3], int(T0) + 1),
+        stores[2].ack_all_events("acme", int(T0) + 1),
+        stores[1].ack_all_events("acme", int(T0) + 1),
+    )
+    # an ack_all_events that finds the tenant busy leaves the rest to the next pass (0)
+    rest = await stores[0].ack_all_events("acme", int(T0) + 2)
+    assert sum(counts) + rest == 300
+    assert await stores[2].pending_event_counts() == {}
+
+
+async def test_instances_purging_together_delete_each_message_once(
+    make_store: StoreFactory
+) -> None:
+    stores = [await make_store() for _ in range(3)]
+    await tenant(stores[0])
+    await account(stores[0], batch_size=500)
+    await stores[0].enqueue([new(i) for i in range(400)], T0)
+    batch = await stores[0].claim("w1", T0, LEASE, 500)
+    await stores[0].record("w1", [(m, Sent()) for m in batch.messages], T0)
+    await stores[0].ack_all_events("acme", int(T0))
+    removed = await asyncio.gather(*(s.purge_reported(int(T0) + 1) for s in stores))
+    assert sum(removed) == 400
+    assert await stores[0].count_open() == 0
+    assert await listing(stores[1], T0) == {}
 
 
 async def test_schemas_are_isolated(make_store: StoreFactory, cipher: Vault) -> None:
