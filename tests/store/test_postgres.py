@@ -9,7 +9,7 @@ import asyncpg
 import pytest
 
 from mailproxy.errors import ConfigError, StoreError
-from mailproxy.model import InstanceConfig, RateLimits, Sent
+from mailproxy.model import Deferred, Failed, InstanceConfig, RateLimits, Sent
 from mailproxy.service import Store
 from mailproxy.store.postgres import PostgresStore
 from mailproxy.store.queries import migrations
@@ -111,6 +111,57 @@ async def test_one_rate_limit_deferral_whatever_the_number_of_instances(
     assert len(deferred) == 1
     got = await two.claim("w2", T0 + 61, LEASE, 100)
     assert [m.id for m in got.messages] == ["m3", "m4"]
+
+
+async def test_concurrent_records_share_a_transaction_and_keep_their_flags(
+    make_store: StoreFactory, pg_schema: PgSchema
+) -> None:
+    store = await make_store()
+    await tenant(store)
+    await account(store, batch_size=100, limits=RateLimits(day=1000))
+    await store.enqueue([new(i) for i in range(40)], T0)
+    batch = await store.claim("w1", T0, LEASE, 100)
+    by_id = {m.id: m for m in batch.messages}
+    lost = by_id.pop("m39")  # recovered by another instance: its lease is gone
+    await pg_schema.fetch("UPDATE messages SET lease_owner = 'w2' WHERE client_id = 'm39'")
+    retry = Deferred(reason="451 later", next_ts=int(T0) + 60, retry_count=1)
+    calls = [store.record("w1", [(m, Sent())], T0 + 1) for m in list(by_id.values())[:30]]
+    calls.append(store.record("w1", [(by_id["m30"], retry), (by_id["m31"], Failed("550 no"))],
+                              T0 + 2))
+    calls.append(store.record("w1", [(by_id["m32"], Sent()), (by_id["m32"], Sent()),
+                                     (lost, Sent())], T0 + 3))
+    flags = await asyncio.gather(*calls)
+    assert flags[:30] == [[True]] * 30
+    assert flags[30:] == [[True, True], [True, False, False]]
+    records = await listing(store, T0 + 3)
+    assert Counter(r["status"] for r in records.values()) == Counter(
+        sent=31, deferred=1, error=1, sending=7)
+    assert (records["m0"]["sent_ts"], records["m32"]["sent_ts"]) == (int(T0) + 1, int(T0) + 3)
+    events = await store.pending_events("acme", 100)
+    assert len(events) == 33  # one per finished message
+    assert Counter(e.event_type for e in events) == Counter(sent=31, deferred=1, error=1)
+    sends = await pg_schema.fetch("SELECT ts, n FROM rate_sends ORDER BY ts")
+    assert [(r["ts"], r["n"]) for r in sends] == [(int(T0) + 1, 30), (int(T0) + 3, 1)]
+
+
+async def test_a_refused_statement_fails_only_its_own_record_call(
+    make_store: StoreFactory
+) -> None:
+    store = await make_store()
+    await tenant(store)
+    await account(store, batch_size=10)
+    await store.enqueue([new(i) for i in range(3)], T0)
+    m0, m1, m2 = (await store.claim("w1", T0, LEASE, 10)).messages
+    results = await asyncio.gather(
+        store.record("w1", [(m0, Sent())], T0 + 1),
+        store.record("w1", [(m1, Failed("bad \x00 byte"))], T0 + 1),  # text refuses NUL
+        store.record("w1", [(m2, Sent())], T0 + 1),
+        return_exceptions=True,
+    )
+    assert results[0] == [True] and results[2] == [True]
+    assert isinstance(results[1], StoreError)
+    records = await listing(store, T0 + 1)
+    assert [records[f"m{i}"]["status"] for i in range(3)] == ["sent", "sending", "sent"]
 
 
 async def test_migrations_applied_once_when_instances_start_together(
