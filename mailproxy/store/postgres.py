@@ -449,9 +449,18 @@ class PostgresStore:
         return bool(await self._run(lambda c: _ex(c, "set_api_key", **values)))
 
     async def set_suspended(self, tenant_id: str, batches: Sequence[str]) -> bool:
+        """Set the suspension; other instances are woken (an activation frees work for all
+        of them, not only for the instance that received it)."""
         values = {"suspended": rows.dumps(list(batches)), "now_text": rows.now_text(),
                   "tenant_id": tenant_id}
-        return bool(await self._run(lambda c: _ex(c, "set_suspended", **values)))
+
+        async def op(c: Conn) -> bool:
+            changed = bool(await _ex(c, "set_suspended", **values))
+            if changed:
+                await _val(c, "notify_wake")
+            return changed
+
+        return await self._run(op)
 
     async def delete_tenant(self, tenant_id: str) -> bool:
         async def op(c: Conn) -> bool:
@@ -480,9 +489,16 @@ class PostgresStore:
         return [rows.account_from_row(r, self._cipher) for r in await self._run(op)]
 
     async def put_account(self, account: Account) -> None:
+        """Create or replace an account; other instances are woken (new limits may free
+        work that waits)."""
         data = rows.account_to_row(account, self._cipher)
         data["now_text"] = rows.now_text()
-        await self._run(lambda c: _ex(c, "upsert_account", **data))
+
+        async def op(c: Conn) -> None:
+            await _ex(c, "upsert_account", **data)
+            await _val(c, "notify_wake")
+
+        await self._run(op)
 
     async def delete_account(self, tenant_id: str, account_id: str, now: int) -> bool:
         """Delete an account; its open messages become `error` ("account deleted")."""

@@ -322,6 +322,21 @@ async def test_listen_wakes_other_instances_and_survives_reconnect(
     await asyncio.wait_for(woken.wait(), 5)
 
 
+async def test_activation_and_account_changes_wake_other_instances(
+    make_store: StoreFactory
+) -> None:
+    listener, writer = await make_store(), await make_store()
+    await tenant(writer)
+    woken = asyncio.Event()
+    assert isinstance(listener, PostgresStore)
+    await listener.listen(woken.set)
+    await account(writer)
+    await asyncio.wait_for(woken.wait(), 5)
+    woken.clear()
+    assert await writer.set_suspended("acme", []) is True
+    await asyncio.wait_for(woken.wait(), 5)
+
+
 async def test_nothing_queued_sends_no_wake_up(make_store: StoreFactory) -> None:
     listener, writer = await make_store(), await make_store()
     await tenant(writer)
