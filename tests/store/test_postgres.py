@@ -257,6 +257,18 @@ async def test_instances_purging_together_delete_each_message_once(
     assert await listing(stores[1], T0) == {}
 
 
+async def test_custom_plans_until_the_queue_table_has_statistics(
+    make_store: StoreFactory, pg_schema: PgSchema
+) -> None:
+    store = await make_store()
+    assert isinstance(store, PostgresStore)
+    mode = "SHOW plan_cache_mode"
+    assert await store._run(lambda c: c.fetchval(mode)) == "force_custom_plan"
+    await pg_schema.fetch("ANALYZE messages")
+    await store._expire_connections()  # connections opened from now on
+    assert await store._run(lambda c: c.fetchval(mode)) == "auto"
+
+
 async def test_schemas_are_isolated(make_store: StoreFactory, cipher: Vault) -> None:
     store = await make_store()
     await tenant(store, "only-here")
