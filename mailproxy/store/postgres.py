@@ -109,8 +109,9 @@ def _load_all() -> dict[str, _Sql]:
 Q = _load_all()
 _PURGE_CHUNK = 10000
 _RECORD_GROUP = 200  # record() calls per transaction at most
-_RECORD_GATHER = 8  # fewer waiting calls than this: linger before writing them
-_RECORD_LINGER = 0.005
+_RECORD_GATHER = 16  # fewer waiting calls than this, under load: linger before writing
+_RECORD_LINGER = 0.01
+_RECORD_BUSY = 0.05  # under load: the previous group was taken less than this ago
 
 
 def _split_url(url: str) -> tuple[str, str | None]:
@@ -223,6 +224,7 @@ class PostgresStore:
         self._pool: Any = None
         self._claim_offset = 0
         self._recording: list[_RecordCall] = []
+        self._recorded_at = float("-inf")
         self._record_task: asyncio.Task[None] | None = None
         self._listen_con: Any = None
         self._listen_task: asyncio.Task[None] | None = None
@@ -710,13 +712,17 @@ class PostgresStore:
         return await call.future
 
     async def _record_groups(self) -> None:
+        loop = asyncio.get_running_loop()
         while self._recording:
-            if len(self._recording) < _RECORD_GATHER:
-                # Outcomes arrive a few at a time; wait a moment for more to share the
-                # transaction (one commit, three statements), as PostgreSQL's commit_delay.
+            busy = loop.time() - self._recorded_at < _RECORD_BUSY
+            if busy and len(self._recording) < _RECORD_GATHER:
+                # Under load outcomes arrive a few at a time; wait a moment for more to
+                # share the transaction (one commit, three statements), as PostgreSQL's
+                # commit_delay. An outcome after a quiet spell is written at once.
                 await asyncio.sleep(_RECORD_LINGER)
             group = self._recording[:_RECORD_GROUP]
             del self._recording[:_RECORD_GROUP]
+            self._recorded_at = loop.time()
             if len(group) == 1:
                 await self._record_alone(group[0])
                 continue
