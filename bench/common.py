@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import multiprocessing as mp
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -30,13 +31,26 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _sink_main(port: int, counter: Any, ready: Any) -> None:
+_PROXY_ID = re.compile(rb"^X-Mail-Proxy-ID: *([^\r\n]*)", re.MULTILINE | re.IGNORECASE)
+
+
+def _sink_main(port: int, counter: Any, ready: Any, distinct: Any = None) -> None:
     from aiosmtpd.controller import Controller
+
+    seen: set[bytes] = set()
 
     class Discard:
         async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
             with counter.get_lock():
                 counter.value += 1
+            if distinct is not None:  # count each X-Mail-Proxy-ID once
+                head = envelope.content.split(b"\r\n\r\n", 1)[0]
+                found = _PROXY_ID.search(head)
+                key = found.group(1) if found else b""
+                if key not in seen:
+                    seen.add(key)
+                    with distinct.get_lock():
+                        distinct.value += 1
             return "250 OK"
 
     controller = Controller(Discard(), hostname="127.0.0.1", port=port)
@@ -48,16 +62,23 @@ def _sink_main(port: int, counter: Any, ready: Any) -> None:
 
 @dataclass
 class Sink:
-    """A discarding aiosmtpd relay in its own process, counting what it accepted."""
+    """A discarding aiosmtpd relay in its own process, counting what it accepted.
+
+    With count_ids it also counts distinct X-Mail-Proxy-ID values (one per stored message),
+    so that received - distinct is the number of duplicate deliveries.
+    """
 
     port: int = field(default_factory=free_port)
     counter: Any = field(default_factory=lambda: mp.Value("q", 0))
     proc: mp.Process | None = None
+    count_ids: bool = False
+    seen: Any = field(default_factory=lambda: mp.Value("q", 0))
 
     def start(self) -> Sink:
         ready = mp.Event()
-        self.proc = mp.Process(target=_sink_main, args=(self.port, self.counter, ready),
-                               daemon=True)
+        distinct = self.seen if self.count_ids else None
+        self.proc = mp.Process(target=_sink_main,
+                               args=(self.port, self.counter, ready, distinct), daemon=True)
         self.proc.start()
         ready.wait(10)
         return self
@@ -65,6 +86,11 @@ class Sink:
     @property
     def received(self) -> int:
         return int(self.counter.value)
+
+    @property
+    def distinct(self) -> int:
+        """Distinct X-Mail-Proxy-ID values received (count_ids only)."""
+        return int(self.seen.value)
 
     def stop(self) -> None:
         if self.proc is not None and self.proc.pid is not None:
@@ -158,8 +184,8 @@ class Server:
 
 
 @contextlib.contextmanager
-def running_sink() -> Iterator[Sink]:
-    sink = Sink().start()
+def running_sink(count_ids: bool = False) -> Iterator[Sink]:
+    sink = Sink(count_ids=count_ids).start()
     try:
         yield sink
     finally:

@@ -19,6 +19,7 @@ import json
 import logging
 import re
 import uuid
+from collections import Counter
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -107,6 +108,10 @@ def _load_all() -> dict[str, _Sql]:
 
 Q = _load_all()
 _PURGE_CHUNK = 10000
+_RECORD_GROUP = 200  # record() calls per transaction at most
+_RECORD_GATHER = 16  # fewer waiting calls than this, under load: linger before writing
+_RECORD_LINGER = 0.01
+_RECORD_BUSY = 0.05  # under load: the previous group was taken less than this ago
 
 
 def _split_url(url: str) -> tuple[str, str | None]:
@@ -126,11 +131,56 @@ def _affected(status: str) -> int:
     return int(status.rsplit(" ", 1)[-1])
 
 
+async def _plan_mode(con: Conn) -> None:
+    """Plan every execution with its parameters while the queue table has no statistics.
+
+    A prepared statement switches to a generic plan after five runs. On a table never
+    analysed (a new database, until autovacuum's first ANALYZE) that plan picks the wrong
+    index: the id lookup of enqueue scanned every row of the tenant, slower with every
+    message. Once statistics exist the generic plans are right and cheaper than planning
+    each run (about a fifth of enqueue time), so connections opened from then on use them
+    (asyncpg replaces a pooled connection after 50,000 queries or 5 idle minutes).
+    """
+    analyzed = await con.fetchval(
+        "SELECT last_analyze IS NOT NULL OR last_autoanalyze IS NOT NULL"
+        " FROM pg_stat_user_tables WHERE relid = 'messages'::regclass")
+    if not analyzed:
+        await con.execute("SET plan_cache_mode = force_custom_plan")
+
+
 async def _keep_session(_con: Conn) -> None:
     """Pool release without asyncpg's reset query (one round trip and four statements per
     transaction). The pool still rolls back an open transaction; nothing else needs undoing:
     pooled connections take only transaction-level advisory locks, never LISTEN (wake-ups
     have their own connection), open no cursors and change no session settings."""
+
+
+@dataclass(frozen=True, slots=True)
+class _RecordCall:
+    """One record() call waiting for its group."""
+
+    owner: str
+    results: tuple[tuple[Claimed, Outcome], ...]
+    now: float
+    future: asyncio.Future[list[bool]]
+
+
+def _settle(future: asyncio.Future[list[bool]], flags: list[bool] | None = None, *,
+            exc: BaseException | None = None) -> None:
+    if future.done():  # the caller gave up (cancelled)
+        return
+    if exc is not None:
+        future.set_exception(exc)
+    else:
+        assert flags is not None
+        future.set_result(flags)
+
+
+def _statement_failed(exc: StoreError) -> bool:
+    """True when a statement was refused (not when the connection or the commit failed)."""
+    cause = exc.__cause__
+    return (isinstance(cause, asyncpg.PostgresError | asyncpg.InterfaceError)
+            and not isinstance(cause, _TRANSIENT))
 
 
 class _CommitUnknown(Exception):
@@ -173,6 +223,9 @@ class PostgresStore:
         self._retry_delays = tuple(retry_delays)
         self._pool: Any = None
         self._claim_offset = 0
+        self._recording: list[_RecordCall] = []
+        self._recorded_at = float("-inf")
+        self._record_task: asyncio.Task[None] | None = None
         self._listen_con: Any = None
         self._listen_task: asyncio.Task[None] | None = None
         self._listen_lost = asyncio.Event()
@@ -182,11 +235,7 @@ class PostgresStore:
 
     def _server_settings(self) -> dict[str, str]:
         name = "mailproxy" if self._schema is None else f"mailproxy/{self._schema}"
-        # Plan every execution with its parameters. A prepared statement otherwise switches
-        # to a generic plan after five runs, and on a table without statistics (a new
-        # database, the first minute before autovacuum analyses it) that plan picks the
-        # wrong index: the id lookup of enqueue scanned every row of the tenant.
-        settings = {"application_name": name, "plan_cache_mode": "force_custom_plan"}
+        settings = {"application_name": name}
         if self._schema is not None:
             settings["search_path"] = f'"{self._schema}"'
         return settings
@@ -197,6 +246,7 @@ class PostgresStore:
             self._pool = await asyncpg.create_pool(
                 self._dsn, min_size=1, max_size=self._pool_size,
                 server_settings=self._server_settings(), reset=_keep_session,
+                init=_plan_mode,
             )
         except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError) as exc:
             raise StoreError(f"cannot open the PostgreSQL database: {exc}") from exc
@@ -229,6 +279,9 @@ class PostgresStore:
             await con.close()
 
     async def close(self) -> None:
+        if self._record_task is not None:
+            with contextlib.suppress(Exception):
+                await self._record_task
         if self._listen_task is not None:
             self._listen_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -412,9 +465,18 @@ class PostgresStore:
         return bool(await self._run(lambda c: _ex(c, "set_api_key", **values)))
 
     async def set_suspended(self, tenant_id: str, batches: Sequence[str]) -> bool:
+        """Set the suspension; other instances are woken (an activation frees work for all
+        of them, not only for the instance that received it)."""
         values = {"suspended": rows.dumps(list(batches)), "now_text": rows.now_text(),
                   "tenant_id": tenant_id}
-        return bool(await self._run(lambda c: _ex(c, "set_suspended", **values)))
+
+        async def op(c: Conn) -> bool:
+            changed = bool(await _ex(c, "set_suspended", **values))
+            if changed:
+                await _val(c, "notify_wake")
+            return changed
+
+        return await self._run(op)
 
     async def delete_tenant(self, tenant_id: str) -> bool:
         async def op(c: Conn) -> bool:
@@ -443,9 +505,16 @@ class PostgresStore:
         return [rows.account_from_row(r, self._cipher) for r in await self._run(op)]
 
     async def put_account(self, account: Account) -> None:
+        """Create or replace an account; other instances are woken (new limits may free
+        work that waits)."""
         data = rows.account_to_row(account, self._cipher)
         data["now_text"] = rows.now_text()
-        await self._run(lambda c: _ex(c, "upsert_account", **data))
+
+        async def op(c: Conn) -> None:
+            await _ex(c, "upsert_account", **data)
+            await _val(c, "notify_wake")
+
+        await self._run(op)
 
     async def delete_account(self, tenant_id: str, account_id: str, now: int) -> bool:
         """Delete an account; its open messages become `error` ("account deleted")."""
@@ -625,37 +694,124 @@ class PostgresStore:
     async def record(
         self, owner: str, results: Sequence[tuple[Claimed, Outcome]], now: float
     ) -> list[bool]:
-        """Commit outcomes of leases still owned (fencing); False where the lease was lost."""
+        """Commit outcomes of leases still owned (fencing); False where the lease was lost.
 
-        async def op(c: Conn) -> list[bool]:
-            return [await self._record_one(c, owner, m, o, now) for m, o in results]
+        Group commit, as on SQLite: calls that arrive while an earlier group is being
+        written are written together in the next transaction (each worker records one
+        outcome per finished send, so under load many calls wait at once). A group that
+        fails for another reason than a lost connection is retried call by call, so that
+        one bad call never fails the others.
+        """
+        if not results:
+            return []
+        loop = asyncio.get_running_loop()
+        call = _RecordCall(owner, tuple(results), now, loop.create_future())
+        self._recording.append(call)
+        if self._record_task is None or self._record_task.done():
+            self._record_task = loop.create_task(self._record_groups(), name="pg-record")
+        return await call.future
 
-        return await self._run(op)
+    async def _record_groups(self) -> None:
+        loop = asyncio.get_running_loop()
+        while self._recording:
+            busy = loop.time() - self._recorded_at < _RECORD_BUSY
+            if busy and len(self._recording) < _RECORD_GATHER:
+                # Under load outcomes arrive a few at a time; wait a moment for more to
+                # share the transaction (one commit, three statements), as PostgreSQL's
+                # commit_delay. An outcome after a quiet spell is written at once.
+                await asyncio.sleep(_RECORD_LINGER)
+            group = self._recording[:_RECORD_GROUP]
+            del self._recording[:_RECORD_GROUP]
+            self._recorded_at = loop.time()
+            if len(group) == 1:
+                await self._record_alone(group[0])
+                continue
+            try:
+                flags = await self._write_group(group)
+            except StoreError as exc:
+                if _statement_failed(exc):  # isolate the bad call; fencing makes repeats safe
+                    for call in group:
+                        await self._record_alone(call)
+                else:  # the database is away: every caller retries on its own
+                    for call in group:
+                        _settle(call.future, exc=exc)
+                continue
+            except Exception as exc:  # a bug: every caller sees it
+                for call in group:
+                    _settle(call.future, exc=exc)
+                continue
+            for call, flag in zip(group, flags, strict=True):
+                _settle(call.future, flag)
 
-    async def _record_one(
+    async def _write_group(self, group: Sequence[_RecordCall]) -> list[list[bool]]:
+        return await self._run(lambda c: self._record_group(c, group))
+
+    async def _record_alone(self, call: _RecordCall) -> None:
+        try:
+            flags = await self._write_group([call])
+        except Exception as exc:
+            _settle(call.future, exc=exc)
+        else:
+            _settle(call.future, flags[0])
+
+    async def _record_group(self, c: Conn, calls: Sequence[_RecordCall]) -> list[list[bool]]:
+        """One transaction for the outcomes of several calls; per call, per result a flag.
+
+        Sent outcomes (nearly all) take three statements for the whole group: finish every
+        owned row (locked in seq order, so that groups and acknowledgements never deadlock),
+        add the rate-window counts, insert the events. Others are finished one by one.
+        """
+        live = [call for call in calls if not call.future.done()]  # skip abandoned calls
+        sent = [(call, m) for call in live for m, o in call.results if isinstance(o, Sent)]
+        finished: set[int] = set()
+        if sent:
+            found = await _q(c, "finish_sent_many", seqs=[m.seq for _, m in sent],
+                             owners=[call.owner for call, _ in sent],
+                             nows=[call.now for call, _ in sent])
+            finished = {r["seq"] for r in found}
+        flags: dict[int, list[bool]] = {}
+        events: list[tuple[int, str, str, int, str | None, str]] = []
+        rates: Counter[tuple[str, int]] = Counter()
+        for call in live:
+            now_int = int(call.now)
+            flags[id(call)] = mine = []
+            for m, outcome in call.results:
+                if isinstance(outcome, Sent):
+                    ok = m.seq in finished
+                    finished.discard(m.seq)  # a message listed twice is finished once
+                    if ok:
+                        rates.update((scope, now_int) for scope in m.rate_scopes)
+                else:
+                    ok = await self._finish_other(c, call.owner, m, outcome, call.now)
+                mine.append(ok)
+                if ok:
+                    event_type, description, metadata = rows.outcome_event(outcome, now_int)
+                    events.append((m.seq, m.tenant_id, event_type, now_int, description,
+                                   rows.dumps(metadata)))
+        if rates:
+            keys = sorted(rates)  # one row per (scope, second), in key order
+            await _ex(c, "add_rate_sends", scopes=[k[0] for k in keys],
+                      tss=[k[1] for k in keys], ns=[rates[k] for k in keys])
+        if events:
+            columns = list(zip(*events, strict=True))
+            await _ex(c, "insert_events", seqs=list(columns[0]), tenant_ids=list(columns[1]),
+                      event_types=list(columns[2]), event_tss=list(columns[3]),
+                      descriptions=list(columns[4]), metadatas=list(columns[5]))
+        return [flags.get(id(call), [False] * len(call.results)) for call in calls]
+
+    async def _finish_other(
         self, c: Conn, owner: str, m: Claimed, outcome: Outcome, now: float
     ) -> bool:
+        """Finish a row with a Deferred or Failed outcome (its event is added by the caller)."""
         now_int = int(now)
         base = {"owner": owner, "seq": m.seq, "now": now, "now_int": now_int}
-        if isinstance(outcome, Sent):
-            done = await _ex(c, "finish_sent", **base)
-            if done:
-                for scope in m.rate_scopes:
-                    await _ex(c, "add_rate_send", scope=scope, ts=now_int)
-        elif isinstance(outcome, Deferred):
+        if isinstance(outcome, Deferred):
             queued = 1 if outcome.next_ts <= now_int else 2
-            done = await _ex(c, "finish_deferred", **base, queued=queued,
-                             next_ts=outcome.next_ts, retry_count=outcome.retry_count)
-        else:
-            assert isinstance(outcome, Failed)
-            status = "suppressed" if outcome.suppressed else "error"
-            done = await _ex(c, "finish_failed", **base, status=status, error=outcome.error)
-        if not done:
-            return False
-        event_type, description, metadata = rows.outcome_event(outcome, now_int)
-        await _ex(c, "insert_event", seq=m.seq, tenant_id=m.tenant_id, event_type=event_type,
-                  event_ts=now_int, description=description, metadata=rows.dumps(metadata))
-        return True
+            return bool(await _ex(c, "finish_deferred", **base, queued=queued,
+                                  next_ts=outcome.next_ts, retry_count=outcome.retry_count))
+        assert isinstance(outcome, Failed)
+        status = "suppressed" if outcome.suppressed else "error"
+        return bool(await _ex(c, "finish_failed", **base, status=status, error=outcome.error))
 
     async def renew(self, owner: str, claimed: Sequence[Claimed], until: float) -> None:
         seqs = [m.seq for m in claimed]

@@ -9,7 +9,7 @@ import asyncpg
 import pytest
 
 from mailproxy.errors import ConfigError, StoreError
-from mailproxy.model import InstanceConfig, RateLimits, Sent
+from mailproxy.model import Deferred, Failed, InstanceConfig, RateLimits, Sent
 from mailproxy.service import Store
 from mailproxy.store.postgres import PostgresStore
 from mailproxy.store.queries import migrations
@@ -113,6 +113,57 @@ async def test_one_rate_limit_deferral_whatever_the_number_of_instances(
     assert [m.id for m in got.messages] == ["m3", "m4"]
 
 
+async def test_concurrent_records_share_a_transaction_and_keep_their_flags(
+    make_store: StoreFactory, pg_schema: PgSchema
+) -> None:
+    store = await make_store()
+    await tenant(store)
+    await account(store, batch_size=100, limits=RateLimits(day=1000))
+    await store.enqueue([new(i) for i in range(40)], T0)
+    batch = await store.claim("w1", T0, LEASE, 100)
+    by_id = {m.id: m for m in batch.messages}
+    lost = by_id.pop("m39")  # recovered by another instance: its lease is gone
+    await pg_schema.fetch("UPDATE messages SET lease_owner = 'w2' WHERE client_id = 'm39'")
+    retry = Deferred(reason="451 later", next_ts=int(T0) + 60, retry_count=1)
+    calls = [store.record("w1", [(m, Sent())], T0 + 1) for m in list(by_id.values())[:30]]
+    calls.append(store.record("w1", [(by_id["m30"], retry), (by_id["m31"], Failed("550 no"))],
+                              T0 + 2))
+    calls.append(store.record("w1", [(by_id["m32"], Sent()), (by_id["m32"], Sent()),
+                                     (lost, Sent())], T0 + 3))
+    flags = await asyncio.gather(*calls)
+    assert flags[:30] == [[True]] * 30
+    assert flags[30:] == [[True, True], [True, False, False]]
+    records = await listing(store, T0 + 3)
+    assert Counter(r["status"] for r in records.values()) == Counter(
+        sent=31, deferred=1, error=1, sending=7)
+    assert (records["m0"]["sent_ts"], records["m32"]["sent_ts"]) == (int(T0) + 1, int(T0) + 3)
+    events = await store.pending_events("acme", 100)
+    assert len(events) == 33  # one per finished message
+    assert Counter(e.event_type for e in events) == Counter(sent=31, deferred=1, error=1)
+    sends = await pg_schema.fetch("SELECT ts, n FROM rate_sends ORDER BY ts")
+    assert [(r["ts"], r["n"]) for r in sends] == [(int(T0) + 1, 30), (int(T0) + 3, 1)]
+
+
+async def test_a_refused_statement_fails_only_its_own_record_call(
+    make_store: StoreFactory
+) -> None:
+    store = await make_store()
+    await tenant(store)
+    await account(store, batch_size=10)
+    await store.enqueue([new(i) for i in range(3)], T0)
+    m0, m1, m2 = (await store.claim("w1", T0, LEASE, 10)).messages
+    results = await asyncio.gather(
+        store.record("w1", [(m0, Sent())], T0 + 1),
+        store.record("w1", [(m1, Failed("bad \x00 byte"))], T0 + 1),  # text refuses NUL
+        store.record("w1", [(m2, Sent())], T0 + 1),
+        return_exceptions=True,
+    )
+    assert results[0] == [True] and results[2] == [True]
+    assert isinstance(results[1], StoreError)
+    records = await listing(store, T0 + 1)
+    assert [records[f"m{i}"]["status"] for i in range(3)] == ["sent", "sending", "sent"]
+
+
 async def test_migrations_applied_once_when_instances_start_together(
     make_store: StoreFactory, pg_schema: PgSchema
 ) -> None:
@@ -206,6 +257,18 @@ async def test_instances_purging_together_delete_each_message_once(
     assert await listing(stores[1], T0) == {}
 
 
+async def test_custom_plans_until_the_queue_table_has_statistics(
+    make_store: StoreFactory, pg_schema: PgSchema
+) -> None:
+    store = await make_store()
+    assert isinstance(store, PostgresStore)
+    mode = "SHOW plan_cache_mode"
+    assert await store._run(lambda c: c.fetchval(mode)) == "force_custom_plan"
+    await pg_schema.fetch("ANALYZE messages")
+    await store._expire_connections()  # connections opened from now on
+    assert await store._run(lambda c: c.fetchval(mode)) == "auto"
+
+
 async def test_schemas_are_isolated(make_store: StoreFactory, cipher: Vault) -> None:
     store = await make_store()
     await tenant(store, "only-here")
@@ -268,6 +331,21 @@ async def test_listen_wakes_other_instances_and_survives_reconnect(
     await asyncio.wait_for(woken.wait(), 15)  # called once after re-subscribing
     woken.clear()
     await writer.enqueue([new(2)], T0)
+    await asyncio.wait_for(woken.wait(), 5)
+
+
+async def test_activation_and_account_changes_wake_other_instances(
+    make_store: StoreFactory
+) -> None:
+    listener, writer = await make_store(), await make_store()
+    await tenant(writer)
+    woken = asyncio.Event()
+    assert isinstance(listener, PostgresStore)
+    await listener.listen(woken.set)
+    await account(writer)
+    await asyncio.wait_for(woken.wait(), 5)
+    woken.clear()
+    assert await writer.set_suspended("acme", []) is True
     await asyncio.wait_for(woken.wait(), 5)
 
 

@@ -190,10 +190,6 @@ SELECT count(*) FROM messages WHERE status = 'sending' AND tenant_id = :tenant_i
 -- name: rate_sends
 SELECT ts, n FROM rate_sends WHERE scope = :scope AND ts > :since;
 
--- name: add_rate_send
-INSERT INTO rate_sends (scope, ts, n) VALUES (:scope, :ts, 1)
-ON CONFLICT (scope, ts) DO UPDATE SET n = rate_sends.n + 1;
-
 -- name: prune_rate_sends
 DELETE FROM rate_sends WHERE ts <= :before;
 
@@ -207,10 +203,35 @@ UPDATE messages SET status = :status, queued = NULL, lease_owner = NULL, lease_u
        error = :error, error_ts = :now_int, updated_ts = :now
 WHERE seq = :seq;
 
--- name: finish_sent
-UPDATE messages SET status = 'sent', lease_owner = NULL, lease_until = NULL,
-       sent_ts = :now_int, error = NULL, error_ts = NULL, updated_ts = :now
-WHERE seq = :seq AND lease_owner = :owner AND status = 'sending';
+-- name: finish_sent_many
+-- The rows of a group of outcomes that are still owned, locked in seq order first.
+WITH owned AS (
+    SELECT m.seq, u.now
+    FROM messages m
+    JOIN unnest(:seqs::bigint[], :owners::text[], :nows::float8[]) AS u (seq, owner, now)
+      ON m.seq = u.seq
+    WHERE m.lease_owner = u.owner AND m.status = 'sending'
+    ORDER BY m.seq
+    FOR UPDATE OF m
+)
+UPDATE messages m SET status = 'sent', lease_owner = NULL, lease_until = NULL,
+       sent_ts = floor(owned.now)::bigint, error = NULL, error_ts = NULL,
+       updated_ts = owned.now
+FROM owned
+WHERE m.seq = owned.seq
+RETURNING m.seq;
+
+-- name: add_rate_sends
+-- One row per (scope, ts) in the arrays, given in key order.
+INSERT INTO rate_sends (scope, ts, n)
+SELECT * FROM unnest(:scopes::text[], :tss::bigint[], :ns::int[])
+ON CONFLICT (scope, ts) DO UPDATE SET n = rate_sends.n + excluded.n;
+
+-- name: insert_events
+-- Inserted in array order, so event ids follow it.
+INSERT INTO events (message_seq, tenant_id, event_type, event_ts, description, metadata)
+SELECT * FROM unnest(:seqs::bigint[], :tenant_ids::text[], :event_types::text[],
+                     :event_tss::bigint[], :descriptions::text[], :metadatas::text[]);
 
 -- name: finish_deferred
 UPDATE messages SET status = 'deferred', queued = :queued, lease_owner = NULL,

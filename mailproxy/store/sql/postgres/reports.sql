@@ -20,10 +20,14 @@ SELECT pg_advisory_xact_lock(hashtextextended('report-ack/' || :tenant_id::text,
 SELECT pg_try_advisory_xact_lock(hashtextextended('report-ack/' || :tenant_id::text, 0));
 
 -- name: ack_messages
+-- Message rows are locked in seq order, as a group of outcomes locks them (no deadlock).
 UPDATE messages SET reported_ts = :now
-WHERE seq IN (SELECT message_seq FROM events
-              WHERE tenant_id = :tenant_id AND reported_ts IS NULL
-                AND event_id = ANY(:ids::bigint[]));
+WHERE seq IN (SELECT m.seq FROM messages m
+              WHERE m.seq IN (SELECT message_seq FROM events
+                              WHERE tenant_id = :tenant_id AND reported_ts IS NULL
+                                AND event_id = ANY(:ids::bigint[]))
+              ORDER BY m.seq
+              FOR UPDATE);
 
 -- name: ack_events
 UPDATE events SET reported_ts = :now
@@ -31,8 +35,11 @@ WHERE tenant_id = :tenant_id AND reported_ts IS NULL AND event_id = ANY(:ids::bi
 
 -- name: ack_tenant_messages
 UPDATE messages SET reported_ts = :now
-WHERE seq IN (SELECT message_seq FROM events
-              WHERE tenant_id = :tenant_id AND reported_ts IS NULL);
+WHERE seq IN (SELECT m.seq FROM messages m
+              WHERE m.seq IN (SELECT message_seq FROM events
+                              WHERE tenant_id = :tenant_id AND reported_ts IS NULL)
+              ORDER BY m.seq
+              FOR UPDATE);
 
 -- name: ack_tenant_events
 UPDATE events SET reported_ts = :now WHERE tenant_id = :tenant_id AND reported_ts IS NULL;
