@@ -568,12 +568,12 @@ class PostgresStore:
             return "already sent"
         if m.error is not None:
             return m.error
-        await _ex(c, "upsert_message", **self._message_values(m, now), seq=seq)
+        await _ex(c, "upsert_message", **rows.message_values(m, now), seq=seq)
         return None
 
     async def _insert(self, c: Conn, m: NewMessage, now: float) -> tuple[bool, str | None]:
         """(False, None) when another transaction stored the same id first."""
-        values = self._message_values(m, now)
+        values = rows.message_values(m, now)
         values.update(pk=str(uuid.uuid4()), tenant_id=m.tenant_id, client_id=m.id)
         if m.error is not None:
             values.update(status="error", queued=None, intake_error=True, error=m.error,
@@ -588,24 +588,6 @@ class PostgresStore:
                       event_ts=int(now), description=m.error,
                       metadata=rows.dumps({"error_code": None}))
         return True, m.error
-
-    @staticmethod
-    def _message_values(m: NewMessage, now: float) -> dict[str, Any]:
-        scheduled = m.deferred_ts is not None and m.deferred_ts > now
-        return {
-            "account_id": m.account_id,
-            "status": "scheduled" if scheduled else "pending",
-            "queued": 2 if scheduled else 1,
-            "priority": int(m.priority),
-            "due_ts": m.deferred_ts if scheduled else 0,
-            "deferred_ts": m.deferred_ts if scheduled else None,
-            "batch_code": m.batch_code,
-            "is_pec": m.is_pec,
-            "payload": rows.dumps(m.payload),
-            "raw": m.raw,
-            "envelope_from": m.envelope_from,
-            "now": now,
-        }
 
     # -- messages: queries -------------------------------------------------------------------
 

@@ -20,6 +20,7 @@ from mailproxy.model import (
     Failed,
     InstanceConfig,
     LimitBehavior,
+    NewMessage,
     Outcome,
     RateLimits,
     Sent,
@@ -61,6 +62,25 @@ def _limits(data: Mapping[str, Any] | None) -> RateLimits | None:
     if data is None:
         return None
     return RateLimits(minute=data.get("minute"), hour=data.get("hour"), day=data.get("day"))
+
+
+def message_values(m: NewMessage, now: float) -> dict[str, Any]:
+    """Column values of a message row at intake or upsert (both backends)."""
+    scheduled = m.deferred_ts is not None and m.deferred_ts > now
+    return {
+        "account_id": m.account_id,
+        "status": "scheduled" if scheduled else "pending",
+        "queued": 2 if scheduled else 1,
+        "priority": int(m.priority),
+        "due_ts": m.deferred_ts if scheduled else 0,
+        "deferred_ts": m.deferred_ts if scheduled else None,
+        "batch_code": m.batch_code,
+        "is_pec": m.is_pec,
+        "payload": dumps(m.payload),
+        "raw": m.raw,
+        "envelope_from": m.envelope_from,
+        "now": now,
+    }
 
 
 def tenant_limits(config: Mapping[str, Any]) -> RateLimits | None:

@@ -349,9 +349,9 @@ class SqliteStore:
                 return "already sent"
             if m.error is not None:
                 return m.error
-            c.execute(Q["upsert_message"], {**self._message_values(m, now), "seq": seq})
+            c.execute(Q["upsert_message"], {**rows.message_values(m, now), "seq": seq})
             return None
-        values = self._message_values(m, now)
+        values = rows.message_values(m, now)
         values["pk"] = rows.new_pk()
         values["tenant_id"] = m.tenant_id
         values["client_id"] = m.id
@@ -365,24 +365,6 @@ class SqliteStore:
         values.update(intake_error=0, error=None, error_ts=None)
         c.execute(Q["insert_message"], values)
         return None
-
-    @staticmethod
-    def _message_values(m: NewMessage, now: float) -> dict[str, Any]:
-        scheduled = m.deferred_ts is not None and m.deferred_ts > now
-        return {
-            "account_id": m.account_id,
-            "status": "scheduled" if scheduled else "pending",
-            "queued": 2 if scheduled else 1,
-            "priority": int(m.priority),
-            "due_ts": m.deferred_ts if scheduled else 0,
-            "deferred_ts": m.deferred_ts if scheduled else None,
-            "batch_code": m.batch_code,
-            "is_pec": 1 if m.is_pec else 0,
-            "payload": rows.dumps(m.payload),
-            "raw": m.raw,
-            "envelope_from": m.envelope_from,
-            "now": now,
-        }
 
     # -- messages: queries -------------------------------------------------------------------
 
