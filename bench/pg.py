@@ -7,11 +7,15 @@ For each instance count, on a fresh schema:
 
   e2e    POST N messages (batches of 500, two client lanes per instance, round-robin over the
          instances) -> the sink has N distinct ids
-  drain  N messages posted while the tenant is suspended, then activated -> N distinct ids
-         at the sink (dispatch alone, without ingest competing for the CPU)
+  ingest N messages posted while the tenant is suspended (intake alone)
+  drain  then the tenant is activated -> N distinct ids at the sink (dispatch alone, without
+         ingest competing for the CPU)
 
 Also printed: duplicates (deliveries - distinct ids), CPU seconds of the instances and of the
-PostgreSQL server processes per 1000 messages, and how busy the machine was.
+PostgreSQL server processes per 1000 messages, PostgreSQL transactions per 1000 messages
+(from pg_stat_database, read after a pause for the statistics to be flushed: approximate),
+how busy the machine was and how much of it the host took (steal: this is a virtual machine
+whose neighbours make every figure vary from run to run).
 
     python bench/pg.py [--messages 10000] [--instances 1 3] [--accounts 1] [--rounds 1]
                        [--db postgresql://postgres@127.0.0.1:5432/test]
@@ -82,14 +86,14 @@ def _postgres_cpu() -> float:
     return total
 
 
-def _machine() -> tuple[float, float]:
-    """(busy, total) jiffies of the whole machine."""
+def _machine() -> tuple[float, float, float]:
+    """(busy, steal, total) jiffies of the whole machine (steal: taken by the host)."""
     values = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
     idle = values[3] + values[4]
-    return float(sum(values) - idle), float(sum(values))
+    return float(sum(values) - idle), float(values[7]), float(sum(values))
 
 
-Mark = tuple[float, float, float, float, tuple[float, float]]
+Mark = tuple[float, float, float, float, tuple[float, float, float]]
 
 
 @dataclass
@@ -102,6 +106,7 @@ class Usage:
     client: float
     seconds: float
     busy: float  # fraction of all cores
+    steal: float  # fraction of all cores taken by the host (a virtual machine's neighbours)
 
     @staticmethod
     def mark(servers: Sequence[Server], sink: Sink) -> Mark:
@@ -112,10 +117,11 @@ class Usage:
     @staticmethod
     def since(mark: Mark, servers: Sequence[Server], sink: Sink, seconds: float) -> Usage:
         now = Usage.mark(servers, sink)
-        (busy0, total0), (busy1, total1) = mark[4], now[4]
+        (busy0, steal0, total0), (busy1, steal1, total1) = mark[4], now[4]
+        total = max(1.0, total1 - total0)
         return Usage(servers=now[0] - mark[0], postgres=now[1] - mark[1], sink=now[2] - mark[2],
                      client=now[3] - mark[3], seconds=seconds,
-                     busy=(busy1 - busy0) / max(1.0, total1 - total0))
+                     busy=(busy1 - busy0) / total, steal=(steal1 - steal0) / total)
 
 
 # -- one configuration ----------------------------------------------------------------------
@@ -190,6 +196,7 @@ async def run_instances(args: argparse.Namespace, sink: Sink, count: int, limit:
 
             # end to end: POST -> sink, ingest and dispatch competing
             received, distinct = sink.received, sink.distinct
+            xacts = await _xacts(args.db)
             mark = Usage.mark(servers, sink)
             began = time.perf_counter()
             await _post_all(session, servers, f"e2e{count}", args.messages, args.accounts)
@@ -201,12 +208,21 @@ async def run_instances(args: argparse.Namespace, sink: Sink, count: int, limit:
             rates["e2e"] = args.messages / elapsed
             figure(f"e2e {label}, {args.messages} msgs", rates["e2e"], "msgs/s", limit)
             _usage(label, use, args.messages, dupes)
+            await _print_xacts(args.db, xacts, args.messages)
 
             # drain of a backlog: dispatch alone
             params = {"tenant_id": "bench"}
             await _admin(session, "POST", url + "/commands/suspend", params=params)
+            mark = Usage.mark(servers, sink)
+            began = time.perf_counter()
             await _post_all(session, servers, f"drain{count}", args.messages, args.accounts)
+            elapsed = time.perf_counter() - began
+            use = Usage.since(mark, servers, sink, elapsed)
+            rates["ingest"] = args.messages / elapsed
+            figure(f"ingest {label}, {args.messages} msgs", rates["ingest"], "msgs/s")
+            _usage(label + " ingest", use, args.messages, None)
             received, distinct = sink.received, sink.distinct
+            xacts = await _xacts(args.db)
             mark = Usage.mark(servers, sink)
             began = time.perf_counter()
             await _admin(session, "POST", url + "/commands/activate", params=params)
@@ -218,6 +234,7 @@ async def run_instances(args: argparse.Namespace, sink: Sink, count: int, limit:
             rates["drain"] = args.messages / elapsed
             figure(f"drain {label}, {args.messages} queued", rates["drain"], "msgs/s", limit)
             _usage(label + " drain", use, args.messages, dupes)
+            await _print_xacts(args.db, xacts, args.messages)
     finally:
         for server in servers:
             server.stop()
@@ -225,14 +242,32 @@ async def run_instances(args: argparse.Namespace, sink: Sink, count: int, limit:
     return rates
 
 
-def _usage(label: str, use: Usage, messages: int, dupes: int) -> None:
+async def _xacts(db: str) -> int:
+    con = await asyncpg.connect(db)
+    try:
+        await asyncio.sleep(1.2)
+        return int(await con.fetchval(
+            "SELECT xact_commit + xact_rollback FROM pg_stat_database"
+            " WHERE datname = current_database()"))
+    finally:
+        await con.close()
+
+
+async def _print_xacts(db: str, before: int, messages: int) -> None:
+    done = await _xacts(db) - before  # a statement outside a transaction counts as one
+    print(f"    PostgreSQL transactions per 1000 msgs: {done * 1000 / messages:.0f}")
+
+
+def _usage(label: str, use: Usage, messages: int, dupes: int | None) -> None:
     per = 1000 / messages
     cores = "  ".join(f"{name} {cpu / use.seconds:.2f}" for name, cpu in (
         ("instances", use.servers), ("postgres", use.postgres), ("sink", use.sink),
         ("client", use.client)))
-    print(f"    {label}: duplicates {dupes}; CPU s per 1000 msgs: instances "
+    seen = "" if dupes is None else f"duplicates {dupes}; "
+    print(f"    {label}: {seen}CPU s per 1000 msgs: instances "
           f"{use.servers * per:.2f}, postgres {use.postgres * per:.2f}; cores used: {cores}; "
-          f"machine busy {100 * use.busy:.0f} %", flush=True)
+          f"machine busy {100 * use.busy:.0f} % (host steal {100 * use.steal:.0f} %)",
+          flush=True)
 
 
 async def main(args: argparse.Namespace) -> None:

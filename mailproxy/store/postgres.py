@@ -5,10 +5,11 @@ store gets from the database: row locks (SKIP LOCKED) keep claimers apart, a lea
 fences late outcomes, and a transaction-level advisory lock per rate scope makes checking
 and consuming a rate window one atomic step across instances.
 
-Every operation is one transaction. A lost connection before COMMIT is retried with
+Every operation is one transaction, or one statement where that is enough (the frequent
+claim and record of the dispatch loop). A lost connection before COMMIT is retried with
 backoff on a fresh connection (the pool reconnects after a server restart); a failure
-during COMMIT is not retried, because its outcome is unknown. Driver exceptions leave as
-StoreError.
+during COMMIT is not retried, because its outcome is unknown, except for the single
+statements that are safe to repeat. Driver exceptions leave as StoreError.
 """
 
 from __future__ import annotations
@@ -19,7 +20,6 @@ import json
 import logging
 import re
 import uuid
-from collections import Counter
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -109,8 +109,8 @@ def _load_all() -> dict[str, _Sql]:
 Q = _load_all()
 _PURGE_CHUNK = 10000
 _RECORD_GROUP = 200  # record() calls per transaction at most
-_RECORD_GATHER = 16  # fewer waiting calls than this, under load: linger before writing
-_RECORD_LINGER = 0.01
+_RECORD_GATHER = 32  # fewer waiting calls than this, under load: linger before writing
+_RECORD_LINGER = 0.03
 _RECORD_BUSY = 0.05  # under load: the previous group was taken less than this ago
 
 
@@ -223,9 +223,11 @@ class PostgresStore:
         self._retry_delays = tuple(retry_delays)
         self._pool: Any = None
         self._claim_offset = 0
+        self._promoted_at: int | None = None  # the second of the last promote_due
         self._recording: list[_RecordCall] = []
         self._recorded_at = float("-inf")
         self._record_task: asyncio.Task[None] | None = None
+        self._gathered: asyncio.Event | None = None  # set when enough outcomes wait
         self._listen_con: Any = None
         self._listen_task: asyncio.Task[None] | None = None
         self._listen_lost = asyncio.Event()
@@ -295,11 +297,16 @@ class PostgresStore:
 
     # -- plumbing ----------------------------------------------------------------------------
 
-    async def _run(self, fn: Callable[[Conn], Awaitable[T]]) -> T:
-        """Run fn in one transaction; retry when the connection was lost before COMMIT."""
+    async def _run(self, fn: Callable[[Conn], Awaitable[T]], *, transaction: bool = True) -> T:
+        """Run fn in one transaction; retry when the connection was lost before COMMIT.
+
+        With transaction=False fn runs its statements on their own (each one atomic), saving
+        the BEGIN and COMMIT round trips; only for work that is safe to repeat whatever the
+        lost connection had done (claims and fenced outcomes), since it is retried too.
+        """
         for delay in (*self._retry_delays, None):
             try:
-                return await self._attempt(fn)
+                return await self._attempt(fn, transaction)
             except _CommitUnknown as exc:
                 raise StoreError(f"database commit outcome unknown: {exc.__cause__}") from exc
             except _TRANSIENT as exc:
@@ -313,12 +320,14 @@ class PostgresStore:
                 raise StoreError(f"database operation failed: {exc}") from exc
         raise AssertionError("unreachable")
 
-    async def _attempt(self, fn: Callable[[Conn], Awaitable[T]]) -> T:
+    async def _attempt(self, fn: Callable[[Conn], Awaitable[T]], transaction: bool) -> T:
         pool = self._pool
         if pool is None:
             raise StoreError("store is closed")
         async with pool.acquire() as con:
             try:
+                if not transaction:
+                    return await fn(con)
                 return await self._in_transaction(con, fn)
             except _BROKEN:
                 with contextlib.suppress(Exception):  # may already be detached from the pool
@@ -655,15 +664,31 @@ class PostgresStore:
         max_total: int,
         skip: frozenset[tuple[str, str]] = frozenset(),
     ) -> ClaimBatch:
+        """Claim due rows of active accounts, at most max_total, under a lease.
+
+        A claim cycle is frequent under load, so it costs as few round trips as it can:
+        due times are whole seconds, so waiting rows are promoted once a second; accounts
+        without rate limits are claimed by one statement outside a transaction (a claim
+        repeated after a lost connection is harmless: rows it may have taken wait for
+        their lease). Only rate-limited accounts need a transaction, for the advisory
+        locks that make checking and spending a window one step.
+        """
         self._claim_offset += 1
         offset = self._claim_offset
         claim = _Claim(self, owner, now, lease_seconds, max_total, skip)
+        now_int = int(now)
 
         async def op(c: Conn) -> ClaimBatch:
-            await _ex(c, "promote_due", now_int=int(now))
-            return await claim.run(c, offset)
+            if now_int != self._promoted_at:
+                await _ex(c, "promote_due", now_int=now_int)
+                self._promoted_at = now_int
+            plans = await claim.plans(c, offset)
+            if not any(p.scopes for p in plans):
+                return await claim.run(c, plans)
+            async with c.transaction():
+                return await claim.run(c, plans)
 
-        return await self._run(op)  # one transaction: a claim cycle is frequent under load
+        return await self._run(op, transaction=False)
 
     async def _fail(
         self, c: Conn, seq: int, tenant_id: str, error: str, code: int | None, now: int
@@ -689,6 +714,8 @@ class PostgresStore:
         loop = asyncio.get_running_loop()
         call = _RecordCall(owner, tuple(results), now, loop.create_future())
         self._recording.append(call)
+        if len(self._recording) >= _RECORD_GATHER and self._gathered is not None:
+            self._gathered.set()
         if self._record_task is None or self._record_task.done():
             self._record_task = loop.create_task(self._record_groups(), name="pg-record")
         return await call.future
@@ -699,9 +726,13 @@ class PostgresStore:
             busy = loop.time() - self._recorded_at < _RECORD_BUSY
             if busy and len(self._recording) < _RECORD_GATHER:
                 # Under load outcomes arrive a few at a time; wait a moment for more to
-                # share the transaction (one commit, three statements), as PostgreSQL's
+                # share the commit (its WAL flush is the cost), as PostgreSQL's
                 # commit_delay. An outcome after a quiet spell is written at once.
-                await asyncio.sleep(_RECORD_LINGER)
+                self._gathered = asyncio.Event()
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(_RECORD_LINGER):
+                        await self._gathered.wait()
+                self._gathered = None
             group = self._recording[:_RECORD_GROUP]
             del self._recording[:_RECORD_GROUP]
             self._recorded_at = loop.time()
@@ -726,7 +757,11 @@ class PostgresStore:
                 _settle(call.future, flag)
 
     async def _write_group(self, group: Sequence[_RecordCall]) -> list[list[bool]]:
-        return await self._run(lambda c: self._record_group(c, group))
+        # A group of Sent outcomes alone (nearly always) is one statement, which is atomic
+        # by itself and safe to repeat (fencing): no transaction round trips.
+        only_sent = all(isinstance(o, Sent) for call in group for _, o in call.results)
+        return await self._run(lambda c: self._record_group(c, group),
+                               transaction=not only_sent)
 
     async def _record_alone(self, call: _RecordCall) -> None:
         try:
@@ -737,49 +772,68 @@ class PostgresStore:
             _settle(call.future, flags[0])
 
     async def _record_group(self, c: Conn, calls: Sequence[_RecordCall]) -> list[list[bool]]:
-        """One transaction for the outcomes of several calls; per call, per result a flag.
+        """The outcomes of several calls; per call, per result a flag.
 
-        Sent outcomes (nearly all) take three statements for the whole group: finish every
-        owned row (locked in seq order, so that groups and acknowledgements never deadlock),
-        add the rate-window counts, insert the events. Others are finished one by one.
+        Sent outcomes (nearly all) are finished by one statement for the whole group,
+        with their rate-window counts and events. Others are finished one by one.
         """
+        flags = {id(call): [False] * len(call.results) for call in calls}
         live = [call for call in calls if not call.future.done()]  # skip abandoned calls
-        sent = [(call, m) for call in live for m, o in call.results if isinstance(o, Sent)]
-        finished: set[int] = set()
-        if sent:
-            found = await _q(c, "finish_sent_many", seqs=[m.seq for _, m in sent],
-                             owners=[call.owner for call, _ in sent],
-                             nows=[call.now for call, _ in sent])
-            finished = {r["seq"] for r in found}
-        flags: dict[int, list[bool]] = {}
-        events: list[tuple[int, str, str, int, str | None, str]] = []
-        rates: Counter[tuple[str, int]] = Counter()
+        sent: list[tuple[_RecordCall, int, Claimed, Sent]] = []
+        seen: set[int] = set()
         for call in live:
-            now_int = int(call.now)
-            flags[id(call)] = mine = []
-            for m, outcome in call.results:
+            for i, (m, outcome) in enumerate(call.results):
+                if isinstance(outcome, Sent) and m.seq not in seen:  # listed twice: once
+                    seen.add(m.seq)
+                    sent.append((call, i, m, outcome))
+        if sent:
+            finished = await self._finish_sent(c, sent)
+            for call, i, m, _ in sent:
+                flags[id(call)][i] = m.seq in finished
+        events: list[tuple[int, str, str, int, str | None, str]] = []
+        for call in live:
+            for i, (m, outcome) in enumerate(call.results):
                 if isinstance(outcome, Sent):
-                    ok = m.seq in finished
-                    finished.discard(m.seq)  # a message listed twice is finished once
-                    if ok:
-                        rates.update((scope, now_int) for scope in m.rate_scopes)
-                else:
-                    ok = await self._finish_other(c, call.owner, m, outcome, call.now)
-                mine.append(ok)
-                if ok:
-                    event_type, description, metadata = rows.outcome_event(outcome, now_int)
-                    events.append((m.seq, m.tenant_id, event_type, now_int, description,
+                    continue
+                if await self._finish_other(c, call.owner, m, outcome, call.now):
+                    flags[id(call)][i] = True
+                    event_type, description, metadata = rows.outcome_event(outcome,
+                                                                           int(call.now))
+                    events.append((m.seq, m.tenant_id, event_type, int(call.now), description,
                                    rows.dumps(metadata)))
-        if rates:
-            keys = sorted(rates)  # one row per (scope, second), in key order
-            await _ex(c, "add_rate_sends", scopes=[k[0] for k in keys],
-                      tss=[k[1] for k in keys], ns=[rates[k] for k in keys])
         if events:
             columns = list(zip(*events, strict=True))
             await _ex(c, "insert_events", seqs=list(columns[0]), tenant_ids=list(columns[1]),
                       event_types=list(columns[2]), event_tss=list(columns[3]),
                       descriptions=list(columns[4]), metadatas=list(columns[5]))
-        return [flags.get(id(call), [False] * len(call.results)) for call in calls]
+        return [flags[id(call)] for call in calls]
+    @staticmethod
+    async def _finish_sent(
+        c: Conn, sent: Sequence[tuple[_RecordCall, int, Claimed, Sent]]
+    ) -> set[int]:
+        """Finish Sent outcomes (each message once) with their rate counts and events."""
+        rate_seqs: list[int] = []
+        rate_scopes: list[str] = []
+        rate_tss: list[int] = []
+        events: list[tuple[str, int, str | None, str]] = []
+        for call, _, m, outcome in sent:
+            now_int = int(call.now)
+            for scope in m.rate_scopes:
+                rate_seqs.append(m.seq)
+                rate_scopes.append(scope)
+                rate_tss.append(now_int)
+            event_type, description, metadata = rows.outcome_event(outcome, now_int)
+            events.append((event_type, now_int, description, rows.dumps(metadata)))
+        found = await _q(
+            c, "finish_sent", seqs=[m.seq for _, _, m, _ in sent],
+            owners=[call.owner for call, _, _, _ in sent],
+            nows=[call.now for call, _, _, _ in sent],
+            rate_seqs=rate_seqs, rate_scopes=rate_scopes, rate_tss=rate_tss,
+            tenant_ids=[m.tenant_id for _, _, m, _ in sent],
+            event_types=[e[0] for e in events], event_tss=[e[1] for e in events],
+            descriptions=[e[2] for e in events], metadatas=[e[3] for e in events],
+        )
+        return {r["seq"] for r in found}
 
     async def _finish_other(
         self, c: Conn, owner: str, m: Claimed, outcome: Outcome, now: float
@@ -1016,13 +1070,17 @@ class _Claim:
         self.blocked: dict[tuple[str, str], int] = {}
         self.limited: list[RateLimited] = []
 
-    async def run(self, c: Conn, offset: int) -> ClaimBatch:
-        self.claimed, self.blocked, self.limited = [], {}, []
+    async def plans(self, c: Conn, offset: int) -> list[_Plan]:
+        """The accounts to claim for, rotated by offset so that none is always last."""
         plans = [p for p in map(_plan, await _q(c, "claim_accounts"))
                  if p.account.key not in self.skip]
         if plans:
             shift = offset % len(plans)
             plans = plans[shift:] + plans[:shift]
+        return plans
+
+    async def run(self, c: Conn, plans: list[_Plan]) -> ClaimBatch:
+        self.claimed, self.blocked, self.limited = [], {}, []
         scopes = sorted({s for p in plans for s in p.scopes})
         if scopes:
             await _val(c, "lock_scopes", scopes=scopes)

@@ -203,8 +203,12 @@ UPDATE messages SET status = :status, queued = NULL, lease_owner = NULL, lease_u
        error = :error, error_ts = :now_int, updated_ts = :now
 WHERE seq = :seq;
 
--- name: finish_sent_many
--- The rows of a group of outcomes that are still owned, locked in seq order first.
+-- name: finish_sent
+-- A group of Sent outcomes in one statement (atomic without BEGIN/COMMIT round trips): the
+-- rows still owned, locked in seq order first so that groups and acknowledgements never
+-- deadlock, become sent; their rate-window counts are added, one row per (scope, second)
+-- in key order; their events are inserted in array order, so event ids follow it. Returns
+-- the seqs finished: an outcome whose lease was lost changes nothing.
 WITH owned AS (
     SELECT m.seq, u.now
     FROM messages m
@@ -213,19 +217,32 @@ WITH owned AS (
     WHERE m.lease_owner = u.owner AND m.status = 'sending'
     ORDER BY m.seq
     FOR UPDATE OF m
+), done AS (
+    UPDATE messages m SET status = 'sent', lease_owner = NULL, lease_until = NULL,
+           sent_ts = floor(owned.now)::bigint, error = NULL, error_ts = NULL,
+           updated_ts = owned.now
+    FROM owned
+    WHERE m.seq = owned.seq
+    RETURNING m.seq
+), counted AS (
+    INSERT INTO rate_sends (scope, ts, n)
+    SELECT r.scope, r.ts, count(*)::int
+    FROM unnest(:rate_seqs::bigint[], :rate_scopes::text[], :rate_tss::bigint[])
+         AS r (seq, scope, ts)
+    JOIN done ON done.seq = r.seq
+    GROUP BY r.scope, r.ts
+    ORDER BY r.scope, r.ts
+    ON CONFLICT (scope, ts) DO UPDATE SET n = rate_sends.n + excluded.n
+), logged AS (
+    INSERT INTO events (message_seq, tenant_id, event_type, event_ts, description, metadata)
+    SELECT e.seq, e.tenant_id, e.event_type, e.event_ts, e.description, e.metadata
+    FROM unnest(:seqs::bigint[], :tenant_ids::text[], :event_types::text[],
+                :event_tss::bigint[], :descriptions::text[], :metadatas::text[])
+         WITH ORDINALITY AS e (seq, tenant_id, event_type, event_ts, description, metadata, ord)
+    JOIN done ON done.seq = e.seq
+    ORDER BY e.ord
 )
-UPDATE messages m SET status = 'sent', lease_owner = NULL, lease_until = NULL,
-       sent_ts = floor(owned.now)::bigint, error = NULL, error_ts = NULL,
-       updated_ts = owned.now
-FROM owned
-WHERE m.seq = owned.seq
-RETURNING m.seq;
-
--- name: add_rate_sends
--- One row per (scope, ts) in the arrays, given in key order.
-INSERT INTO rate_sends (scope, ts, n)
-SELECT * FROM unnest(:scopes::text[], :tss::bigint[], :ns::int[])
-ON CONFLICT (scope, ts) DO UPDATE SET n = rate_sends.n + excluded.n;
+SELECT seq FROM done;
 
 -- name: insert_events
 -- Inserted in array order, so event ids follow it.
