@@ -807,6 +807,7 @@ class PostgresStore:
                       event_types=list(columns[2]), event_tss=list(columns[3]),
                       descriptions=list(columns[4]), metadatas=list(columns[5]))
         return [flags[id(call)] for call in calls]
+
     @staticmethod
     async def _finish_sent(
         c: Conn, sent: Sequence[tuple[_RecordCall, int, Claimed, Sent]]
