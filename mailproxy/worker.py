@@ -80,7 +80,7 @@ class Worker:
         self._s = settings
         self._observer = observer or NullObserver()
         self._wake = asyncio.Event()
-        self._slot_free = asyncio.Event()
+        self._wake_on_slot = False  # a finished send wakes the dispatch loop (see _run)
         self._stopping = False
         self._inflight: dict[str, Claimed] = {}
         self._tasks: set[asyncio.Task[None]] = set()
@@ -144,6 +144,9 @@ class Worker:
 
     async def _run(self) -> None:
         while not self._stopping:
+            # Cleared before the claim, so that a wake-up arriving during it is not lost.
+            self._wake.clear()
+            self._wake_on_slot = False
             try:
                 productive = await self._cycle()
             except StoreError as exc:
@@ -156,7 +159,10 @@ class Worker:
                 break
             if productive and self._claim_wanted():
                 continue
-            await self._idle(productive)
+            # After a claim that found work, a freed slot may be worth the next claim; after
+            # one that found none, only new work (wake) or the loop interval is.
+            self._wake_on_slot = productive
+            await self._idle()
 
     def _capacity(self) -> int:
         return self._s.concurrency * 4
@@ -171,19 +177,10 @@ class Worker:
             return False
         return room >= max(1, self._capacity() // 4) or len(self._inflight) < self._s.concurrency
 
-    async def _idle(self, productive: bool) -> None:
-        self._wake.clear()
-        self._slot_free.clear()
-        waiters = [asyncio.ensure_future(self._wake.wait())]
-        if productive:
-            waiters.append(asyncio.ensure_future(self._slot_free.wait()))
-        try:
-            await asyncio.wait(waiters, timeout=self._s.loop_interval,
-                               return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            for w in waiters:
-                w.cancel()
-            await asyncio.gather(*waiters, return_exceptions=True)
+    async def _idle(self) -> None:
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(self._s.loop_interval):
+                await self._wake.wait()
 
     async def _cycle(self) -> bool:
         now = self._clock.now()
@@ -232,8 +229,11 @@ class Worker:
             raise
         except Exception:
             log.exception("delivery of %s failed unexpectedly", message.pk)
+            # No longer renewed: its lease expires and recovery tries it again (counted).
+            self._inflight.pop(message.pk, None)
         finally:
-            self._slot_free.set()
+            if self._wake_on_slot and self._claim_wanted():
+                self._wake.set()  # only when the dispatch loop would claim: no idle cycles
 
     async def _record(self, message: Claimed, outcome: Outcome) -> None:
         now = self._clock.now()
