@@ -577,12 +577,12 @@ class PostgresStore:
             return "already sent"
         if m.error is not None:
             return m.error
-        await _ex(c, "upsert_message", **rows.message_values(m, now), seq=seq)
+        await _ex(c, "upsert_message", **rows.message_values(m, now, self._cipher), seq=seq)
         return None
 
     async def _insert(self, c: Conn, m: NewMessage, now: float) -> tuple[bool, str | None]:
         """(False, None) when another transaction stored the same id first."""
-        values = rows.message_values(m, now)
+        values = rows.message_values(m, now, self._cipher)
         values.update(pk=str(uuid.uuid4()), tenant_id=m.tenant_id, client_id=m.id)
         if m.error is not None:
             values.update(status="error", queued=None, intake_error=True, error=m.error,

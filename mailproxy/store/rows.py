@@ -64,7 +64,7 @@ def _limits(data: Mapping[str, Any] | None) -> RateLimits | None:
     return RateLimits(minute=data.get("minute"), hour=data.get("hour"), day=data.get("day"))
 
 
-def message_values(m: NewMessage, now: float) -> dict[str, Any]:
+def message_values(m: NewMessage, now: float, cipher: Cipher) -> dict[str, Any]:
     """Column values of a message row at intake or upsert (both backends)."""
     scheduled = m.deferred_ts is not None and m.deferred_ts > now
     return {
@@ -76,7 +76,7 @@ def message_values(m: NewMessage, now: float) -> dict[str, Any]:
         "deferred_ts": m.deferred_ts if scheduled else None,
         "batch_code": m.batch_code,
         "is_pec": m.is_pec,
-        "payload": dumps(m.payload),
+        "payload": dumps(seal_attachment_auth(m.payload, cipher)),
         "raw": m.raw,
         "envelope_from": m.envelope_from,
         "now": now,
@@ -260,20 +260,46 @@ def message_record(
     return record
 
 
-def redact_attachment_auth(payload: dict[str, Any]) -> dict[str, Any]:
-    """The stored payload as GET /messages shows it: attachment auth secrets masked (§5.2)."""
+_AUTH_SECRETS = ("token", "password")
+_SEALED = "_sealed"  # key of the encrypted secrets inside a stored attachment `auth`
+
+
+def _map_attachment_auth(payload: dict[str, Any], change: Any) -> dict[str, Any]:
     attachments = payload.get("attachments")
     if not isinstance(attachments, list):
         return payload
-    shown = []
+    changed = []
     for item in attachments:
         auth = item.get("auth") if isinstance(item, dict) else None
         if isinstance(auth, dict):
-            masked = {k: ("***" if k in ("token", "password") and v is not None else v)
-                      for k, v in auth.items()}
-            item = {**item, "auth": masked}
-        shown.append(item)
-    return {**payload, "attachments": shown}
+            item = {**item, "auth": change(auth)}
+        changed.append(item)
+    return {**payload, "attachments": changed}
+
+
+def seal_attachment_auth(payload: dict[str, Any], cipher: Cipher) -> dict[str, Any]:
+    """The payload as stored: the token and password of every attachment `auth` are
+    encrypted (AES-GCM, as the other secrets) and masked in place, so that neither the
+    database nor its backups hold them in clear."""
+
+    def seal(auth: dict[str, Any]) -> dict[str, Any]:
+        secrets = {k: auth[k] for k in _AUTH_SECRETS if auth.get(k) is not None}
+        kept = {k: v for k, v in auth.items() if k != _SEALED}
+        if not secrets:
+            return kept
+        return {**kept, **dict.fromkeys(secrets, "***"), _SEALED: cipher.encrypt(dumps(secrets))}
+
+    return _map_attachment_auth(payload, seal)
+
+
+def redact_attachment_auth(payload: dict[str, Any]) -> dict[str, Any]:
+    """The stored payload as GET /messages shows it: attachment auth secrets masked (§5.2)."""
+
+    def redact(auth: dict[str, Any]) -> dict[str, Any]:
+        return {k: ("***" if k in _AUTH_SECRETS and v is not None else v)
+                for k, v in auth.items() if k != _SEALED}
+
+    return _map_attachment_auth(payload, redact)
 
 
 def history_entry(row: Sequence[Any]) -> dict[str, Any]:

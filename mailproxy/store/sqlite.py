@@ -349,9 +349,10 @@ class SqliteStore:
                 return "already sent"
             if m.error is not None:
                 return m.error
-            c.execute(Q["upsert_message"], {**rows.message_values(m, now), "seq": seq})
+            values = rows.message_values(m, now, self._cipher)
+            c.execute(Q["upsert_message"], {**values, "seq": seq})
             return None
-        values = rows.message_values(m, now)
+        values = rows.message_values(m, now, self._cipher)
         values["pk"] = rows.new_pk()
         values["tenant_id"] = m.tenant_id
         values["client_id"] = m.id

@@ -104,9 +104,13 @@ async def test_secrets_are_encrypted_in_the_database_file(
                      client_auth={"method": "bearer", "token": CLIENT_TOKEN})
     await api.account(relay, password=ACCOUNT_PASSWORD, imap_password=IMAP_PASSWORD)
     await api.ok("PUT", "/instance", json={"bounce_imap_password": BOUNCE_PASSWORD})
+    await api.ok("POST", "/commands/suspend", params={"tenant_id": "acme"})  # stays queued
+    await api.send(message(1, attachments=[{
+        "filename": "a.txt", "storage_path": "base64:" + base64.b64encode(b"x").decode(),
+        "auth": {"method": "bearer", "token": ATTACHMENT_TOKEN}}]))
     raw = b"".join(p.read_bytes() for p in (tmp_path / "data").glob("mail_service.db*"))
     for secret in (WEBHOOK_SECRET, CLIENT_TOKEN, ACCOUNT_PASSWORD, IMAP_PASSWORD,
-                   BOUNCE_PASSWORD, SUBMISSION_PASSWORD):
+                   BOUNCE_PASSWORD, SUBMISSION_PASSWORD, ATTACHMENT_TOKEN):
         assert secret.encode() not in raw
 
 

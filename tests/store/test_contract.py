@@ -147,6 +147,24 @@ async def test_secrets_round_trip_and_encrypted_at_rest(store: Store, raw: RawQu
     assert "PLAINTEXT" not in stored
 
 
+async def test_attachment_auth_secrets_are_encrypted_at_rest(store: Store, raw: RawQuery
+                                                              ) -> None:
+    await tenant(store)
+    await account(store)
+    attachment = {"filename": "a.txt", "storage_path": "base64:YQ==",
+                  "auth": {"method": "basic", "user": "ann", "password": "att-PLAINTEXT-5"}}
+    bearer = {**attachment, "auth": {"method": "bearer", "token": "att-PLAINTEXT-6"}}
+    payload = {"id": "m1", "to": ["r@example.org"], "attachments": [attachment, bearer]}
+    assert await store.enqueue([replace(new(1), payload=payload)], T0) == [None]
+    assert "PLAINTEXT" not in repr(await raw("SELECT * FROM messages"))
+    shown = (await listing(store, T0))["m1"]["message"]["attachments"]
+    assert [a["auth"] for a in shown] == [
+        {"method": "basic", "user": "ann", "password": "***"},
+        {"method": "bearer", "token": "***"}]
+    [claimed] = (await store.claim("w1", T0, LEASE, 10)).messages
+    assert "PLAINTEXT" not in repr(claimed.payload)
+
+
 async def test_account_crud(store: Store) -> None:
     await tenant(store)
     await tenant(store, "beta")
