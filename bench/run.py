@@ -134,11 +134,20 @@ async def main(args: argparse.Namespace) -> None:
             await scale(sink)
 
 
+async def settled(sink: object, quiet: float = 0.5) -> None:
+    """Wait until the sink has received nothing new for `quiet` seconds."""
+    last = -1
+    while last != getattr(sink, "received"):  # noqa: B009
+        last = getattr(sink, "received")  # noqa: B009
+        await asyncio.sleep(quiet)
+
+
 async def scale(sink: object, rounds: int = 4, chunk: int = 5000) -> None:
     """Ingest and drain cost per message with 10k vs 200k messages already queued.
 
     Two servers run side by side, one per backlog, and the ingest chunks alternate between
     them `rounds` times (medians): a host that slows down for a while slows both alike.
+    The chunks add to the backlogs (10k grows to 30k, 200k to 220k with the defaults).
     """
     port = getattr(sink, "port")  # noqa: B009
     servers = {10_000: Server(), 200_000: Server()}
@@ -162,6 +171,7 @@ async def scale(sink: object, rounds: int = 4, chunk: int = 5000) -> None:
                 await command(session, server.url, "activate")
                 drain[backlog] = (await wait_received(sink, base + chunk)) / chunk * 1e6
                 await command(session, server.url, "suspend")
+                await settled(sink)  # sends in flight land before the next server's count
     finally:
         for server in servers.values():
             server.stop()

@@ -222,13 +222,19 @@ class Worker:
         key = (message.tenant_id, message.account_id)
         account_sem = self._per_account.setdefault(key, asyncio.Semaphore(self._s.per_account))
         try:
-            async with account_sem, self._global:
-                outcome = await self._attempt(message)
+            try:
+                async with account_sem, self._global:
+                    outcome = await self._attempt(message)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # a bug, not an SMTP failure: a counted, delayed retry
+                log.exception("delivery of %s failed unexpectedly", message.pk)
+                outcome = self._temporary(message, f"internal error ({type(exc).__name__})")
             await self._record(message, outcome)
         except asyncio.CancelledError:
             raise
         except Exception:
-            log.exception("delivery of %s failed unexpectedly", message.pk)
+            log.exception("recording the outcome of %s failed unexpectedly", message.pk)
             # No longer renewed: its lease expires and recovery tries it again (counted).
             self._inflight.pop(message.pk, None)
         finally:

@@ -108,7 +108,7 @@ def _load_all() -> dict[str, _Sql]:
 
 Q = _load_all()
 _PURGE_CHUNK = 10000
-_RECORD_GROUP = 200  # record() calls per transaction at most
+_RECORD_GROUP = 200  # record() calls per group (one statement or transaction) at most
 _RECORD_GATHER = 32  # fewer waiting calls than this, under load: linger before writing
 _RECORD_LINGER = 0.03
 _RECORD_BUSY = 0.05  # under load: the previous group was taken less than this ago
@@ -668,27 +668,35 @@ class PostgresStore:
 
         A claim cycle is frequent under load, so it costs as few round trips as it can:
         due times are whole seconds, so waiting rows are promoted once a second; accounts
-        without rate limits are claimed by one statement outside a transaction (a claim
-        repeated after a lost connection is harmless: rows it may have taken wait for
-        their lease). Only rate-limited accounts need a transaction, for the advisory
-        locks that make checking and spending a window one step.
+        without rate limits are claimed by one statement outside a transaction. When that
+        statement is retried after a lost connection, the retry first adopts the rows an
+        attempt whose reply was lost had taken (same owner, same lease end), so that none
+        waits out its lease. Rate-limited accounts are claimed in a transaction, for the
+        advisory locks that make checking and spending a window one step.
         """
         self._claim_offset += 1
         offset = self._claim_offset
         claim = _Claim(self, owner, now, lease_seconds, max_total, skip)
         now_int = int(now)
 
-        async def op(c: Conn) -> ClaimBatch:
+        attempts = 0
+
+        async def free(c: Conn) -> ClaimBatch | list[_Plan]:
+            """The claim if no account has limits, else the plans for a transaction."""
+            nonlocal attempts
+            attempts += 1
             if now_int != self._promoted_at:
-                await _ex(c, "promote_due", now_int=now_int)
+                await _ex(c, "promote_due", now_int=now_int)  # idempotent
                 self._promoted_at = now_int
             plans = await claim.plans(c, offset)
-            if not any(p.scopes for p in plans):
-                return await claim.run(c, plans)
-            async with c.transaction():
-                return await claim.run(c, plans)
+            if any(p.scopes for p in plans):
+                return plans
+            return await claim.run(c, plans, adopt=attempts > 1)
 
-        return await self._run(op, transaction=False)
+        done = await self._run(free, transaction=False)
+        if isinstance(done, ClaimBatch):
+            return done
+        return await self._run(lambda c: claim.run(c, done))
 
     async def _fail(
         self, c: Conn, seq: int, tenant_id: str, error: str, code: int | None, now: int
@@ -704,7 +712,7 @@ class PostgresStore:
         """Commit outcomes of leases still owned (fencing); False where the lease was lost.
 
         Group commit, as on SQLite: calls that arrive while an earlier group is being
-        written are written together in the next transaction (each worker records one
+        written are written together in the next group (each worker records one
         outcome per finished send, so under load many calls wait at once). A group that
         fails for another reason than a lost connection is retried call by call, so that
         one bad call never fails the others.
@@ -760,8 +768,14 @@ class PostgresStore:
         # A group of Sent outcomes alone (nearly always) is one statement, which is atomic
         # by itself and safe to repeat (fencing): no transaction round trips.
         only_sent = all(isinstance(o, Sent) for call in group for _, o in call.results)
-        return await self._run(lambda c: self._record_group(c, group),
-                               transaction=not only_sent)
+        attempts = 0
+
+        async def write(c: Conn) -> list[list[bool]]:
+            nonlocal attempts
+            attempts += 1
+            return await self._record_group(c, group, retry=attempts > 1)
+
+        return await self._run(write, transaction=not only_sent)
 
     async def _record_alone(self, call: _RecordCall) -> None:
         try:
@@ -771,7 +785,8 @@ class PostgresStore:
         else:
             _settle(call.future, flags[0])
 
-    async def _record_group(self, c: Conn, calls: Sequence[_RecordCall]) -> list[list[bool]]:
+    async def _record_group(self, c: Conn, calls: Sequence[_RecordCall], *, retry: bool = False
+                            ) -> list[list[bool]]:
         """The outcomes of several calls; per call, per result a flag.
 
         Sent outcomes (nearly all) are finished by one statement for the whole group,
@@ -787,7 +802,7 @@ class PostgresStore:
                     seen.add(m.seq)
                     sent.append((call, i, m, outcome))
         if sent:
-            finished = await self._finish_sent(c, sent)
+            finished = await self._finish_sent(c, sent, retry)
             for call, i, m, _ in sent:
                 flags[id(call)][i] = m.seq in finished
         events: list[tuple[int, str, str, int, str | None, str]] = []
@@ -810,9 +825,13 @@ class PostgresStore:
 
     @staticmethod
     async def _finish_sent(
-        c: Conn, sent: Sequence[tuple[_RecordCall, int, Claimed, Sent]]
+        c: Conn, sent: Sequence[tuple[_RecordCall, int, Claimed, Sent]], retry: bool
     ) -> set[int]:
-        """Finish Sent outcomes (each message once) with their rate counts and events."""
+        """Finish Sent outcomes (each message once) with their rate counts and events.
+
+        On a retry after a lost connection, rows the lost attempt finished (it may have
+        committed) count as finished too: they are sent at exactly this outcome's time.
+        """
         rate_seqs: list[int] = []
         rate_scopes: list[str] = []
         rate_tss: list[int] = []
@@ -834,7 +853,12 @@ class PostgresStore:
             event_types=[e[0] for e in events], event_tss=[e[1] for e in events],
             descriptions=[e[2] for e in events], metadatas=[e[3] for e in events],
         )
-        return {r["seq"] for r in found}
+        finished = {r["seq"] for r in found}
+        if retry:
+            earlier = await _q(c, "finished_sent_at", seqs=[m.seq for _, _, m, _ in sent],
+                               nows=[call.now for call, _, _, _ in sent])
+            finished.update(r["seq"] for r in earlier)
+        return finished
 
     async def _finish_other(
         self, c: Conn, owner: str, m: Claimed, outcome: Outcome, now: float
@@ -1046,11 +1070,13 @@ def _plan(row: Any) -> _Plan:
 
 
 class _Claim:
-    """One claim cycle: the same decisions as SqliteStore._claim, in one transaction.
+    """One claim cycle: the same decisions as SqliteStore._claim.
 
-    Accounts without limits are claimed together (one LATERAL query per run of them);
-    an account under a rate limit is claimed alone, while this transaction holds the
-    advisory locks of its scopes, so that no other instance can spend the same budget.
+    Accounts without limits are claimed together (one LATERAL query per run of them), by a
+    statement of its own when no account has limits; otherwise the whole cycle is one
+    transaction and an account under a rate limit is claimed alone, while that transaction
+    holds the advisory locks of its scopes, so that no other instance can spend the same
+    budget.
     An account deferred for a full window is recorded in meta ("rate_block:t/a"), so that
     every instance skips it until the window frees, as the deferring worker does: one
     deferred event per full window, however many instances run.
@@ -1080,8 +1106,12 @@ class _Claim:
             plans = plans[shift:] + plans[:shift]
         return plans
 
-    async def run(self, c: Conn, plans: list[_Plan]) -> ClaimBatch:
+    async def run(self, c: Conn, plans: list[_Plan], *, adopt: bool = False) -> ClaimBatch:
         self.claimed, self.blocked, self.limited = [], {}, []
+        if adopt:  # a retry: rows an earlier attempt took, if it committed
+            got = await _q(c, "claimed_by", owner=self.owner,
+                           until=self.now + self.lease_seconds)
+            self.claimed.extend(_claimed(r, ()) for r in got)
         scopes = sorted({s for p in plans for s in p.scopes})
         if scopes:
             await _val(c, "lock_scopes", scopes=scopes)

@@ -280,7 +280,9 @@ def _map_attachment_auth(payload: dict[str, Any], change: Any) -> dict[str, Any]
 def seal_attachment_auth(payload: dict[str, Any], cipher: Cipher) -> dict[str, Any]:
     """The payload as stored: the token and password of every attachment `auth` are
     encrypted (AES-GCM, as the other secrets) and masked in place, so that neither the
-    database nor its backups hold them in clear."""
+    database nor its backups hold them in clear. Nothing reads them back yet: the only
+    fetch mode served here (base64) needs no credentials; a fetch mode that does must
+    decrypt `_sealed` with the same cipher."""
 
     def seal(auth: dict[str, Any]) -> dict[str, Any]:
         secrets = {k: auth[k] for k in _AUTH_SECRETS if auth.get(k) is not None}

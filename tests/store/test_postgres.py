@@ -313,6 +313,63 @@ async def test_pool_recovers_after_connections_are_lost(
     assert await store.count_open("acme") == 3
 
 
+def _reply_lost_once(monkeypatch: pytest.MonkeyPatch, owner: type, name: str) -> list[int]:
+    """Make owner.name run for real, then fail once as if the connection dropped before its
+    reply arrived: the statement committed, the caller cannot know. (A reply lost at that
+    exact moment cannot be produced on demand with a real network, hence the patch.)"""
+    real = getattr(owner, name)
+    calls: list[int] = []
+
+    async def once(*args: object, **kwargs: object) -> object:
+        result = await real(*args, **kwargs)
+        calls.append(1)
+        if len(calls) == 1:
+            raise ConnectionResetError("reply lost")
+        return result
+
+    monkeypatch.setattr(owner, name, once)
+    return calls
+
+
+async def test_a_claim_whose_reply_was_lost_is_adopted_by_its_retry(
+    make_store: StoreFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from mailproxy.store import postgres
+
+    store = await make_store()
+    await tenant(store)
+    await account(store)
+    await store.enqueue([new(i) for i in range(5)], T0)
+    calls = _reply_lost_once(monkeypatch, postgres._Claim, "run")
+    batch = await store.claim("w1", T0, LEASE, 3)
+    assert len(calls) == 2, "the claim was retried"
+    # the rows the lost attempt took are in the batch: none is left waiting for its lease
+    assert sorted(m.id for m in batch.messages) == ["m0", "m1", "m2"]
+    assert sorted(r["id"] for r in (await listing(store, T0)).values()
+                  if r["status"] == "sending") == ["m0", "m1", "m2"]
+
+
+async def test_an_outcome_group_whose_reply_was_lost_still_reports_its_flags(
+    make_store: StoreFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = await make_store()
+    await tenant(store)
+    await account(store, limits=RateLimits(minute=3))
+    await store.enqueue([new(1), new(2)], T0)
+    batch = await store.claim("w1", T0, LEASE, 10)
+    calls = _reply_lost_once(monkeypatch, PostgresStore, "_record_group")
+    flags = await store.record("w1", [(m, Sent()) for m in batch.messages], T0 + 1)
+    assert len(calls) == 2, "the group was retried"
+    assert flags == [True, True]
+    records = await listing(store, T0 + 2, include_history=True)
+    assert {r["status"] for r in records.values()} == {"sent"}
+    # written once: one event per message, one count per send in the rate window (3 a
+    # minute, 2 spent: one more may go now)
+    assert [len(r["history"]) for r in records.values()] == [1, 1]
+    await store.enqueue([new(3), new(4)], T0 + 2)
+    assert [m.id for m in (await store.claim("w1", T0 + 2, LEASE, 10)).messages] == ["m3"]
+
+
 async def test_listen_wakes_other_instances_and_survives_reconnect(
     make_store: StoreFactory, pg_schema: PgSchema
 ) -> None:

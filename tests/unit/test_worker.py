@@ -158,30 +158,32 @@ async def test_temporary_failure_defers_with_jittered_delay(store: SqliteStore) 
                                                 "next_attempt_ts": record["deferred_ts"]}
 
 
-async def test_a_send_that_crashes_unexpectedly_is_not_held_forever(
+async def test_a_send_that_crashes_unexpectedly_is_retried_later(
     store: SqliteStore, caplog: pytest.LogCaptureFixture
 ) -> None:
     """A bug in a send (not an SMTP failure) must not leave the message renewed in
-    'sending' for as long as the process lives: its lease expires and it is tried again."""
+    'sending' for as long as the process lives: it is deferred, counted as a try."""
     clock = FakeClock(1_000_000)
     service = await _service(store, clock)
     sender = FakeSender()
     sender.fail_with = RuntimeError("bug in a send")
-    worker = _worker(store, sender, clock, "w1", lease_seconds=300, renew_seconds=0.02)
+    worker = _worker(store, sender, clock, "w1")
     await worker.start(recover_all=True)
     try:
         await service.submit(Caller(), [message(1)], None)
         worker.wake()
         await _until(lambda: _has_log(caplog, "failed unexpectedly"))
-        clock.advance(301)  # the lease runs out unless the worker keeps renewing it
 
-        async def retried() -> bool:
+        async def deferred() -> bool:
             tenant = await store.get_tenant("acme")
             assert tenant is not None
-            [record] = await store.list_messages(tenant, now=int(clock.now()))
-            return bool(record["retry_count"] >= 1)
+            [record] = await store.list_messages(tenant, now=int(clock.now()),
+                                                 include_history=True)
+            reasons = [h["description"] for h in record["history"]]
+            return bool(record["status"] == "deferred" and record["retry_count"] == 1
+                        and reasons == ["internal error (RuntimeError)"])
 
-        await _until(retried)
+        await _until(deferred)
     finally:
         await worker.stop(grace=0.05)
 

@@ -127,7 +127,7 @@ VALUES (:seq, :tenant_id, :event_type, :event_ts, :description, :metadata);
 SELECT pg_notify('mailproxy_wake', '');
 
 -- name: promote_due
--- Rows another transaction holds are promoted by the next cycle (no waiting, no deadlock).
+-- Rows another transaction holds are promoted in the next second (no waiting, no deadlock).
 UPDATE messages SET queued = 1
 WHERE seq IN (SELECT seq FROM messages WHERE queued = 2 AND due_ts <= :now_int
               FOR UPDATE SKIP LOCKED);
@@ -171,6 +171,15 @@ UPDATE messages SET status = 'sending', queued = NULL, lease_owner = :owner,
 WHERE seq IN (SELECT seq FROM capped)
 RETURNING seq, pk, tenant_id, client_id, account_id, priority, retry_count, created_ts,
           date_ts, payload, raw, envelope_from;
+
+-- name: claimed_by
+-- The rows a claim statement of this owner and lease end took (its retry adopts them when
+-- the reply of an attempt that committed was lost).
+SELECT seq, pk, tenant_id, client_id, account_id, priority, retry_count, created_ts,
+       date_ts, payload, raw, envelope_from
+FROM messages
+WHERE lease_owner = :owner AND lease_until = :until AND status = 'sending'
+ORDER BY priority, seq;
 
 -- name: ready_head
 SELECT m.seq FROM messages m JOIN tenants t ON t.id = m.tenant_id
@@ -243,6 +252,14 @@ WITH owned AS (
     ORDER BY e.ord
 )
 SELECT seq FROM done;
+
+-- name: finished_sent_at
+-- Of the given rows, those already sent at exactly the given outcome time (a retried
+-- finish_sent whose first attempt committed).
+SELECT m.seq
+FROM messages m
+JOIN unnest(:seqs::bigint[], :nows::float8[]) AS u (seq, now) ON m.seq = u.seq
+WHERE m.status = 'sent' AND m.updated_ts = u.now;
 
 -- name: insert_events
 -- Inserted in array order, so event ids follow it.
