@@ -190,6 +190,19 @@ class _CommitUnknown(Exception):
 _BROKEN: tuple[type[BaseException], ...] = (_CommitUnknown, *_TRANSIENT)
 
 
+def _retry_aware(fn: Callable[[Conn, bool], Awaitable[T]]) -> Callable[[Conn], Awaitable[T]]:
+    """fn for _run, told whether it runs again after a lost connection (its second call on):
+    work done outside a transaction may then have committed without its reply arriving."""
+    attempts = 0
+
+    async def attempt(c: Conn) -> T:
+        nonlocal attempts
+        attempts += 1
+        return await fn(c, attempts > 1)
+
+    return attempt
+
+
 async def _q(con: Conn, name: str, /, **values: Any) -> list[Any]:
     sql = Q[name]
     return list(await con.fetch(sql.text, *sql.args(values)))
@@ -679,21 +692,17 @@ class PostgresStore:
         claim = _Claim(self, owner, now, lease_seconds, max_total, skip)
         now_int = int(now)
 
-        attempts = 0
-
-        async def free(c: Conn) -> ClaimBatch | list[_Plan]:
+        async def free(c: Conn, retry: bool) -> ClaimBatch | list[_Plan]:
             """The claim if no account has limits, else the plans for a transaction."""
-            nonlocal attempts
-            attempts += 1
             if now_int != self._promoted_at:
                 await _ex(c, "promote_due", now_int=now_int)  # idempotent
                 self._promoted_at = now_int
             plans = await claim.plans(c, offset)
             if any(p.scopes for p in plans):
                 return plans
-            return await claim.run(c, plans, adopt=attempts > 1)
+            return await claim.run(c, plans, adopt=retry)
 
-        done = await self._run(free, transaction=False)
+        done = await self._run(_retry_aware(free), transaction=False)
         if isinstance(done, ClaimBatch):
             return done
         return await self._run(lambda c: claim.run(c, done))
@@ -768,14 +777,8 @@ class PostgresStore:
         # A group of Sent outcomes alone (nearly always) is one statement, which is atomic
         # by itself and safe to repeat (fencing): no transaction round trips.
         only_sent = all(isinstance(o, Sent) for call in group for _, o in call.results)
-        attempts = 0
-
-        async def write(c: Conn) -> list[list[bool]]:
-            nonlocal attempts
-            attempts += 1
-            return await self._record_group(c, group, retry=attempts > 1)
-
-        return await self._run(write, transaction=not only_sent)
+        return await self._run(_retry_aware(lambda c, retry: self._record_group(c, group, retry)),
+                               transaction=not only_sent)
 
     async def _record_alone(self, call: _RecordCall) -> None:
         try:
@@ -785,7 +788,7 @@ class PostgresStore:
         else:
             _settle(call.future, flags[0])
 
-    async def _record_group(self, c: Conn, calls: Sequence[_RecordCall], *, retry: bool = False
+    async def _record_group(self, c: Conn, calls: Sequence[_RecordCall], retry: bool
                             ) -> list[list[bool]]:
         """The outcomes of several calls; per call, per result a flag.
 
@@ -812,9 +815,9 @@ class PostgresStore:
                     continue
                 if await self._finish_other(c, call.owner, m, outcome, call.now):
                     flags[id(call)][i] = True
-                    event_type, description, metadata = rows.outcome_event(outcome,
-                                                                           int(call.now))
-                    events.append((m.seq, m.tenant_id, event_type, int(call.now), description,
+                    now_int = int(call.now)
+                    event_type, description, metadata = rows.outcome_event(outcome, now_int)
+                    events.append((m.seq, m.tenant_id, event_type, now_int, description,
                                    rows.dumps(metadata)))
         if events:
             columns = list(zip(*events, strict=True))

@@ -6,7 +6,7 @@ import json
 import os
 import time
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 from typing import Any, Protocol
 
@@ -264,7 +264,10 @@ _AUTH_SECRETS = ("token", "password")
 _SEALED = "_sealed"  # key of the encrypted secrets inside a stored attachment `auth`
 
 
-def _map_attachment_auth(payload: dict[str, Any], change: Any) -> dict[str, Any]:
+def _map_attachment_auth(
+    payload: dict[str, Any], change: Callable[[dict[str, Any]], dict[str, Any]]
+) -> dict[str, Any]:
+    """The payload with every attachment `auth` object replaced by change(auth)."""
     attachments = payload.get("attachments")
     if not isinstance(attachments, list):
         return payload
