@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import binascii
 import contextlib
+import functools
 import re
 from collections.abc import Iterable, Sequence
 from email.policy import default as _default_policy
@@ -194,6 +195,12 @@ def _from_domain(from_addr: str) -> str | None:
 # --- build_message ---------------------------------------------------------------------
 
 
+@functools.lru_cache(maxsize=64)
+def _date_header(date_ts: int) -> str:
+    """RFC 5322 date in GMT; messages claimed together mostly share their second."""
+    return formatdate(date_ts, usegmt=True)
+
+
 def _standard_headers(content: Content, pk: str, date_ts: int, hostname: str) -> dict[str, str]:
     if content.message_id:
         message_id = _angle(_no_crlf("Message-ID", content.message_id))
@@ -208,7 +215,7 @@ def _standard_headers(content: Content, pk: str, date_ts: int, hostname: str) ->
         fields["reply-to"] = _format_addresses(parse_address_list(content.reply_to))
     if content.subject:
         fields["subject"] = encode_words(_no_crlf("Subject", content.subject))
-    fields["date"] = formatdate(date_ts, usegmt=True)
+    fields["date"] = _date_header(date_ts)
     fields["message-id"] = message_id
     return fields
 
@@ -468,7 +475,7 @@ def prepare_raw(
         domain = _msgid_domain(from_domain, hostname)
         added.append(_raw_header_line("Message-ID", f"<{pk}@{domain}>", eol))
     if b"date" not in present:
-        added.append(_raw_header_line("Date", formatdate(date_ts, usegmt=True), eol))
+        added.append(_raw_header_line("Date", _date_header(date_ts), eol))
     return b"".join([*added, *kept])
 
 

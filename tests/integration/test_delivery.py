@@ -219,7 +219,23 @@ async def test_invalid_address_is_permanent_without_contacting_relay(
         await send(pool, relay, recipients=["evil@example.org\r\nRCPT TO:<x@y>"])
     with pytest.raises(PermanentFailure):
         await send(pool, relay, recipients=["jörg@example.org"])
+    with pytest.raises(PermanentFailure):  # would add an ESMTP parameter to RCPT
+        await send(pool, relay, recipients=["b@example.org> NOTIFY=NEVER"])
+    with pytest.raises(PermanentFailure):
+        await send(pool, relay, sender="a@example.com> SIZE=1")
+    with pytest.raises(PermanentFailure):
+        await send(pool, relay, recipients=['"quoted"x y@example.org'])
     assert relay.connections == 0
+
+
+async def test_quoted_local_part_and_null_sender_are_sent_as_given(
+    relay: Relay, pool: SmtpPool
+) -> None:
+    await send(pool, relay, sender="", recipients=['"john <doe>"@example.org'])
+
+    [got] = await relay.wait_for(1)
+    assert got.mail_from == "<>"
+    assert got.rcpt_tos == ('"john <doe>"@example.org',)
 
 
 # -- timeouts and broken connections -------------------------------------------------------
