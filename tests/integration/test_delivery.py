@@ -89,6 +89,14 @@ async def test_bare_line_feeds_are_sent_as_crlf(relay: Relay, pool: SmtpPool) ->
     assert got.content == b"Subject: x\r\n\r\nbody\r\nmore\r\n"
 
 
+async def test_dots_at_line_starts_survive_the_transfer(relay: Relay, pool: SmtpPool) -> None:
+    data = b".first line\r\n..\r\n.\r\nmiddle\r\n.\r\n.last"
+    await send(pool, relay, data=data)
+
+    [got] = await relay.wait_for(1)
+    assert got.content == data + b"\r\n"
+
+
 async def test_connection_is_reused_without_extra_round_trips(relay: Relay, pool: SmtpPool) -> None:
     for _ in range(5):
         await send(pool, relay)
