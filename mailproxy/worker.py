@@ -82,7 +82,8 @@ class Worker:
         self._wake = asyncio.Event()
         self._wake_on_slot = False  # a finished send wakes the dispatch loop (see _run)
         self._stopping = False
-        self._inflight: dict[str, Claimed] = {}
+        self._inflight: dict[str, Claimed] = {}  # claimed, until the outcome is stored
+        self._unsent = 0  # of those, the ones whose attempt has not finished
         self._tasks: set[asyncio.Task[None]] = set()
         self._global = asyncio.Semaphore(settings.concurrency)
         self._per_account: dict[tuple[str, str], asyncio.Semaphore] = {}
@@ -167,16 +168,24 @@ class Worker:
     def _capacity(self) -> int:
         return self._s.concurrency * 4
 
+    def _room(self) -> int:
+        """How many rows a claim may take. The capacity bounds the rows not yet attempted;
+        rows already sent that wait for their outcome to be stored (a group commit of up to
+        tens of ms) count only against twice the capacity, so that they do not hold back
+        the next claim while the sends run dry."""
+        capacity = self._capacity()
+        return min(capacity - self._unsent, 2 * capacity - len(self._inflight))
+
     def _claim_wanted(self) -> bool:
         """Claim when half the capacity is free, or sooner when the sends could run dry
-        (fewer claimed than the concurrency). Claiming for every freed slot cost one claim
+        (fewer unsent than the concurrency). Claiming for every freed slot cost one claim
         transaction per message under load; with several instances sharing a queue, small
         claims cost more commits per message (bench/pg.py, three instances draining: 174
         PostgreSQL transactions per 1000 messages claiming at a quarter, 126 at half)."""
-        room = self._capacity() - len(self._inflight)
+        room = self._room()
         if room <= 0:
             return False
-        return room >= max(1, self._capacity() // 2) or len(self._inflight) < self._s.concurrency
+        return room >= max(1, self._capacity() // 2) or self._unsent < self._s.concurrency
 
     async def _idle(self) -> None:
         with contextlib.suppress(TimeoutError):
@@ -187,7 +196,7 @@ class Worker:
         now = self._clock.now()
         if not self._claim_wanted():
             return True  # busy: wait for slots to free
-        room = self._capacity() - len(self._inflight)
+        room = self._room()
         self._blocked = {k: v for k, v in self._blocked.items() if v > now}
         batch = await self._store.claim(self._s.owner, now, self._s.lease_seconds, room,
                                         frozenset(self._blocked))
@@ -198,6 +207,7 @@ class Worker:
             self._events_created()
         for message in batch.messages:
             self._inflight[message.pk] = message
+            self._unsent += 1
             task = asyncio.create_task(self._deliver(message))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
@@ -231,6 +241,9 @@ class Worker:
             except Exception as exc:  # a bug, not an SMTP failure: a counted, delayed retry
                 log.exception("delivery of %s failed unexpectedly", message.pk)
                 outcome = self._temporary(message, f"internal error ({type(exc).__name__})")
+            finally:
+                self._unsent -= 1
+                self._slot_freed()
             await self._record(message, outcome)
         except asyncio.CancelledError:
             raise
@@ -239,8 +252,11 @@ class Worker:
             # No longer renewed: its lease expires and recovery tries it again (counted).
             self._inflight.pop(message.pk, None)
         finally:
-            if self._wake_on_slot and self._claim_wanted():
-                self._wake.set()  # only when the dispatch loop would claim: no idle cycles
+            self._slot_freed()
+
+    def _slot_freed(self) -> None:
+        if self._wake_on_slot and self._claim_wanted():
+            self._wake.set()  # only when the dispatch loop would claim: no idle cycles
 
     async def _record(self, message: Claimed, outcome: Outcome) -> None:
         now = self._clock.now()

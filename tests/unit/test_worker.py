@@ -190,3 +190,47 @@ async def test_a_send_that_crashes_unexpectedly_is_retried_later(
 
 async def _has_log(caplog: pytest.LogCaptureFixture, text: str) -> bool:
     return any(text in r.getMessage() for r in caplog.records)
+
+
+class SlowRecords:
+    """The store, with outcome writes held until `gate` opens (a slow group commit)."""
+
+    def __init__(self, store: SqliteStore) -> None:
+        self._store = store
+        self.gate = asyncio.Event()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._store, name)
+
+    async def record(self, owner: str, outcomes: Any, now: float) -> list[bool]:
+        await self.gate.wait()
+        return await self._store.record(owner, outcomes, now)
+
+
+async def test_sends_go_on_while_outcomes_wait_to_be_stored(store: SqliteStore) -> None:
+    """Messages already sent but not yet recorded do not hold back the next claim (they
+    stalled the sends for a whole group-commit linger), up to twice the capacity."""
+    clock = FakeClock(1_000_000)
+    service = await _service(store, clock)
+    sender = FakeSender()
+    slow = SlowRecords(store)
+    worker = Worker(slow, sender, clock,  # type: ignore[arg-type]
+                    WorkerSettings(owner="w1", loop_interval=0.01, concurrency=1))
+    capacity = 4  # four times the concurrency
+    await worker.start(recover_all=True)
+    try:
+        await service.submit(Caller(), [message(i) for i in range(1, 11)], None)
+        worker.wake()
+
+        async def sent(n: int) -> bool:
+            return len(sender.sent) >= n
+
+        await _until(lambda: sent(2 * capacity))
+        await asyncio.sleep(0.1)
+        assert len(sender.sent) == 2 * capacity  # bounded while nothing is stored
+        slow.gate.set()
+        await _until(lambda: _all(store, service, clock, "sent"))
+        assert len(sender.sent) == 10
+    finally:
+        slow.gate.set()
+        await worker.stop(grace=1)
