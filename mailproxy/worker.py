@@ -140,6 +140,7 @@ class Worker:
             with contextlib.suppress(StoreError):
                 await self._store.release(self._s.owner, leftover, self._clock.now())
             self._inflight.clear()
+        self._unsent = 0  # a task cancelled before its first step never counted itself down
 
     # -- loops -------------------------------------------------------------------------------
 
