@@ -847,19 +847,18 @@ class PostgresStore:
                 rate_tss.append(now_int)
             event_type, description, metadata = rows.outcome_event(outcome, now_int)
             events.append((event_type, now_int, description, rows.dumps(metadata)))
+        seqs = [m.seq for _, _, m, _ in sent]
+        nows = [call.now for call, _, _, _ in sent]
         found = await _q(
-            c, "finish_sent", seqs=[m.seq for _, _, m, _ in sent],
-            owners=[call.owner for call, _, _, _ in sent],
-            nows=[call.now for call, _, _, _ in sent],
-            rate_seqs=rate_seqs, rate_scopes=rate_scopes, rate_tss=rate_tss,
+            c, "finish_sent", seqs=seqs, owners=[call.owner for call, _, _, _ in sent],
+            nows=nows, rate_seqs=rate_seqs, rate_scopes=rate_scopes, rate_tss=rate_tss,
             tenant_ids=[m.tenant_id for _, _, m, _ in sent],
             event_types=[e[0] for e in events], event_tss=[e[1] for e in events],
             descriptions=[e[2] for e in events], metadatas=[e[3] for e in events],
         )
         finished = {r["seq"] for r in found}
         if retry:
-            earlier = await _q(c, "finished_sent_at", seqs=[m.seq for _, _, m, _ in sent],
-                               nows=[call.now for call, _, _, _ in sent])
+            earlier = await _q(c, "finished_sent_at", seqs=seqs, nows=nows)
             finished.update(r["seq"] for r in earlier)
         return finished
 
