@@ -19,7 +19,6 @@ import contextlib
 import json
 import logging
 import re
-import uuid
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -58,6 +57,15 @@ CHANNEL = "mailproxy_wake"
 _FINAL = frozenset(rows.FINAL)
 _SCHEMA_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
 _PARAM = re.compile(r"(?<![:\w]):([A-Za-z_]\w*)")
+# insert_messages: array parameter -> column of a new row (PostgresStore._new_row).
+_BATCH_COLUMNS = (
+    ("pks", "pk"), ("tenant_ids", "tenant_id"), ("client_ids", "client_id"),
+    ("account_ids", "account_id"), ("statuses", "status"), ("queueds", "queued"),
+    ("priorities", "priority"), ("due_tss", "due_ts"), ("deferred_tss", "deferred_ts"),
+    ("batch_codes", "batch_code"), ("intake_errors", "intake_error"), ("is_pecs", "is_pec"),
+    ("payloads", "payload"), ("raws", "raw"), ("envelope_froms", "envelope_from"),
+    ("errors", "error"), ("error_tss", "error_ts"),
+)
 _RETRY_DELAYS = (0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 3.0)
 
 # Errors after which the transaction surely did not commit and a new attempt may succeed.
@@ -561,12 +569,52 @@ class PostgresStore:
         """
 
         async def op(c: Conn) -> list[str | None]:
-            results = [await self._enqueue_one(c, m, now) for m in items]
+            if len(items) == 1:
+                results = [await self._enqueue_one(c, items[0], now)]
+            else:
+                results = await self._enqueue_batch(c, items, now)
             if any(r is None for r in results):
                 await _val(c, "notify_wake")
             return results
 
         return await self._run(op)
+
+    async def _enqueue_batch(
+        self, c: Conn, items: Sequence[NewMessage], now: float
+    ) -> list[str | None]:
+        """New ids go in with one statement (two statements per message took most of the
+        intake time); ids already stored, repeated in the batch, or stored meanwhile by
+        another transaction go one by one afterwards, in batch order."""
+        keys = [(m.tenant_id, m.id) for m in items]
+        tenant_ids, client_ids = [k[0] for k in keys], [k[1] for k in keys]
+        stored = {(r[0], r[1]) for r in await _q(c, "existing_messages", tenant_ids=tenant_ids,
+                                                   client_ids=client_ids)}
+        fresh: dict[tuple[str, str], int] = {}
+        for i, key in enumerate(keys):
+            if key not in stored and key not in fresh:
+                fresh[key] = i
+        results: list[str | None] = [None] * len(items)
+        done: set[int] = set()
+        if fresh:
+            new_rows = [self._new_row(items[i], now) for i in fresh.values()]
+            columns = {param: [r[column] for r in new_rows] for param, column in _BATCH_COLUMNS}
+            events = []
+            for tenant_id, client_id, seq in await _q(c, "insert_messages", now=now, **columns):
+                i = fresh[(tenant_id, client_id)]
+                done.add(i)
+                error = results[i] = items[i].error
+                if error is not None:
+                    events.append((i, seq, tenant_id, error))
+            if events:
+                events.sort()
+                await _ex(c, "insert_events", seqs=[e[1] for e in events],
+                          tenant_ids=[e[2] for e in events], event_types=["error"] * len(events),
+                          event_tss=[int(now)] * len(events), descriptions=[e[3] for e in events],
+                          metadatas=[rows.dumps({"error_code": None})] * len(events))
+        for i, m in enumerate(items):
+            if i not in done:
+                results[i] = await self._enqueue_one(c, m, now)
+        return results
 
     async def _enqueue_one(self, c: Conn, m: NewMessage, now: float) -> str | None:
         # Two tries: a concurrent transaction may insert the same id between read and insert.
@@ -593,16 +641,20 @@ class PostgresStore:
         await _ex(c, "upsert_message", **rows.message_values(m, now, self._cipher), seq=seq)
         return None
 
-    async def _insert(self, c: Conn, m: NewMessage, now: float) -> tuple[bool, str | None]:
-        """(False, None) when another transaction stored the same id first."""
+    def _new_row(self, m: NewMessage, now: float) -> dict[str, Any]:
+        """Column values of a new message row (an intake error is stored as failed)."""
         values = rows.message_values(m, now, self._cipher)
-        values.update(pk=str(uuid.uuid4()), tenant_id=m.tenant_id, client_id=m.id)
+        values.update(pk=rows.new_pk(), tenant_id=m.tenant_id, client_id=m.id)
         if m.error is not None:
             values.update(status="error", queued=None, intake_error=True, error=m.error,
                           error_ts=int(now))
         else:
             values.update(intake_error=False, error=None, error_ts=None)
-        seq = await _val(c, "insert_message", **values)
+        return values
+
+    async def _insert(self, c: Conn, m: NewMessage, now: float) -> tuple[bool, str | None]:
+        """(False, None) when another transaction stored the same id first."""
+        seq = await _val(c, "insert_message", **self._new_row(m, now))
         if seq is None:
             return False, None
         if m.error is not None:

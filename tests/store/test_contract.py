@@ -254,6 +254,32 @@ async def test_enqueue_already_sent_and_being_sent(store: Store) -> None:
     assert records["m2"]["message"]["subject"] == "Hello 2"
 
 
+async def test_a_mixed_batch_answers_each_item_in_order_and_queues_in_batch_order(
+    store: Store
+) -> None:
+    await tenant(store)
+    await account(store)
+    await store.enqueue([new("old"), new("done")], T0)
+    batch = await store.claim("w1", T0, LEASE, 100)
+    done = next(m for m in batch.messages if m.id == "mdone")
+    old = next(m for m in batch.messages if m.id == "mold")
+    await store.record("w1", [(done, Sent()), (old, Deferred("451 later", int(T0), 1))], T0)
+
+    items = [new(5), new("bad", error="missing subject"), new("done", subject="again"),
+             new(3), new("old", subject="Replaced"), new(5, subject="Fifth, second time"),
+             new(9)]
+    assert await store.enqueue(items, T0 + 1) == [
+        None, "missing subject", "already sent", None, None, None, None]
+    records = await listing(store, T0 + 1, include_history=True)
+    assert records["m5"]["message"]["subject"] == "Fifth, second time"
+    assert records["mold"]["message"]["subject"] == "Replaced"
+    assert records["mdone"]["status"] == "sent"
+    assert (records["mbad"]["status"], records["mbad"]["error"]) == ("error", "missing subject")
+    assert [h["event_type"] for h in records["mbad"]["history"]] == ["error"]
+    # the replaced row keeps its place; new ids follow in the order of the batch
+    assert await claim_ids(store, T0 + 2) == ["mold", "m5", "m3", "m9"]
+
+
 async def test_intake_error_stored_then_replaced_by_valid_repost(store: Store) -> None:
     await tenant(store)
     await account(store)

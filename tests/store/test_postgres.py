@@ -65,6 +65,25 @@ async def test_concurrent_instances_claim_each_message_once(make_store: StoreFac
     assert sum(1 for got in results if got) > 1  # the work really was shared
 
 
+async def test_overlapping_batches_from_two_instances_store_each_id_once(
+    make_store: StoreFactory
+) -> None:
+    one, two = await make_store(), await make_store()
+    await tenant(one)
+    await account(one)
+    first = [new(i) for i in range(0, 300)]
+    second = [new(i, subject=f"Second {i}") for i in range(150, 450)]
+    for _ in range(3):  # the two transactions race differently each time
+        results = await asyncio.gather(one.enqueue(first, T0), two.enqueue(second, T0))
+        assert results == [[None] * 300, [None] * 300]
+    records = await listing(one, T0)
+    assert len(records) == 450
+    assert await one.count_open("acme") == 450
+    subjects = {records[f"m{i}"]["message"]["subject"] for i in range(150, 300)}
+    assert subjects <= {f"Hello {i}" for i in range(150, 300)} | {
+        f"Second {i}" for i in range(150, 300)}
+
+
 async def test_rate_limit_is_never_overshot_across_instances(make_store: StoreFactory) -> None:
     limit = 7
     stores = [await make_store() for _ in range(3)]

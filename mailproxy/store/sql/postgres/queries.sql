@@ -111,6 +111,34 @@ VALUES (:pk, :tenant_id, :client_id, :account_id, :status, :queued, :priority, :
 ON CONFLICT (tenant_id, client_id) DO NOTHING
 RETURNING seq;
 
+-- name: existing_messages
+-- The rows a batch would replace, locked as message_state locks one.
+SELECT m.tenant_id, m.client_id FROM messages m
+JOIN unnest(:tenant_ids::text[], :client_ids::text[]) AS k (tenant_id, client_id)
+  ON m.tenant_id = k.tenant_id AND m.client_id = k.client_id
+FOR UPDATE OF m;
+
+-- name: insert_messages
+-- A batch of new ids in one statement; seq follows the array order. Ids another transaction
+-- stored first are left out of the result (the caller takes them one by one).
+INSERT INTO messages (pk, tenant_id, client_id, account_id, status, queued, priority, due_ts,
+                      deferred_ts, batch_code, retry_count, intake_error, is_pec, payload, raw,
+                      envelope_from, error, error_ts, created_ts, updated_ts)
+SELECT pk, tenant_id, client_id, account_id, status, queued, priority, due_ts, deferred_ts,
+       batch_code, 0, intake_error, is_pec, payload, raw, envelope_from, error, error_ts,
+       :now, :now
+FROM unnest(:pks::text[], :tenant_ids::text[], :client_ids::text[], :account_ids::text[],
+            :statuses::text[], :queueds::smallint[], :priorities::smallint[],
+            :due_tss::bigint[], :deferred_tss::bigint[], :batch_codes::text[],
+            :intake_errors::boolean[], :is_pecs::boolean[], :payloads::text[],
+            :raws::bytea[], :envelope_froms::text[], :errors::text[], :error_tss::bigint[])
+     WITH ORDINALITY AS r (pk, tenant_id, client_id, account_id, status, queued, priority,
+                           due_ts, deferred_ts, batch_code, intake_error, is_pec, payload,
+                           raw, envelope_from, error, error_ts, n)
+ORDER BY n
+ON CONFLICT (tenant_id, client_id) DO NOTHING
+RETURNING tenant_id, client_id, seq;
+
 -- name: upsert_message
 UPDATE messages SET account_id = :account_id, status = :status, queued = :queued,
        priority = :priority, due_ts = :due_ts, deferred_ts = :deferred_ts,
