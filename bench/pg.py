@@ -3,6 +3,9 @@ instances on one database, on this machine, beside the raw SMTP limit of the sam
 
 Processes: the instances, one discarding sink (an aiosmtpd process that also counts distinct
 X-Mail-Proxy-ID values, so duplicates are seen), the PostgreSQL server and this client.
+The aiosmtpd sink takes more CPU per message than mail-proxy itself, from the same two cores;
+--sink lean replaces it with a minimal responder (bench/common.py), closer to what a relay on
+another machine costs this one, to see how the instances scale when they get the CPU.
 For each instance count, on a fresh schema:
 
   e2e    POST N messages (batches of 500, two client lanes per instance, round-robin over the
@@ -18,7 +21,7 @@ how busy the machine was and how much of it the host took (steal: this is a virt
 whose neighbours make every figure vary from run to run).
 
     python bench/pg.py [--messages 10000] [--instances 1 3] [--accounts 1] [--rounds 1]
-                       [--db postgresql://postgres@127.0.0.1:5432/test]
+                       [--sink aiosmtpd|lean] [--db postgresql://postgres@127.0.0.1:5432/test]
 
 The machine may be shared with other work: --rounds N alternates the configurations N times
 and prints the median of each, so that a disturbance does not decide the comparison.
@@ -273,9 +276,9 @@ def _usage(label: str, use: Usage, messages: int, dupes: int | None) -> None:
 async def main(args: argparse.Namespace) -> None:
     print(f"bench/pg.py: messages={args.messages} instances={args.instances} "
           f"accounts={args.accounts} batch_size={args.batch_size} post_batch={BATCH} "
-          f"lanes=2/instance db_pool={args.pool} db={args.db.split('@')[-1]} "
+          f"lanes=2/instance db_pool={args.pool} db={args.db.split('@')[-1]} sink={args.sink} "
           f"cores={os.cpu_count()} (admin token {TOKEN!r})")
-    with running_sink(count_ids=True) as sink:
+    with running_sink(count_ids=True, lean=args.sink == "lean") as sink:
         raw = await raw_smtp_rate(sink.port)
         figure("raw SMTP 8 connections", raw, "msgs/s")
         limit = f"raw: {raw:,.0f} msgs/s"
@@ -302,6 +305,9 @@ if __name__ == "__main__":
     parser.add_argument("--batch-size", type=int, default=200, help="account batch_size")
     parser.add_argument("--pool", type=int, default=10, help="GMP_DB_POOL_SIZE")
     parser.add_argument("--db", default=DEFAULT_DB)
+    parser.add_argument("--sink", choices=("aiosmtpd", "lean"), default="aiosmtpd",
+                        help="the discarding relay: aiosmtpd (performance.md's measure), or "
+                             "a minimal SMTP responder that takes little of the machine")
     parser.add_argument("--rounds", type=int, default=1,
                         help="repeat every configuration, alternating, and print medians")
     parsed = parser.parse_args()
