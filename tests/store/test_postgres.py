@@ -83,6 +83,12 @@ async def test_overlapping_batches_from_two_instances_store_each_id_once(
     assert subjects <= {f"Hello {i}" for i in range(150, 300)} | {
         f"Second {i}" for i in range(150, 300)}
 
+    # the same new ids in opposite orders: the two inserts may deadlock; the loser is retried
+    ahead = [new(i) for i in range(1000, 1200)]
+    results = await asyncio.gather(one.enqueue(ahead, T0), two.enqueue(ahead[::-1], T0))
+    assert results == [[None] * 200, [None] * 200]
+    assert await one.count_open("acme") == 650
+
 
 async def test_rate_limit_is_never_overshot_across_instances(make_store: StoreFactory) -> None:
     limit = 7

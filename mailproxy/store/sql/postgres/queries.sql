@@ -112,10 +112,12 @@ ON CONFLICT (tenant_id, client_id) DO NOTHING
 RETURNING seq;
 
 -- name: existing_messages
--- The rows a batch would replace, locked as message_state locks one.
+-- The rows a batch would replace, locked as message_state locks one, in key order (two
+-- batches naming the same ids in different orders do not deadlock here).
 SELECT m.tenant_id, m.client_id FROM messages m
 JOIN unnest(:tenant_ids::text[], :client_ids::text[]) AS k (tenant_id, client_id)
   ON m.tenant_id = k.tenant_id AND m.client_id = k.client_id
+ORDER BY m.tenant_id, m.client_id
 FOR UPDATE OF m;
 
 -- name: insert_messages
