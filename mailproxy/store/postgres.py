@@ -567,6 +567,8 @@ class PostgresStore:
 
         Other instances are woken by a notification that is delivered at commit.
         """
+        if not items:
+            return []
 
         async def op(c: Conn) -> list[str | None]:
             if len(items) == 1:

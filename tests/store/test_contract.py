@@ -259,25 +259,60 @@ async def test_a_mixed_batch_answers_each_item_in_order_and_queues_in_batch_orde
 ) -> None:
     await tenant(store)
     await account(store)
-    await store.enqueue([new("old"), new("done")], T0)
-    batch = await store.claim("w1", T0, LEASE, 100)
-    done = next(m for m in batch.messages if m.id == "mdone")
-    old = next(m for m in batch.messages if m.id == "mold")
-    await store.record("w1", [(done, Sent()), (old, Deferred("451 later", int(T0), 1))], T0)
+    await tenant(store, "beta")
+    await account(store, "beta")
+    await store.enqueue([new("old"), new("done"), new("busy")], T0)
+    claimed = {m.id: m for m in (await store.claim("w1", T0, LEASE, 100)).messages}
+    await store.record("w1", [(claimed["mdone"], Sent()),
+                              (claimed["mold"], Deferred("451 later", int(T0), 1))], T0)
+    await store.enqueue([new("bad0", error="missing to")], T0)  # "mbusy" stays sending
 
-    items = [new(5), new("bad", error="missing subject"), new("done", subject="again"),
-             new(3), new("old", subject="Replaced"), new(5, subject="Fifth, second time"),
-             new(9)]
+    items = [
+        new(5),
+        new("bad", error="missing subject"),
+        new("done", subject="again"),
+        new("busy", subject="again"),
+        new(3, tenant_id="beta", subject="Beta's third"),
+        new(3),
+        new("old", subject="Replaced"),
+        new("bad0"),
+        new(7, error="missing to"),
+        new(7, subject="Seventh, fixed"),
+        new(5, subject="Fifth, second time"),
+        new(8, deferred_ts=int(T0) + 100),
+        replace(new(9), raw=b"Subject: raw\r\n\r\nbody\r\n", is_pec=True,
+                envelope_from="bounce@acme.test"),
+    ]
     assert await store.enqueue(items, T0 + 1) == [
-        None, "missing subject", "already sent", None, None, None, None]
+        None, "missing subject", "already sent", "message is being sent", None, None, None,
+        None, "missing to", None, None, None, None]
+
     records = await listing(store, T0 + 1, include_history=True)
     assert records["m5"]["message"]["subject"] == "Fifth, second time"
     assert records["mold"]["message"]["subject"] == "Replaced"
     assert records["mdone"]["status"] == "sent"
+    assert (records["mbusy"]["status"], records["mbusy"]["message"]["subject"]) == (
+        "sending", "Hello busy")
     assert (records["mbad"]["status"], records["mbad"]["error"]) == ("error", "missing subject")
     assert [h["event_type"] for h in records["mbad"]["history"]] == ["error"]
-    # the replaced row keeps its place; new ids follow in the order of the batch
-    assert await claim_ids(store, T0 + 2) == ["mold", "m5", "m3", "m9"]
+    assert (records["mbad0"]["status"], records["mbad0"]["error"]) == ("pending", None)
+    assert (records["m7"]["status"], records["m7"]["message"]["subject"]) == (
+        "pending", "Seventh, fixed")
+    assert [h["description"] for h in records["m7"]["history"]] == ["missing to"]
+    assert (records["m8"]["status"], records["m8"]["deferred_ts"]) == ("scheduled", int(T0) + 100)
+    assert records["m9"]["is_pec"] is True
+    assert records["m3"]["message"]["subject"] == "Hello 3"
+    beta = await listing(store, T0 + 1, "beta")
+    assert list(beta) == ["m3"] and beta["m3"]["message"]["subject"] == "Beta's third"
+
+    # replaced rows keep their place; new ids follow in the order of the batch
+    batch = await store.claim("w1", T0 + 2, LEASE, 100)
+    assert [m.id for m in batch.messages if m.tenant_id == "acme"] == [
+        "mold", "mbad0", "m5", "m3", "m7", "m9"]
+    ninth = next(m for m in batch.messages if m.id == "m9")
+    assert (ninth.raw, ninth.envelope_from) == (
+        b"Subject: raw\r\n\r\nbody\r\n", "bounce@acme.test")
+    assert [m.id for m in batch.messages if m.tenant_id == "beta"] == ["m3"]
 
 
 async def test_intake_error_stored_then_replaced_by_valid_repost(store: Store) -> None:

@@ -15,7 +15,15 @@ from mailproxy.store.postgres import PostgresStore
 from mailproxy.store.queries import migrations
 from mailproxy.vault import Vault
 from tests.store.conftest import PG_URL, PgSchema, StoreFactory
-from tests.store.test_contract import LEASE, T0, account, listing, new, tenant
+from tests.store.test_contract import (
+    LEASE,
+    T0,
+    account,
+    claim_ids,
+    listing,
+    new,
+    tenant,
+)
 
 
 @pytest.fixture
@@ -71,23 +79,75 @@ async def test_overlapping_batches_from_two_instances_store_each_id_once(
     one, two = await make_store(), await make_store()
     await tenant(one)
     await account(one)
-    first = [new(i) for i in range(0, 300)]
-    second = [new(i, subject=f"Second {i}") for i in range(150, 450)]
-    for _ in range(3):  # the two transactions race differently each time
+    for base in (0, 1000, 2000):  # new ids each time: the two inserts race anew
+        first = [new(i) for i in range(base, base + 300)]
+        second = [new(i, subject=f"Second {i}") for i in range(base + 150, base + 450)]
         results = await asyncio.gather(one.enqueue(first, T0), two.enqueue(second, T0))
         assert results == [[None] * 300, [None] * 300]
-    records = await listing(one, T0)
-    assert len(records) == 450
-    assert await one.count_open("acme") == 450
-    subjects = {records[f"m{i}"]["message"]["subject"] for i in range(150, 300)}
-    assert subjects <= {f"Hello {i}" for i in range(150, 300)} | {
-        f"Second {i}" for i in range(150, 300)}
+        records = await listing(one, T0)
+        assert len([i for i in records if base <= int(i[1:]) < base + 450]) == 450
+        # the later transaction replaced every shared id, or none: no id is lost or mixed
+        shared = [records[f"m{i}"]["message"]["subject"] for i in range(base + 150, base + 300)]
+        assert shared in ([f"Hello {i}" for i in range(base + 150, base + 300)],
+                          [f"Second {i}" for i in range(base + 150, base + 300)])
+    assert await one.count_open("acme") == 1350
 
     # the same new ids in opposite orders: the two inserts may deadlock; the loser is retried
-    ahead = [new(i) for i in range(1000, 1200)]
+    ahead = [new(i) for i in range(5000, 5200)]
     results = await asyncio.gather(one.enqueue(ahead, T0), two.enqueue(ahead[::-1], T0))
     assert results == [[None] * 200, [None] * 200]
-    assert await one.count_open("acme") == 650
+    assert await one.count_open("acme") == 1550
+
+
+@pytest.mark.parametrize("other_commits", [True, False], ids=["commit", "rollback"])
+async def test_a_batch_waits_for_ids_another_transaction_is_storing(
+    make_store: StoreFactory, pg_schema: PgSchema, other_commits: bool
+) -> None:
+    store = await make_store()
+    await tenant(store)
+    await account(store)
+    con = await asyncpg.connect(pg_schema.base_url,
+                                server_settings={"search_path": pg_schema.name})
+    try:
+        other = con.transaction()
+        await other.start()
+        for mid in ("m2", "m4"):  # another instance is storing these two, not committed yet
+            await con.execute(
+                "INSERT INTO messages (pk, tenant_id, client_id, account_id, status, queued,"
+                " priority, payload, created_ts, updated_ts) VALUES ($1, 'acme', $2, 'main',"
+                " 'pending', 1, 2, $3, $4, $4)",
+                f"pk-{mid}", mid, f'{{"id": "{mid}", "subject": "Theirs"}}', T0)
+        items = [new(1), new(2, subject="Mine"), new(3), new(4, error="missing subject"),
+                 new(5)]
+        task = asyncio.create_task(store.enqueue(items, T0 + 1))
+        for _ in range(500):  # until the batch's insert waits for the other transaction
+            waiting = await con.fetchval(
+                "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
+                " AND application_name = $1", f"mailproxy/{pg_schema.name}")
+            if waiting:
+                break
+            await asyncio.sleep(0.01)
+        assert waiting and not task.done()
+        await (other.commit() if other_commits else other.rollback())
+        results = await task
+    finally:
+        await con.close()
+
+    records = await listing(store, T0 + 1, include_history=True)
+    ids = await claim_ids(store, T0 + 2)
+    if other_commits:  # as if the other instance's rows had been there all along
+        assert results == [None, None, None, "missing subject", None]
+        assert records["m2"]["message"]["subject"] == "Mine"
+        assert (records["m4"]["status"], records["m4"]["message"]["subject"]) == (
+            "pending", "Theirs")
+        assert records["m4"]["history"] == []
+        assert ids == ["m2", "m4", "m1", "m3", "m5"]
+    else:
+        assert results == [None, None, None, "missing subject", None]
+        assert records["m2"]["message"]["subject"] == "Mine"
+        assert (records["m4"]["status"], records["m4"]["error"]) == ("error", "missing subject")
+        assert [h["event_type"] for h in records["m4"]["history"]] == ["error"]
+        assert ids == ["m1", "m2", "m3", "m5"]
 
 
 async def test_rate_limit_is_never_overshot_across_instances(make_store: StoreFactory) -> None:
