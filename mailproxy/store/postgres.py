@@ -47,6 +47,7 @@ from mailproxy.model import (
     Tenant,
 )
 from mailproxy.store import rows
+from mailproxy.store.groups import GroupWriter, settle
 from mailproxy.store.queries import load_queries, migrations
 
 log = logging.getLogger("mailproxy.store.postgres")
@@ -64,7 +65,7 @@ _BATCH_COLUMNS = (
     ("priorities", "priority"), ("due_tss", "due_ts"), ("deferred_tss", "deferred_ts"),
     ("batch_codes", "batch_code"), ("intake_errors", "intake_error"), ("is_pecs", "is_pec"),
     ("payloads", "payload"), ("raws", "raw"), ("envelope_froms", "envelope_from"),
-    ("errors", "error"), ("error_tss", "error_ts"),
+    ("errors", "error"), ("error_tss", "error_ts"), ("nows", "now"),
 )
 _RETRY_DELAYS = (0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 3.0)
 
@@ -120,6 +121,8 @@ _RECORD_GROUP = 200  # record() calls per group (one statement or transaction) a
 _RECORD_GATHER = 32  # fewer waiting calls than this, under load: linger before writing
 _RECORD_LINGER = 0.03
 _RECORD_BUSY = 0.05  # under load: the previous group was taken less than this ago
+_INTAKE_ALONE = 50  # an enqueue of this many messages or more has its own transaction
+_INTAKE_GROUP = 500  # messages per intake group at most
 
 
 def _split_url(url: str) -> tuple[str, str | None]:
@@ -173,19 +176,10 @@ class _RecordCall:
     future: asyncio.Future[list[bool]]
 
 
-def _settle(future: asyncio.Future[list[bool]], flags: list[bool] | None = None, *,
-            exc: BaseException | None = None) -> None:
-    if future.done():  # the caller gave up (cancelled)
-        return
-    if exc is not None:
-        future.set_exception(exc)
-    else:
-        assert flags is not None
-        future.set_result(flags)
-
-
-def _statement_failed(exc: StoreError) -> bool:
+def _statement_failed(exc: Exception) -> bool:
     """True when a statement was refused (not when the connection or the commit failed)."""
+    if not isinstance(exc, StoreError):
+        return False
     cause = exc.__cause__
     return (isinstance(cause, asyncpg.PostgresError | asyncpg.InterfaceError)
             and not isinstance(cause, _TRANSIENT))
@@ -249,6 +243,10 @@ class PostgresStore:
         self._recorded_at = float("-inf")
         self._record_task: asyncio.Task[None] | None = None
         self._gathered: asyncio.Event | None = None  # set when enough outcomes wait
+        self._intake = GroupWriter(self._store_pairs, limit=_INTAKE_GROUP,
+                                   isolate=_statement_failed, name="pg-intake")
+        self._commands = GroupWriter(self._insert_commands, limit=_INTAKE_GROUP,
+                                     isolate=_statement_failed, name="pg-command-log")
         self._listen_con: Any = None
         self._listen_task: asyncio.Task[None] | None = None
         self._listen_lost = asyncio.Event()
@@ -302,6 +300,8 @@ class PostgresStore:
             await con.close()
 
     async def close(self) -> None:
+        await self._intake.drain()
+        await self._commands.drain()
         if self._record_task is not None:
             with contextlib.suppress(Exception):
                 await self._record_task
@@ -340,6 +340,11 @@ class PostgresStore:
             except (asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
                 raise StoreError(f"database operation failed: {exc}") from exc
         raise AssertionError("unreachable")
+
+    async def _read(self, fn: Callable[[Conn], Awaitable[T]]) -> T:
+        """One SELECT, without BEGIN and COMMIT (two round trips of three): a statement is
+        atomic by itself, and a read is safe to repeat after a lost connection."""
+        return await self._run(fn, transaction=False)
 
     async def _attempt(self, fn: Callable[[Conn], Awaitable[T]], transaction: bool) -> T:
         pool = self._pool
@@ -452,7 +457,7 @@ class PostgresStore:
         await self._run(lambda c: c.fetchval("SELECT 1"))
 
     async def get_meta(self, key: str) -> str | None:
-        value = await self._run(lambda c: _val(c, "get_meta", key=key))
+        value = await self._read(lambda c: _val(c, "get_meta", key=key))
         return None if value is None else str(value)
 
     async def set_meta(self, key: str, value: str) -> None:
@@ -473,14 +478,14 @@ class PostgresStore:
         return None if row is None else rows.tenant_from_row(row, self._cipher)
 
     async def get_tenant(self, tenant_id: str) -> Tenant | None:
-        return self._tenant(await self._run(lambda c: _q1(c, "get_tenant", tenant_id=tenant_id)))
+        return self._tenant(await self._read(lambda c: _q1(c, "get_tenant", tenant_id=tenant_id)))
 
     async def list_tenants(self, active_only: bool = False) -> list[Tenant]:
-        found = await self._run(lambda c: _q(c, "list_tenants", active_only=active_only))
+        found = await self._read(lambda c: _q(c, "list_tenants", active_only=active_only))
         return [rows.tenant_from_row(r, self._cipher) for r in found]
 
     async def tenant_by_key_hash(self, key_hash: str) -> Tenant | None:
-        return self._tenant(await self._run(lambda c: _q1(c, "tenant_by_key", key_hash=key_hash)))
+        return self._tenant(await self._read(lambda c: _q1(c, "tenant_by_key", key_hash=key_hash)))
 
     async def put_tenant(self, tenant: Tenant) -> bool:
         """Insert or replace a tenant's fields (not its key); True when created."""
@@ -522,7 +527,7 @@ class PostgresStore:
     # -- accounts ----------------------------------------------------------------------------
 
     async def get_account(self, tenant_id: str, account_id: str) -> Account | None:
-        row = await self._run(
+        row = await self._read(
             lambda c: _q1(c, "get_account", tenant_id=tenant_id, account_id=account_id))
         return None if row is None else rows.account_from_row(row, self._cipher)
 
@@ -532,7 +537,7 @@ class PostgresStore:
                 return await _q(c, "all_accounts")
             return await _q(c, "list_accounts", tenant_id=tenant_id)
 
-        return [rows.account_from_row(r, self._cipher) for r in await self._run(op)]
+        return [rows.account_from_row(r, self._cipher) for r in await self._read(op)]
 
     async def put_account(self, account: Account) -> None:
         """Create or replace an account; other instances are woken (new limits may free
@@ -565,16 +570,31 @@ class PostgresStore:
     async def enqueue(self, items: Sequence[NewMessage], now: float) -> list[str | None]:
         """Store each item in one transaction; per item None (queued) or a rejection reason.
 
-        Other instances are woken by a notification that is delivered at commit.
+        Group commit for small calls (one message per REST request or SMTP submission):
+        calls that arrive while an earlier group is being written are written together in
+        the next one, in arrival order, as if one after the other. A group that fails for
+        another reason than a lost connection is retried call by call, so that one bad call
+        never fails the others. Larger calls have a transaction of their own. Other
+        instances are woken by a notification that is delivered at commit.
         """
         if not items:
             return []
+        if len(items) >= _INTAKE_ALONE:
+            return await self._store_items(items, [now] * len(items))
+        return await self._intake.submit([(m, now) for m in items])
+
+    async def _store_pairs(self, pairs: list[tuple[NewMessage, float]]) -> list[str | None]:
+        return await self._store_items([m for m, _ in pairs], [now for _, now in pairs])
+
+    async def _store_items(self, items: Sequence[NewMessage], nows: Sequence[float]
+                           ) -> list[str | None]:
+        """One transaction: a message's `now` is that of the call that brought it."""
 
         async def op(c: Conn) -> list[str | None]:
             if len(items) == 1:
-                results = [await self._enqueue_one(c, items[0], now)]
+                results = [await self._enqueue_one(c, items[0], nows[0])]
             else:
-                results = await self._enqueue_batch(c, items, now)
+                results = await self._enqueue_batch(c, items, nows)
             if any(r is None for r in results):
                 await _val(c, "notify_wake")
             return results
@@ -582,7 +602,7 @@ class PostgresStore:
         return await self._run(op)
 
     async def _enqueue_batch(
-        self, c: Conn, items: Sequence[NewMessage], now: float
+        self, c: Conn, items: Sequence[NewMessage], nows: Sequence[float]
     ) -> list[str | None]:
         """New ids go in with one statement (two statements per message took most of the
         intake time); ids already stored, repeated in the batch, or stored meanwhile by
@@ -598,10 +618,10 @@ class PostgresStore:
         results: list[str | None] = [None] * len(items)
         done: set[int] = set()
         if fresh:
-            new_rows = [self._new_row(items[i], now) for i in fresh.values()]
+            new_rows = [self._new_row(items[i], nows[i]) for i in fresh.values()]
             columns = {param: [r[column] for r in new_rows] for param, column in _BATCH_COLUMNS}
             events = []
-            for tenant_id, client_id, seq in await _q(c, "insert_messages", now=now, **columns):
+            for tenant_id, client_id, seq in await _q(c, "insert_messages", **columns):
                 i = fresh[(tenant_id, client_id)]
                 done.add(i)
                 error = results[i] = items[i].error
@@ -611,11 +631,12 @@ class PostgresStore:
                 events.sort()
                 await _ex(c, "insert_events", seqs=[e[1] for e in events],
                           tenant_ids=[e[2] for e in events], event_types=["error"] * len(events),
-                          event_tss=[int(now)] * len(events), descriptions=[e[3] for e in events],
+                          event_tss=[int(nows[e[0]]) for e in events],
+                          descriptions=[e[3] for e in events],
                           metadatas=[rows.dumps({"error_code": None})] * len(events))
         for i, m in enumerate(items):
             if i not in done:
-                results[i] = await self._enqueue_one(c, m, now)
+                results[i] = await self._enqueue_one(c, m, nows[i])
         return results
 
     async def _enqueue_one(self, c: Conn, m: NewMessage, now: float) -> str | None:
@@ -668,7 +689,7 @@ class PostgresStore:
     # -- messages: queries -------------------------------------------------------------------
 
     async def count_open(self, tenant_id: str | None = None, batch_code: str | None = None) -> int:
-        value = await self._run(
+        value = await self._read(
             lambda c: _val(c, "count_open", tenant_id=tenant_id, batch_code=batch_code))
         return int(value)
 
@@ -818,14 +839,14 @@ class PostgresStore:
                         await self._record_alone(call)
                 else:  # the database is away: every caller retries on its own
                     for call in group:
-                        _settle(call.future, exc=exc)
+                        settle(call.future, exc=exc)
                 continue
             except Exception as exc:  # a bug: every caller sees it
                 for call in group:
-                    _settle(call.future, exc=exc)
+                    settle(call.future, exc=exc)
                 continue
             for call, flag in zip(group, flags, strict=True):
-                _settle(call.future, flag)
+                settle(call.future, flag)
 
     async def _write_group(self, group: Sequence[_RecordCall]) -> list[list[bool]]:
         # A group of Sent outcomes alone (nearly always) is one statement, which is atomic
@@ -838,9 +859,9 @@ class PostgresStore:
         try:
             flags = await self._write_group([call])
         except Exception as exc:
-            _settle(call.future, exc=exc)
+            settle(call.future, exc=exc)
         else:
-            _settle(call.future, flags[0])
+            settle(call.future, flags[0])
 
     async def _record_group(self, c: Conn, calls: Sequence[_RecordCall], retry: bool
                             ) -> list[list[bool]]:
@@ -967,12 +988,12 @@ class PostgresStore:
 
     async def pending_event_counts(self) -> dict[str, int]:
         """Unreported events per tenant (tenants without any are absent)."""
-        found = await self._run(lambda c: _q(c, "pending_event_counts"))
+        found = await self._read(lambda c: _q(c, "pending_event_counts"))
         return {str(t): int(n) for t, n in found}
 
     async def pending_events(self, tenant_id: str, limit: int) -> list[Event]:
         """The tenant's oldest unreported events, in event order, with message id/account."""
-        found = await self._run(
+        found = await self._read(
             lambda c: _q(c, "pending_events", tenant_id=tenant_id, limit=limit))
         return [rows.event_from_row(r) for r in found]
 
@@ -1003,11 +1024,11 @@ class PostgresStore:
         return await self._run(op)
 
     async def get_sync_state(self, tenant_id: str) -> SyncState:
-        row = await self._run(lambda c: _q1(c, "get_sync", tenant_id=tenant_id))
+        row = await self._read(lambda c: _q1(c, "get_sync", tenant_id=tenant_id))
         return SyncState(tenant_id) if row is None else rows.sync_from_row(row)
 
     async def list_sync_states(self) -> list[SyncState]:
-        return [rows.sync_from_row(r) for r in await self._run(lambda c: _q(c, "list_sync"))]
+        return [rows.sync_from_row(r) for r in await self._read(lambda c: _q(c, "list_sync"))]
 
     async def put_sync_state(self, state: SyncState) -> None:
         """Upsert the state; never touches the report lease."""
@@ -1057,7 +1078,7 @@ class PostgresStore:
     # -- instance settings and command log ---------------------------------------------------
 
     async def get_instance(self) -> InstanceConfig:
-        row = await self._run(lambda c: _q1(c, "get_instance"))
+        row = await self._read(lambda c: _q1(c, "get_instance"))
         return rows.instance_from_row(row, self._cipher)
 
     async def put_instance(self, config: InstanceConfig) -> None:
@@ -1068,10 +1089,17 @@ class PostgresStore:
         await self._run(lambda c: _ex(c, "put_instance", **data))
 
     async def log_command(self, entry: CommandEntry) -> None:
-        values = {"command_ts": entry.command_ts, "endpoint": entry.endpoint,
-                  "tenant_id": entry.tenant_id, "payload": rows.dumps(entry.payload),
-                  "response_status": entry.response_status}
-        await self._run(lambda c: _ex(c, "insert_command", **values))
+        """Group commit, as for small enqueues: one row per REST command."""
+        await self._commands.submit([entry])
+
+    async def _insert_commands(self, entries: list[CommandEntry]) -> list[bool]:
+        values = {"command_tss": [e.command_ts for e in entries],
+                  "endpoints": [e.endpoint for e in entries],
+                  "tenant_ids": [e.tenant_id for e in entries],
+                  "payloads": [rows.dumps(e.payload) for e in entries],
+                  "statuses": [e.response_status for e in entries]}
+        await self._run(lambda c: _ex(c, "insert_commands", **values))
+        return [True] * len(entries)
 
     async def list_commands(
         self, *, tenant_id: str | None, since_ts: int | None, until_ts: int | None,
@@ -1093,7 +1121,7 @@ class PostgresStore:
         self, *, tenant_id: str | None, since_ts: int | None, until_ts: int | None
     ) -> list[CommandEntry]:
         """Successful (2xx) rows, oldest first."""
-        found = await self._run(lambda c: _q(c, "export_commands", tenant_id=tenant_id,
+        found = await self._read(lambda c: _q(c, "export_commands", tenant_id=tenant_id,
                                              since_ts=since_ts, until_ts=until_ts))
         return [rows.command_from_row(r) for r in found]
 

@@ -3,6 +3,8 @@ command log (§8, §3.6, §3.7): every backend (memory, SQLite, PostgreSQL) must
 
 from __future__ import annotations
 
+import asyncio
+
 from mailproxy.model import CommandEntry, Deferred, EventType, InstanceConfig, Sent, SyncState
 from mailproxy.service import Store
 from tests.store.conftest import RawQuery
@@ -245,6 +247,19 @@ async def test_command_log_order_total_and_paging(store: Store) -> None:
                                             endpoint=None, limit=2, offset=2)
     assert total == 6  # ignores limit and offset
     assert [e.id for e in page] == ids[2:4]
+
+
+async def test_concurrent_command_log_writes_are_all_kept_in_arrival_order(
+    store: Store
+) -> None:
+    t = int(T0)
+    await asyncio.gather(*(store.log_command(_entry(t, f"POST /x{i}", "acme", payload={"i": i}))
+                           for i in range(30)))
+    total, found = await store.list_commands(tenant_id=None, since_ts=None, until_ts=None,
+                                             endpoint=None, limit=100, offset=0)
+    assert total == 30
+    assert [(e.endpoint, e.payload) for e in found] == [
+        (f"POST /x{i}", {"i": i}) for i in reversed(range(30))]  # newest first
 
 
 async def test_command_log_filters(store: Store) -> None:

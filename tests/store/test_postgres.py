@@ -13,6 +13,7 @@ from mailproxy.model import Deferred, Failed, InstanceConfig, RateLimits, Sent
 from mailproxy.service import Store
 from mailproxy.store.postgres import PostgresStore
 from mailproxy.store.queries import migrations
+from mailproxy.store.rows import ts_text
 from mailproxy.vault import Vault
 from tests.store.conftest import PG_URL, PgSchema, StoreFactory
 from tests.store.test_contract import (
@@ -97,6 +98,42 @@ async def test_overlapping_batches_from_two_instances_store_each_id_once(
     results = await asyncio.gather(one.enqueue(ahead, T0), two.enqueue(ahead[::-1], T0))
     assert results == [[None] * 200, [None] * 200]
     assert await one.count_open("acme") == 1550
+
+
+async def test_concurrent_small_enqueues_are_stored_in_arrival_order(
+    make_store: StoreFactory
+) -> None:
+    store = await make_store()
+    await tenant(store)
+    await account(store)
+    calls = [[new(i)] for i in range(20)]
+    calls += [[new(3, subject="Again")], [new(30, error="missing to")], [new(31), new(32)]]
+    results = await asyncio.gather(*(store.enqueue(c, T0 + n) for n, c in enumerate(calls)))
+    assert results == [[None]] * 21 + [["missing to"], [None, None]]
+    records = await listing(store, T0 + 30, include_history=True)
+    # each message keeps the time of the call that brought it
+    assert (records["m3"]["created_at"], records["m3"]["updated_at"]) == (
+        ts_text(T0 + 3), ts_text(T0 + 20))
+    assert records["m3"]["message"]["subject"] == "Again"
+    assert records["m32"]["created_at"] == ts_text(T0 + 22)
+    assert [(h["event_type"], h["event_ts"]) for h in records["m30"]["history"]] == [
+        ("error", int(T0) + 21)]
+    assert await claim_ids(store, T0 + 30) == [f"m{i}" for i in range(20)] + ["m31", "m32"]
+
+
+async def test_a_refused_call_among_concurrent_enqueues_fails_alone(
+    make_store: StoreFactory
+) -> None:
+    store = await make_store()
+    await tenant(store)
+    await account(store)
+    refused = new("\x00")  # PostgreSQL text cannot hold NUL: the statement is refused
+    results = await asyncio.gather(
+        store.enqueue([new(1)], T0), store.enqueue([refused], T0),
+        store.enqueue([new(2), new(3)], T0), return_exceptions=True)
+    assert results[0] == [None] and results[2] == [None, None]
+    assert isinstance(results[1], StoreError)
+    assert sorted(await listing(store, T0)) == ["m1", "m2", "m3"]
 
 
 @pytest.mark.parametrize("other_commits", [True, False], ids=["commit", "rollback"])

@@ -128,15 +128,16 @@ INSERT INTO messages (pk, tenant_id, client_id, account_id, status, queued, prio
                       envelope_from, error, error_ts, created_ts, updated_ts)
 SELECT pk, tenant_id, client_id, account_id, status, queued, priority, due_ts, deferred_ts,
        batch_code, 0, intake_error, is_pec, payload, raw, envelope_from, error, error_ts,
-       :now, :now
+       now, now
 FROM unnest(:pks::text[], :tenant_ids::text[], :client_ids::text[], :account_ids::text[],
             :statuses::text[], :queueds::smallint[], :priorities::smallint[],
             :due_tss::bigint[], :deferred_tss::bigint[], :batch_codes::text[],
             :intake_errors::boolean[], :is_pecs::boolean[], :payloads::text[],
-            :raws::bytea[], :envelope_froms::text[], :errors::text[], :error_tss::bigint[])
+            :raws::bytea[], :envelope_froms::text[], :errors::text[], :error_tss::bigint[],
+            :nows::float8[])
      WITH ORDINALITY AS r (pk, tenant_id, client_id, account_id, status, queued, priority,
                            due_ts, deferred_ts, batch_code, intake_error, is_pec, payload,
-                           raw, envelope_from, error, error_ts, n)
+                           raw, envelope_from, error, error_ts, now, n)
 ORDER BY n
 ON CONFLICT (tenant_id, client_id) DO NOTHING
 RETURNING tenant_id, client_id, seq;

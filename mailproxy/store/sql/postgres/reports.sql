@@ -123,9 +123,14 @@ ON CONFLICT (id) DO UPDATE SET
     bounce_poll_interval = excluded.bounce_poll_interval,
     bounce_return_path = excluded.bounce_return_path, updated_at = excluded.updated_at;
 
--- name: insert_command
+-- name: insert_commands
+-- Rows in array order, so ids follow it.
 INSERT INTO command_log (command_ts, endpoint, tenant_id, payload, response_status)
-VALUES (:command_ts, :endpoint, :tenant_id, :payload, :response_status);
+SELECT command_ts, endpoint, tenant_id, payload, response_status
+FROM unnest(:command_tss::bigint[], :endpoints::text[], :tenant_ids::text[], :payloads::text[],
+            :statuses::integer[]) WITH ORDINALITY
+     AS r (command_ts, endpoint, tenant_id, payload, response_status, n)
+ORDER BY n;
 
 -- name: count_commands
 SELECT count(*) FROM command_log

@@ -1,0 +1,103 @@
+"""Group commit for small writes: calls that arrive while a group is being written are
+written together in the next group, in arrival order, as if one after the other.
+
+Each call hands in a few items and gets one result per item. A group that fails is retried
+call by call when `isolate` says the failure may be one call's fault (a refused statement,
+nothing committed), so that one bad call never fails the others; any other failure (the
+database is away) reaches every caller of the group.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import Generic, TypeVar
+
+I = TypeVar("I")  # noqa: E741 - an item written
+R = TypeVar("R")  # its result
+T = TypeVar("T")
+
+
+@dataclass(frozen=True, slots=True)
+class _Call(Generic[I, R]):
+    items: Sequence[I]
+    future: asyncio.Future[list[R]]
+
+
+class GroupWriter(Generic[I, R]):
+    """write(items) -> one result per item, for the items of several calls at once."""
+
+    def __init__(self, write: Callable[[list[I]], Awaitable[list[R]]], *, limit: int,
+                 isolate: Callable[[Exception], bool], name: str) -> None:
+        self._write = write
+        self._limit = limit  # items per group at most (a larger call is a group by itself)
+        self._isolate = isolate
+        self._name = name
+        self._waiting: collections.deque[_Call[I, R]] = collections.deque()
+        self._task: asyncio.Task[None] | None = None
+
+    async def submit(self, items: Sequence[I]) -> list[R]:
+        loop = asyncio.get_running_loop()
+        call: _Call[I, R] = _Call(items, loop.create_future())
+        self._waiting.append(call)
+        if self._task is None or self._task.done():
+            self._task = loop.create_task(self._run(), name=self._name)
+        return await call.future
+
+    async def drain(self) -> None:
+        """Wait until every call handed in so far is written (or has failed)."""
+        if self._task is not None:
+            await asyncio.gather(self._task, return_exceptions=True)
+
+    async def _run(self) -> None:
+        while self._waiting:
+            group: list[_Call[I, R]] = []
+            size = 0
+            while self._waiting and (not group or size + len(self._waiting[0].items)
+                                     <= self._limit):
+                call = self._waiting.popleft()
+                if not call.future.done():  # a caller that gave up is not written
+                    group.append(call)
+                    size += len(call.items)
+            if len(group) == 1:
+                await self._alone(group[0])
+            elif group:
+                await self._together(group)
+
+    async def _together(self, group: Sequence[_Call[I, R]]) -> None:
+        try:
+            results = await self._write([item for call in group for item in call.items])
+        except Exception as exc:
+            if self._isolate(exc):
+                for call in group:
+                    await self._alone(call)
+            else:
+                for call in group:
+                    settle(call.future, exc=exc)
+            return
+        offset = 0
+        for call in group:
+            settle(call.future, results[offset:offset + len(call.items)])
+            offset += len(call.items)
+
+    async def _alone(self, call: _Call[I, R]) -> None:
+        try:
+            results = await self._write(list(call.items))
+        except Exception as exc:
+            settle(call.future, exc=exc)
+        else:
+            settle(call.future, results)
+
+
+def settle(future: asyncio.Future[T], value: T | None = None, *,
+           exc: BaseException | None = None) -> None:
+    """Hand a waiting caller its result or exception, unless it gave up."""
+    if future.done():  # the caller gave up (cancelled)
+        return
+    if exc is not None:
+        future.set_exception(exc)
+    else:
+        assert value is not None
+        future.set_result(value)

@@ -1,0 +1,102 @@
+"""Group commit of small writes (mailproxy/store/groups.py), with a recording writer."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from mailproxy.store.groups import GroupWriter
+
+
+class Refused(Exception):
+    """A statement the database refused: one call's fault."""
+
+
+class Away(Exception):
+    """The database is unreachable: nobody's fault."""
+
+
+class Recorder:
+    def __init__(self) -> None:
+        self.groups: list[list[str]] = []
+        self.away = False
+
+    async def write(self, items: list[str]) -> list[str]:
+        await asyncio.sleep(0)  # a round trip: later calls queue meanwhile
+        if self.away:
+            raise Away("connection refused")
+        if "bad" in items:
+            raise Refused("bad item")
+        self.groups.append(list(items))
+        return [item.upper() for item in items]
+
+
+def writer(recorder: Recorder, limit: int = 10) -> GroupWriter[str, str]:
+    return GroupWriter(recorder.write, limit=limit, name="test-group",
+                       isolate=lambda exc: isinstance(exc, Refused))
+
+
+async def test_calls_that_wait_together_share_one_write_in_arrival_order() -> None:
+    recorder = Recorder()
+    group = writer(recorder)
+    results = await asyncio.gather(group.submit(["a"]), group.submit(["b", "c"]),
+                                   group.submit(["d"]))
+    assert results == [["A"], ["B", "C"], ["D"]]
+    assert recorder.groups == [["a", "b", "c", "d"]]
+
+
+async def test_calls_arriving_during_a_write_go_in_the_next_group() -> None:
+    recorder = Recorder()
+    group = writer(recorder)
+    first = asyncio.ensure_future(group.submit(["a"]))
+    await asyncio.sleep(0)  # the first group is being written
+    later = [asyncio.ensure_future(group.submit([x])) for x in "bc"]
+    assert await asyncio.gather(first, *later) == [["A"], ["B"], ["C"]]
+    assert recorder.groups == [["a"], ["b", "c"]]
+
+
+async def test_a_group_holds_at_most_the_limit_and_a_large_call_goes_alone() -> None:
+    recorder = Recorder()
+    group = writer(recorder, limit=3)
+    results = await asyncio.gather(group.submit(["a", "b"]), group.submit(["c", "d"]),
+                                   group.submit(["e", "f", "g", "h"]), group.submit(["i"]))
+    assert results == [["A", "B"], ["C", "D"], ["E", "F", "G", "H"], ["I"]]
+    assert recorder.groups == [["a", "b"], ["c", "d"], ["e", "f", "g", "h"], ["i"]]
+
+
+async def test_a_refused_call_fails_alone_and_the_others_are_written() -> None:
+    recorder = Recorder()
+    group = writer(recorder)
+    results = await asyncio.gather(group.submit(["a"]), group.submit(["bad"]),
+                                   group.submit(["c"]), return_exceptions=True)
+    assert results[0] == ["A"] and results[2] == ["C"]
+    assert isinstance(results[1], Refused)
+    assert recorder.groups == [["a"], ["c"]]
+
+
+async def test_an_unreachable_database_fails_every_call_of_the_group() -> None:
+    recorder = Recorder()
+    recorder.away = True
+    group = writer(recorder)
+    results = await asyncio.gather(group.submit(["a"]), group.submit(["b"]),
+                                   return_exceptions=True)
+    assert all(isinstance(r, Away) for r in results)
+    recorder.away = False
+    assert await group.submit(["c"]) == ["C"]  # the next call starts a new group
+
+
+async def test_a_caller_that_gave_up_before_its_group_is_not_written() -> None:
+    recorder = Recorder()
+    group = writer(recorder)
+    first = asyncio.ensure_future(group.submit(["a"]))
+    await asyncio.sleep(0)
+    gone = asyncio.ensure_future(group.submit(["b"]))
+    kept = asyncio.ensure_future(group.submit(["c"]))
+    await asyncio.sleep(0)
+    gone.cancel()
+    assert await first == ["A"] and await kept == ["C"]
+    with pytest.raises(asyncio.CancelledError):
+        await gone
+    await group.drain()
+    assert recorder.groups == [["a"], ["c"]]
