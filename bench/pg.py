@@ -13,6 +13,8 @@ For each instance count, on a fresh schema:
   ingest N messages posted while the tenant is suspended (intake alone)
   drain  then the tenant is activated -> N distinct ids at the sink (dispatch alone, without
          ingest competing for the CPU)
+  single suspended again, N/4 messages posted one per request, 16 requests at a time
+         (req/s, p50 and p99 latency)
 
 Also printed: duplicates (deliveries - distinct ids), CPU seconds of the instances and of the
 PostgreSQL server processes per 1000 messages, PostgreSQL transactions per 1000 messages
@@ -158,6 +160,35 @@ async def _post_all(session: aiohttp.ClientSession, servers: Sequence[Server], p
     await asyncio.gather(*(lane(server) for server in lanes))
 
 
+async def _single_latency(session: aiohttp.ClientSession, servers: Sequence[Server],
+                          prefix: str, count: int, concurrency: int = 16) -> list[float]:
+    """One message per POST, `concurrency` at a time, round-robin over the instances: the
+    milliseconds of each request."""
+    samples: list[float] = []
+    numbers = iter(range(count))
+
+    async def lane(lane_no: int) -> None:
+        server = servers[lane_no % len(servers)]
+        for n in numbers:
+            item = rest_message(f"{prefix}-{n}")
+            item["account_id"] = "a0"
+            body = {"messages": [item]}
+            began = time.perf_counter()
+            async with session.post(server.url + "/commands/add-messages", json=body,
+                                    headers=headers()) as resp:
+                assert resp.status == 200, await resp.text()
+                await resp.read()
+            samples.append((time.perf_counter() - began) * 1000)
+
+    await asyncio.gather(*(lane(i) for i in range(concurrency)))
+    return samples
+
+
+def _pct(values: list[float], p: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(len(ordered) * p))]
+
+
 async def _until_distinct(sink: Sink, target: int, timeout: float = 900) -> None:
     began = time.perf_counter()
     while sink.distinct < target:
@@ -238,6 +269,19 @@ async def run_instances(args: argparse.Namespace, sink: Sink, count: int, limit:
             figure(f"drain {label}, {args.messages} queued", rates["drain"], "msgs/s", limit)
             _usage(label + " drain", use, args.messages, dupes)
             await _print_xacts(args.db, xacts, args.messages)
+
+            # single-message enqueue, delivery suspended again (these are never sent)
+            await _admin(session, "POST", url + "/commands/suspend", params=params)
+            singles = args.messages // 4
+            mark = Usage.mark(servers, sink)
+            began = time.perf_counter()
+            samples = await _single_latency(session, servers, f"one{count}", singles)
+            elapsed = time.perf_counter() - began
+            use = Usage.since(mark, servers, sink, elapsed)
+            rates["single"] = singles / elapsed
+            figure(f"single-message enqueue {label}, c16", rates["single"], "req/s",
+                   f"p50 {_pct(samples, 0.5):.1f} ms, p99 {_pct(samples, 0.99):.1f} ms")
+            _usage(label + " single", use, singles, None)
     finally:
         for server in servers:
             server.stop()
