@@ -24,6 +24,10 @@ log = logging.getLogger("mailproxy.worker")
 
 CONTROL_HEADERS = ("x-mail-proxy-priority", "x-mail-proxy-batch", "x-mail-proxy-deferred-ts")
 ACCOUNT_CACHE_SECONDS = 10.0
+# After a claim that found nothing, the next one waits at least this long (seconds), even
+# when woken sooner: with several instances every commit wakes all of them, and a burst of
+# wake-ups for rows another instance already took then costs one empty claim, not one each.
+EMPTY_CLAIM_GAP = 0.02
 
 
 class Sender(Protocol):
@@ -145,10 +149,12 @@ class Worker:
     # -- loops -------------------------------------------------------------------------------
 
     async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
         while not self._stopping:
             # Cleared before the claim, so that a wake-up arriving during it is not lost.
             self._wake.clear()
             self._wake_on_slot = False
+            began = loop.time()
             try:
                 productive = await self._cycle()
             except StoreError as exc:
@@ -165,6 +171,9 @@ class Worker:
             # one that found none, only new work (wake) or the loop interval is.
             self._wake_on_slot = productive
             await self._idle()
+            rest = began + EMPTY_CLAIM_GAP - loop.time()
+            if not productive and rest > 0 and not self._stopping:
+                await asyncio.sleep(rest)
 
     def _capacity(self) -> int:
         return self._s.concurrency * 4

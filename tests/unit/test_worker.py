@@ -13,7 +13,7 @@ from mailproxy.errors import RecipientFailure, TemporaryFailure
 from mailproxy.model import Account, Priority
 from mailproxy.service import Caller, MailService
 from mailproxy.store.sqlite import SqliteStore
-from mailproxy.worker import Worker, WorkerSettings
+from mailproxy.worker import EMPTY_CLAIM_GAP, Worker, WorkerSettings
 from tests.conftest import FakeClock, message
 
 
@@ -234,3 +234,37 @@ async def test_sends_go_on_while_outcomes_wait_to_be_stored(store: SqliteStore) 
     finally:
         slow.gate.set()
         await worker.stop(grace=1)
+
+
+async def test_a_burst_of_wake_ups_after_an_empty_claim_is_one_claim_per_gap(
+    store: SqliteStore
+) -> None:
+    await _service(store, FakeClock())  # a tenant and an account, nothing queued
+    claims = 0
+    claim = store.claim
+
+    async def counted(*args: Any, **kw: Any) -> Any:
+        nonlocal claims
+        claims += 1
+        return await claim(*args, **kw)
+
+    store.claim = counted  # type: ignore[method-assign]
+    worker = Worker(store, FakeSender(), FakeClock(), WorkerSettings(owner="w1",
+                                                                      loop_interval=60))
+    await worker.start(recover_all=True)
+    try:
+        for _ in range(100):
+            if claims:
+                break
+            await asyncio.sleep(0.01)
+        before = claims
+        loop = asyncio.get_running_loop()
+        began = loop.time()
+        for _ in range(20):  # every commit of every instance wakes each of them
+            worker.wake()
+            await asyncio.sleep(0.001)
+        await asyncio.sleep(EMPTY_CLAIM_GAP * 2)
+        elapsed = loop.time() - began
+        assert 1 <= claims - before <= elapsed / EMPTY_CLAIM_GAP + 1
+    finally:
+        await worker.stop(1)
