@@ -1122,7 +1122,7 @@ class PostgresStore:
     ) -> list[CommandEntry]:
         """Successful (2xx) rows, oldest first."""
         found = await self._read(lambda c: _q(c, "export_commands", tenant_id=tenant_id,
-                                             since_ts=since_ts, until_ts=until_ts))
+                                              since_ts=since_ts, until_ts=until_ts))
         return [rows.command_from_row(r) for r in found]
 
     async def prune_commands(self, before_ts: int) -> int:
