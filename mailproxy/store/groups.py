@@ -2,9 +2,12 @@
 written together in the next group, in arrival order, as if one after the other.
 
 Each call hands in a few items and gets one result per item. A group that fails is retried
-call by call when `isolate` says the failure may be one call's fault (a refused statement,
-nothing committed), so that one bad call never fails the others; any other failure (the
-database is away) reaches every caller of the group.
+call by call when `isolate` says the failure may be one call's fault (nothing was
+committed), so that one bad call never fails the others; any other failure (the database
+is away, or the commit's outcome is unknown) reaches every caller of the group.
+
+As with any group commit, a caller that gives up (is cancelled) while its group is being
+written may still have its items committed; one that gives up before is not written.
 """
 
 from __future__ import annotations
@@ -14,6 +17,8 @@ import collections
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Generic, TypeVar
+
+from mailproxy.errors import StoreError
 
 I = TypeVar("I")  # noqa: E741 - an item written
 R = TypeVar("R")  # its result
@@ -47,24 +52,37 @@ class GroupWriter(Generic[I, R]):
         return await call.future
 
     async def drain(self) -> None:
-        """Wait until every call handed in so far is written (or has failed)."""
-        if self._task is not None:
-            await asyncio.gather(self._task, return_exceptions=True)
+        """Wait until every call handed in so far is written (or has failed). Cancelling
+        the caller of drain() does not cancel the writing."""
+        while self._task is not None and not self._task.done():
+            await asyncio.wait({self._task})
 
     async def _run(self) -> None:
-        while self._waiting:
-            group: list[_Call[I, R]] = []
-            size = 0
-            while self._waiting and (not group or size + len(self._waiting[0].items)
-                                     <= self._limit):
-                call = self._waiting.popleft()
-                if not call.future.done():  # a caller that gave up is not written
-                    group.append(call)
-                    size += len(call.items)
-            if len(group) == 1:
-                await self._alone(group[0])
-            elif group:
-                await self._together(group)
+        group: list[_Call[I, R]] = []
+        try:
+            while self._waiting:
+                group = self._next_group()
+                if len(group) == 1:
+                    await self._alone(group[0])
+                elif group:
+                    await self._together(group)
+        except BaseException:  # cancelled, or a bug: nobody may be left waiting forever
+            failure = StoreError("write interrupted; its outcome is unknown")
+            for call in (*group, *self._waiting):
+                settle(call.future, exc=failure)
+            self._waiting.clear()
+            raise
+
+    def _next_group(self) -> list[_Call[I, R]]:
+        group: list[_Call[I, R]] = []
+        size = 0
+        while self._waiting and (not group or size + len(self._waiting[0].items)
+                                 <= self._limit):
+            call = self._waiting.popleft()
+            if not call.future.done():  # a caller that gave up is not written
+                group.append(call)
+                size += len(call.items)
+        return group
 
     async def _together(self, group: Sequence[_Call[I, R]]) -> None:
         try:
@@ -72,7 +90,8 @@ class GroupWriter(Generic[I, R]):
         except Exception as exc:
             if self._isolate(exc):
                 for call in group:
-                    await self._alone(call)
+                    if not call.future.done():
+                        await self._alone(call)
             else:
                 for call in group:
                     settle(call.future, exc=exc)

@@ -176,10 +176,8 @@ class _RecordCall:
     future: asyncio.Future[list[bool]]
 
 
-def _statement_failed(exc: Exception) -> bool:
+def _statement_failed(exc: StoreError) -> bool:
     """True when a statement was refused (not when the connection or the commit failed)."""
-    if not isinstance(exc, StoreError):
-        return False
     cause = exc.__cause__
     return (isinstance(cause, asyncpg.PostgresError | asyncpg.InterfaceError)
             and not isinstance(cause, _TRANSIENT))
@@ -187,6 +185,15 @@ def _statement_failed(exc: Exception) -> bool:
 
 class _CommitUnknown(Exception):
     """The connection failed during COMMIT: the transaction may or may not have committed."""
+
+
+def _maybe_one_calls_fault(exc: Exception) -> bool:
+    """For group commit: whether retrying the calls of a failed group one by one may help.
+    Not when the database was away (each caller would wait through the retries again) nor
+    when the commit's outcome is unknown (the group may be written already)."""
+    if isinstance(exc, StoreError):
+        return not isinstance(exc.__cause__, (_CommitUnknown, *_TRANSIENT))
+    return True  # a bug in one call's data: the others may still go through
 
 
 _BROKEN: tuple[type[BaseException], ...] = (_CommitUnknown, *_TRANSIENT)
@@ -244,9 +251,9 @@ class PostgresStore:
         self._record_task: asyncio.Task[None] | None = None
         self._gathered: asyncio.Event | None = None  # set when enough outcomes wait
         self._intake = GroupWriter(self._store_pairs, limit=_INTAKE_GROUP,
-                                   isolate=_statement_failed, name="pg-intake")
+                                   isolate=_maybe_one_calls_fault, name="pg-intake")
         self._commands = GroupWriter(self._insert_commands, limit=_INTAKE_GROUP,
-                                     isolate=_statement_failed, name="pg-command-log")
+                                     isolate=_maybe_one_calls_fault, name="pg-command-log")
         self._listen_con: Any = None
         self._listen_task: asyncio.Task[None] | None = None
         self._listen_lost = asyncio.Event()
@@ -572,9 +579,9 @@ class PostgresStore:
 
         Group commit for small calls (one message per REST request or SMTP submission):
         calls that arrive while an earlier group is being written are written together in
-        the next one, in arrival order, as if one after the other. A group that fails for
-        another reason than a lost connection is retried call by call, so that one bad call
-        never fails the others. Larger calls have a transaction of their own. Other
+        the next one, in arrival order, as if one after the other (store/groups.py). A group
+        that fails while the database is reachable is retried call by call, so that one bad
+        call never fails the others. Larger calls have a transaction of their own. Other
         instances are woken by a notification that is delivered at commit.
         """
         if not items:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import Counter
+from typing import Any
 
 import asyncpg
 import pytest
@@ -128,12 +129,22 @@ async def test_a_refused_call_among_concurrent_enqueues_fails_alone(
     await tenant(store)
     await account(store)
     refused = new("\x00")  # PostgreSQL text cannot hold NUL: the statement is refused
+    assert isinstance(store, PostgresStore)
+    writes: list[int] = []
+    write = store._store_pairs
+
+    async def counted(pairs: Any) -> Any:
+        writes.append(len(pairs))
+        return await write(pairs)
+
+    store._intake._write = counted  # the group writer's write
     results = await asyncio.gather(
         store.enqueue([new(1)], T0), store.enqueue([refused], T0),
         store.enqueue([new(2), new(3)], T0), return_exceptions=True)
     assert results[0] == [None] and results[2] == [None, None]
     assert isinstance(results[1], StoreError)
     assert sorted(await listing(store, T0)) == ["m1", "m2", "m3"]
+    assert writes == [4, 1, 1, 2]  # the group of the three calls, then each call alone
 
 
 @pytest.mark.parametrize("other_commits", [True, False], ids=["commit", "rollback"])

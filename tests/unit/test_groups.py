@@ -6,6 +6,7 @@ import asyncio
 
 import pytest
 
+from mailproxy.errors import StoreError
 from mailproxy.store.groups import GroupWriter
 
 
@@ -100,3 +101,57 @@ async def test_a_caller_that_gave_up_before_its_group_is_not_written() -> None:
         await gone
     await group.drain()
     assert recorder.groups == [["a"], ["c"]]
+
+
+class Gated(Recorder):
+    """A writer whose writes wait until the gate opens."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gate = asyncio.Event()
+
+    async def write(self, items: list[str]) -> list[str]:
+        await self.gate.wait()
+        return await super().write(items)
+
+
+async def test_a_caller_that_gave_up_during_a_refused_group_is_not_retried() -> None:
+    recorder = Gated()
+    group = writer(recorder)
+    calls = [asyncio.ensure_future(group.submit([x])) for x in ("a", "bad", "c")]
+    await asyncio.sleep(0.01)  # the group of three is being written
+    calls[2].cancel()
+    recorder.gate.set()
+    results = await asyncio.gather(*calls, return_exceptions=True)
+    assert results[0] == ["A"] and isinstance(results[1], Refused)
+    assert isinstance(results[2], asyncio.CancelledError)
+    assert recorder.groups == [["a"]]
+
+
+async def test_cancelling_a_drain_does_not_stop_the_writing() -> None:
+    recorder = Gated()
+    group = writer(recorder)
+    call = asyncio.ensure_future(group.submit(["a"]))
+    await asyncio.sleep(0.01)
+    drain = asyncio.ensure_future(group.drain())
+    await asyncio.sleep(0.01)
+    drain.cancel()
+    recorder.gate.set()
+    async with asyncio.timeout(5):  # a writer cancelled with the drain answers nobody
+        assert await call == ["A"]
+
+
+async def test_callers_are_answered_when_the_writer_itself_is_cancelled() -> None:
+    recorder = Gated()
+    group = writer(recorder)
+    writing = asyncio.ensure_future(group.submit(["a"]))
+    await asyncio.sleep(0.01)
+    queued = asyncio.ensure_future(group.submit(["b"]))
+    await asyncio.sleep(0.01)
+    assert group._task is not None
+    group._task.cancel()  # as the event loop does at shutdown
+    async with asyncio.timeout(5):
+        results = await asyncio.gather(writing, queued, return_exceptions=True)
+    assert all(isinstance(r, StoreError) and "unknown" in str(r) for r in results)
+    recorder.gate.set()
+    assert await group.submit(["c"]) == ["C"]  # a later call starts a new writer
