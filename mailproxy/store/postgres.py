@@ -47,7 +47,7 @@ from mailproxy.model import (
     Tenant,
 )
 from mailproxy.store import rows
-from mailproxy.store.groups import GroupWriter, settle
+from mailproxy.store.groups import GroupWriter, Linger
 from mailproxy.store.queries import load_queries, migrations
 
 log = logging.getLogger("mailproxy.store.postgres")
@@ -168,16 +168,17 @@ async def _keep_session(_con: Conn) -> None:
 
 @dataclass(frozen=True, slots=True)
 class _RecordCall:
-    """One record() call waiting for its group."""
+    """One record() call: its outcomes, written in a group with others."""
 
     owner: str
     results: tuple[tuple[Claimed, Outcome], ...]
     now: float
-    future: asyncio.Future[list[bool]]
 
 
-def _statement_failed(exc: StoreError) -> bool:
+def _statement_failed(exc: Exception) -> bool:
     """True when a statement was refused (not when the connection or the commit failed)."""
+    if not isinstance(exc, StoreError):
+        return False
     cause = exc.__cause__
     return (isinstance(cause, asyncpg.PostgresError | asyncpg.InterfaceError)
             and not isinstance(cause, _TRANSIENT))
@@ -246,10 +247,11 @@ class PostgresStore:
         self._pool: Any = None
         self._claim_offset = 0
         self._promoted_at: int | None = None  # the second of the last promote_due
-        self._recording: list[_RecordCall] = []
-        self._recorded_at = float("-inf")
-        self._record_task: asyncio.Task[None] | None = None
-        self._gathered: asyncio.Event | None = None  # set when enough outcomes wait
+        # Outcomes: a refused statement is retried call by call (fencing makes repeats safe);
+        # a bug or a database away reaches every caller of the group.
+        self._records = GroupWriter(self._write_group, limit=_RECORD_GROUP,
+                                    isolate=_statement_failed, name="pg-record",
+                                    linger=Linger(_RECORD_GATHER, _RECORD_LINGER, _RECORD_BUSY))
         self._intake = GroupWriter(self._store_pairs, limit=_INTAKE_GROUP,
                                    isolate=_maybe_one_calls_fault, name="pg-intake")
         self._commands = GroupWriter(self._insert_commands, limit=_INTAKE_GROUP,
@@ -307,11 +309,8 @@ class PostgresStore:
             await con.close()
 
     async def close(self) -> None:
-        await self._intake.drain()
-        await self._commands.drain()
-        if self._record_task is not None:
-            with contextlib.suppress(Exception):
-                await self._record_task
+        for writer in (self._intake, self._commands, self._records):
+            await writer.drain()
         if self._listen_task is not None:
             self._listen_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -802,58 +801,16 @@ class PostgresStore:
     ) -> list[bool]:
         """Commit outcomes of leases still owned (fencing); False where the lease was lost.
 
-        Group commit, as on SQLite: calls that arrive while an earlier group is being
-        written are written together in the next group (each worker records one
-        outcome per finished send, so under load many calls wait at once). A group that
-        fails for another reason than a lost connection is retried call by call, so that
+        Group commit, as on SQLite (store/groups.py, lingering under load): calls that
+        arrive while an earlier group is being written are written together in the next
+        group (each worker records one outcome per finished send, so under load many calls
+        wait at once). A group whose statement is refused is retried call by call, so that
         one bad call never fails the others.
         """
         if not results:
             return []
-        loop = asyncio.get_running_loop()
-        call = _RecordCall(owner, tuple(results), now, loop.create_future())
-        self._recording.append(call)
-        if len(self._recording) >= _RECORD_GATHER and self._gathered is not None:
-            self._gathered.set()
-        if self._record_task is None or self._record_task.done():
-            self._record_task = loop.create_task(self._record_groups(), name="pg-record")
-        return await call.future
-
-    async def _record_groups(self) -> None:
-        loop = asyncio.get_running_loop()
-        while self._recording:
-            busy = loop.time() - self._recorded_at < _RECORD_BUSY
-            if busy and len(self._recording) < _RECORD_GATHER:
-                # Under load outcomes arrive a few at a time; wait a moment for more to
-                # share the commit (its WAL flush is the cost), as PostgreSQL's
-                # commit_delay. An outcome after a quiet spell is written at once.
-                self._gathered = asyncio.Event()
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(_RECORD_LINGER):
-                        await self._gathered.wait()
-                self._gathered = None
-            group = self._recording[:_RECORD_GROUP]
-            del self._recording[:_RECORD_GROUP]
-            self._recorded_at = loop.time()
-            if len(group) == 1:
-                await self._record_alone(group[0])
-                continue
-            try:
-                flags = await self._write_group(group)
-            except StoreError as exc:
-                if _statement_failed(exc):  # isolate the bad call; fencing makes repeats safe
-                    for call in group:
-                        await self._record_alone(call)
-                else:  # the database is away: every caller retries on its own
-                    for call in group:
-                        settle(call.future, exc=exc)
-                continue
-            except Exception as exc:  # a bug: every caller sees it
-                for call in group:
-                    settle(call.future, exc=exc)
-                continue
-            for call, flag in zip(group, flags, strict=True):
-                settle(call.future, flag)
+        [flags] = await self._records.submit([_RecordCall(owner, tuple(results), now)])
+        return flags
 
     async def _write_group(self, group: Sequence[_RecordCall]) -> list[list[bool]]:
         # A group of Sent outcomes alone (nearly always) is one statement, which is atomic
@@ -861,14 +818,6 @@ class PostgresStore:
         only_sent = all(isinstance(o, Sent) for call in group for _, o in call.results)
         return await self._run(_retry_aware(lambda c, retry: self._record_group(c, group, retry)),
                                transaction=not only_sent)
-
-    async def _record_alone(self, call: _RecordCall) -> None:
-        try:
-            flags = await self._write_group([call])
-        except Exception as exc:
-            settle(call.future, exc=exc)
-        else:
-            settle(call.future, flags[0])
 
     async def _record_group(self, c: Conn, calls: Sequence[_RecordCall], retry: bool
                             ) -> list[list[bool]]:
@@ -878,10 +827,9 @@ class PostgresStore:
         with their rate-window counts and events. Others are finished one by one.
         """
         flags = {id(call): [False] * len(call.results) for call in calls}
-        live = [call for call in calls if not call.future.done()]  # skip abandoned calls
         sent: list[tuple[_RecordCall, int, Claimed, Sent]] = []
         seen: set[int] = set()
-        for call in live:
+        for call in calls:
             for i, (m, outcome) in enumerate(call.results):
                 if isinstance(outcome, Sent) and m.seq not in seen:  # listed twice: once
                     seen.add(m.seq)
@@ -891,7 +839,7 @@ class PostgresStore:
             for call, i, m, _ in sent:
                 flags[id(call)][i] = m.seq in finished
         events: list[tuple[int, str, str, int, str | None, str]] = []
-        for call in live:
+        for call in calls:
             for i, (m, outcome) in enumerate(call.results):
                 if isinstance(outcome, Sent):
                     continue

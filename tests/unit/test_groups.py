@@ -7,7 +7,7 @@ import asyncio
 import pytest
 
 from mailproxy.errors import StoreError
-from mailproxy.store.groups import GroupWriter
+from mailproxy.store.groups import GroupWriter, Linger
 
 
 class Refused(Exception):
@@ -155,3 +155,28 @@ async def test_callers_are_answered_when_the_writer_itself_is_cancelled() -> Non
     assert all(isinstance(r, StoreError) and "unknown" in str(r) for r in results)
     recorder.gate.set()
     assert await group.submit(["c"]) == ["C"]  # a later call starts a new writer
+
+
+async def test_under_load_a_writer_lingers_until_enough_calls_wait() -> None:
+    recorder = Recorder()
+    group = GroupWriter(recorder.write, limit=10, name="test-group",
+                        isolate=lambda exc: isinstance(exc, Refused),
+                        linger=Linger(gather=3, wait=5, busy=10))
+    assert await group.submit(["a"]) == ["A"]  # after a quiet spell: written at once
+    later = asyncio.ensure_future(group.submit(["b"]))
+    await asyncio.sleep(0.05)
+    assert not later.done()  # the previous group was taken just now: wait for company
+    rest = await asyncio.gather(group.submit(["c"]), group.submit(["d"]))
+    assert await later == ["B"] and rest == [["C"], ["D"]]
+    assert recorder.groups == [["a"], ["b", "c", "d"]]
+
+
+async def test_a_lingering_writer_writes_what_it_has_after_its_wait() -> None:
+    recorder = Recorder()
+    group = GroupWriter(recorder.write, limit=10, name="test-group",
+                        isolate=lambda exc: isinstance(exc, Refused),
+                        linger=Linger(gather=3, wait=0.05, busy=10))
+    assert await group.submit(["a"]) == ["A"]
+    async with asyncio.timeout(5):
+        assert await group.submit(["b"]) == ["B"]
+    assert recorder.groups == [["a"], ["b"]]
