@@ -13,7 +13,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from email.message import EmailMessage
 from pathlib import Path
@@ -317,3 +317,31 @@ def figure(name: str, value: float, unit: str, limit: str = "") -> None:
     if limit:
         line += f"  [{limit}]"
     print(line, flush=True)
+
+
+async def single_latency(session: aiohttp.ClientSession, urls: Sequence[str], prefix: str,
+                         total: int, concurrency: int = 16, account_id: str = "main"
+                         ) -> list[float]:
+    """One message per POST, `concurrency` requests at a time, the lanes spread round-robin
+    over the urls: the milliseconds of each request."""
+    samples: list[float] = []
+    numbers = iter(range(total))
+
+    async def lane(url: str) -> None:
+        for n in numbers:
+            item = rest_message(f"{prefix}-{n}")
+            item["account_id"] = account_id
+            began = time.perf_counter()
+            async with session.post(url + "/commands/add-messages", json={"messages": [item]},
+                                    headers=headers()) as resp:
+                assert resp.status == 200, await resp.text()
+                await resp.read()
+            samples.append((time.perf_counter() - began) * 1000)
+
+    await asyncio.gather(*(lane(urls[i % len(urls)]) for i in range(concurrency)))
+    return samples
+
+
+def pct(values: list[float], p: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(len(ordered) * p))]

@@ -54,9 +54,11 @@ from common import (
     Sink,
     figure,
     headers,
+    pct,
     raw_smtp_rate,
     rest_message,
     running_sink,
+    single_latency,
 )
 
 DEFAULT_DB = os.environ.get("TEST_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/test")
@@ -160,35 +162,6 @@ async def _post_all(session: aiohttp.ClientSession, servers: Sequence[Server], p
     await asyncio.gather(*(lane(server) for server in lanes))
 
 
-async def _single_latency(session: aiohttp.ClientSession, servers: Sequence[Server],
-                          prefix: str, count: int, concurrency: int = 16) -> list[float]:
-    """One message per POST, `concurrency` at a time, round-robin over the instances: the
-    milliseconds of each request."""
-    samples: list[float] = []
-    numbers = iter(range(count))
-
-    async def lane(lane_no: int) -> None:
-        server = servers[lane_no % len(servers)]
-        for n in numbers:
-            item = rest_message(f"{prefix}-{n}")
-            item["account_id"] = "a0"
-            body = {"messages": [item]}
-            began = time.perf_counter()
-            async with session.post(server.url + "/commands/add-messages", json=body,
-                                    headers=headers()) as resp:
-                assert resp.status == 200, await resp.text()
-                await resp.read()
-            samples.append((time.perf_counter() - began) * 1000)
-
-    await asyncio.gather(*(lane(i) for i in range(concurrency)))
-    return samples
-
-
-def _pct(values: list[float], p: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(len(ordered) * p))]
-
-
 async def _until_distinct(sink: Sink, target: int, timeout: float = 900) -> None:
     began = time.perf_counter()
     while sink.distinct < target:
@@ -275,12 +248,13 @@ async def run_instances(args: argparse.Namespace, sink: Sink, count: int, limit:
             singles = args.messages // 4
             mark = Usage.mark(servers, sink)
             began = time.perf_counter()
-            samples = await _single_latency(session, servers, f"one{count}", singles)
+            samples = await single_latency(session, [s.url for s in servers], f"one{count}",
+                                           singles, account_id="a0")
             elapsed = time.perf_counter() - began
             use = Usage.since(mark, servers, sink, elapsed)
             rates["single"] = singles / elapsed
             figure(f"single-message enqueue {label}, c16", rates["single"], "req/s",
-                   f"p50 {_pct(samples, 0.5):.1f} ms, p99 {_pct(samples, 0.99):.1f} ms")
+                   f"p50 {pct(samples, 0.5):.1f} ms, p99 {pct(samples, 0.99):.1f} ms")
             _usage(label + " single", use, singles, None)
     finally:
         for server in servers:

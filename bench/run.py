@@ -22,10 +22,12 @@ from common import (
     Server,
     figure,
     headers,
+    pct,
     raw_smtp_rate,
     rest_message,
     running_sink,
     setup_tenant,
+    single_latency,
 )
 
 
@@ -64,30 +66,6 @@ async def wait_received(sink_count: object, target: int, timeout: float = 600) -
     return time.perf_counter() - began
 
 
-async def latency(session: aiohttp.ClientSession, url: str, total: int = 4000,
-                  concurrency: int = 16) -> list[float]:
-    samples: list[float] = []
-    counter = iter(range(total))
-
-    async def worker() -> None:
-        for i in counter:
-            body = {"messages": [rest_message(f"lat{i}")]}
-            began = time.perf_counter()
-            async with session.post(url + "/commands/add-messages", json=body,
-                                    headers=headers()) as resp:
-                await resp.read()
-                assert resp.status == 200
-            samples.append((time.perf_counter() - began) * 1000)
-
-    await asyncio.gather(*(worker() for _ in range(concurrency)))
-    return samples
-
-
-def pct(values: list[float], p: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(len(ordered) * p))]
-
-
 async def main(args: argparse.Namespace) -> None:
     if args.scale_only:
         with running_sink() as sink:
@@ -105,7 +83,7 @@ async def main(args: argparse.Namespace) -> None:
                 await command(session, server.url, "suspend")
                 elapsed = await post_batches(session, server.url, 0, args.ingest)
                 figure("batched ingest (1000/batch, paused)", args.ingest / elapsed, "msgs/s")
-                samples = await latency(session, server.url)
+                samples = await single_latency(session, [server.url], "lat", 4000)
                 figure("enqueue p50 (concurrency 16)", pct(samples, 0.50), "ms")
                 figure("enqueue p99 (concurrency 16)", pct(samples, 0.99), "ms")
                 figure("enqueue throughput (single, conc. 16)",
