@@ -13,7 +13,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from email.message import EmailMessage
 from pathlib import Path
@@ -34,23 +34,33 @@ def free_port() -> int:
 _PROXY_ID = re.compile(rb"^X-Mail-Proxy-ID: *([^\r\n]*)", re.MULTILINE | re.IGNORECASE)
 
 
+def _counting(counter: Any, distinct: Any) -> Callable[[bytes], None]:
+    """accept(content) for a sink: counts every message and, with `distinct`, each
+    X-Mail-Proxy-ID once."""
+    seen: set[bytes] = set()
+
+    def accept(content: bytes) -> None:
+        with counter.get_lock():
+            counter.value += 1
+        if distinct is not None:
+            found = _PROXY_ID.search(content.split(b"\r\n\r\n", 1)[0])
+            key = found.group(1) if found else b""
+            if key not in seen:
+                seen.add(key)
+                with distinct.get_lock():
+                    distinct.value += 1
+
+    return accept
+
+
 def _sink_main(port: int, counter: Any, ready: Any, distinct: Any = None) -> None:
     from aiosmtpd.controller import Controller
 
-    seen: set[bytes] = set()
+    accept = _counting(counter, distinct)
 
     class Discard:
         async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
-            with counter.get_lock():
-                counter.value += 1
-            if distinct is not None:  # count each X-Mail-Proxy-ID once
-                head = envelope.content.split(b"\r\n\r\n", 1)[0]
-                found = _PROXY_ID.search(head)
-                key = found.group(1) if found else b""
-                if key not in seen:
-                    seen.add(key)
-                    with distinct.get_lock():
-                        distinct.value += 1
+            accept(envelope.content)
             return "250 OK"
 
     # uvloop, as `mail-proxy serve` uses: the sink stands for a relay on another machine, so
@@ -129,19 +139,7 @@ class _LeanSmtp(asyncio.Protocol):
 
 
 def _lean_sink_main(port: int, counter: Any, ready: Any, distinct: Any = None) -> None:
-    seen: set[bytes] = set()
-
-    def accept(content: bytes) -> None:
-        with counter.get_lock():
-            counter.value += 1
-        if distinct is not None:
-            head_end = content.find(b"\r\n\r\n")
-            found = _PROXY_ID.search(content, 0, len(content) if head_end < 0 else head_end)
-            key = found.group(1) if found else b""
-            if key not in seen:
-                seen.add(key)
-                with distinct.get_lock():
-                    distinct.value += 1
+    accept = _counting(counter, distinct)
 
     async def serve() -> None:
         loop = asyncio.get_running_loop()
