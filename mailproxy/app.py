@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import secrets
 import signal
 import socket
@@ -15,7 +16,7 @@ from pathlib import Path
 
 from aiohttp import web
 
-from mailproxy import intake, sync
+from mailproxy import __version__, intake, runstate, sync
 from mailproxy.config import Settings
 from mailproxy.delivery import SmtpPool
 from mailproxy.errors import ConfigError
@@ -218,20 +219,31 @@ def make_app(parts: Parts) -> web.Application:
 
 
 async def serve(settings: Settings) -> None:
-    """Run until SIGTERM/SIGINT, then shut down gracefully."""
-    parts = await build(settings)
-    app = make_app(parts)
-    runner = web.AppRunner(app, access_log=None, handle_signals=False)
-    await runner.setup()
-    site = web.TCPSite(runner, settings.host, settings.port, reuse_address=True)
+    """Run until SIGTERM/SIGINT, then shut down gracefully.
+
+    The REST port is bound before anything starts, so a busy port stops start-up with one
+    line and nothing to undo; a part that fails to start (the SMTP port) is undone too."""
+    sock = _bind(settings.host, settings.port)
     try:
-        await site.start()
-    except OSError as exc:
-        await runner.cleanup()
-        raise ConfigError(f"cannot listen on {settings.host}:{settings.port}: {exc}") from None
-    log.info("mail-proxy %s listening on http://%s:%d (instance %s, database %s)",
-             parts.instance_id, settings.host, settings.port, parts.instance_id,
-             _db_label(settings))
+        parts = await build(settings)
+    except BaseException:
+        sock.close()
+        raise
+    runner = web.AppRunner(make_app(parts), access_log=None, handle_signals=False)
+    try:
+        await runner.setup()
+        await web.SockSite(runner, sock).start()
+    except BaseException:
+        sock.close()
+        with contextlib.suppress(Exception):
+            await runner.cleanup()
+        raise
+    url = _url(settings.host, sock.getsockname()[1])
+    log.info("mail-proxy %s listening on %s (instance %s, database %s)",
+             __version__, url, settings.instance, _db_label(settings))
+    log.debug("lease owner id of this process: %s", parts.instance_id)
+    smtp_address = f"{settings.smtp_host}:{settings.smtp_port}" if settings.smtp_port else None
+    runstate.write(settings.data_dir, settings.instance, url, smtp_address)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -242,6 +254,23 @@ async def serve(settings: Settings) -> None:
         log.info("shutting down")
         with contextlib.suppress(Exception):
             await runner.cleanup()
+        runstate.clear(settings.data_dir)
+
+
+def _bind(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    try:
+        return socket.create_server((host, port), family=family)
+    except OSError as exc:
+        reason = os.strerror(exc.errno) if exc.errno else str(exc)
+        raise ConfigError(f"cannot listen on {host}:{port}: {reason.lower()} "
+                          "(another mail-proxy? see: mail-proxy list)") from None
+
+
+def _url(host: str, port: int) -> str:
+    """The REST URL a client on this machine uses (a wildcard bind is reached on loopback)."""
+    shown = {"": "127.0.0.1", "0.0.0.0": "127.0.0.1", "::": "::1"}.get(host, host)
+    return f"http://[{shown}]:{port}" if ":" in shown else f"http://{shown}:{port}"
 
 
 def _db_label(settings: Settings) -> str:

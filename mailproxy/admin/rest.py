@@ -38,10 +38,12 @@ def describe(detail: Any) -> str:
 
 
 class Rest:
-    def __init__(self, base_url: str, token: str, name: str, timeout: float = 60.0) -> None:
+    def __init__(self, base_url: str, token: str, name: str, start: str | None = None,
+                 timeout: float = 60.0) -> None:
         self.base_url = base_url.rstrip("/")
         self.token = token
         self.name = name
+        self.start = start
         self.timeout = timeout
 
     def call(self, method: str, path: str, *, query: dict[str, Any] | None = None,
@@ -66,15 +68,16 @@ class Rest:
                                FAILED) from None
             raise ApiError(exc.code, detail) from None
         except (TimeoutError, urllib.error.URLError, ConnectionError) as exc:
-            raise not_running(self.name, getattr(exc, "reason", exc)) from None
+            raise not_running(self.name, getattr(exc, "reason", exc), self.start) from None
 
     def get(self, path: str, **query: Any) -> Any:
         return self.call("GET", path, query=query)
 
 
-def not_running(name: str, reason: object = None) -> CliError:
+def not_running(name: str, reason: object = None, start: str | None = None) -> CliError:
     why = f" ({reason})" if reason else ""
-    return CliError(f"instance {name} is not running{why}; start it with: mail-proxy start {name}",
+    command = start or f"mail-proxy start {name}"
+    return CliError(f"instance {name} is not running{why}; start it with: {command}",
                     NOT_RUNNING)
 
 

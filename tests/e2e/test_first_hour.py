@@ -1,0 +1,197 @@
+"""A new user's first hour with the CLI: `make serve` and `mail-proxy` meet, hints help.
+
+`make serve` is `mail-proxy serve` with GMP_DATA_DIR=./data of the checkout; here it runs as
+a subprocess in a temporary "checkout" (with GMP_PORT=0, so the bound port is the kernel's
+pick), and the CLI runs from that directory with no GMP_* variables, as a user types it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from mailproxy import cli as cli_main
+from mailproxy.admin import instances
+from tests.e2e.test_cli import ROOT, Cli
+from tests.relay import free_port
+
+LISTENING = re.compile(r"listening on (http://127\.0\.0\.1:(\d+)) \(instance (\S+),")
+
+
+class MakeServe:
+    """`make serve` in a checkout: the server's log is what the user reads."""
+
+    def __init__(self, checkout: Path, **env: str) -> None:
+        self.checkout = checkout
+        self.log = checkout / "serve.log"
+        base = {k: v for k, v in os.environ.items() if not k.startswith("GMP_")}
+        self.env = {**base, "HOME": str(checkout), "PYTHONPATH": str(ROOT),
+                    "GMP_DATA_DIR": str(checkout / "data"), "GMP_PORT": "0",
+                    "GMP_SMTP_PORT": "0", "GMP_SHUTDOWN_GRACE_SECONDS": "2", **env}
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def run(self, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "mailproxy", "serve"], env=self.env,
+                              cwd=self.checkout, capture_output=True, text=True,
+                              timeout=timeout)
+
+    def start(self) -> tuple[str, str]:
+        """Start and wait for the listening line; returns (url, instance name logged)."""
+        with self.log.open("wb") as log:
+            self.proc = subprocess.Popen([sys.executable, "-m", "mailproxy", "serve"],
+                                         env=self.env, cwd=self.checkout,
+                                         stdin=subprocess.DEVNULL, stdout=log, stderr=log)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            assert self.proc.poll() is None, self.log.read_text()
+            found = LISTENING.search(self.log.read_text())
+            if found:
+                return found.group(1), found.group(3)
+            time.sleep(0.05)
+        raise AssertionError(f"serve did not log its address:\n{self.log.read_text()}")
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+@pytest.fixture
+def checkout(tmp_path: Path) -> Path:
+    path = tmp_path / "checkout"
+    path.mkdir()
+    return path
+
+
+@pytest.fixture
+def served(checkout: Path) -> Iterator[tuple[MakeServe, str, str]]:
+    server = MakeServe(checkout)
+    url, name = server.start()
+    yield server, url, name
+    server.stop()
+
+
+@pytest.fixture
+def user(checkout: Path) -> Iterator[Cli]:
+    """The CLI as the user runs it: from the checkout, HOME its own, no GMP_* variables."""
+    runner = Cli(checkout)
+    runner.env.pop("GMP_SHUTDOWN_GRACE_SECONDS")
+    yield runner
+    runner.kill_all()
+
+
+def test_the_log_names_the_instance_and_the_port_it_bound(
+        served: tuple[MakeServe, str, str]) -> None:
+    server, url, name = served
+    port = int(url.rsplit(":", 1)[1])
+    assert name == "default"
+    assert port != 0
+    with socket.create_connection(("127.0.0.1", port), timeout=5):
+        pass  # the logged port is the one that answers
+    assert not re.search(r"instance [0-9a-f]{12}", server.log.read_text())
+
+
+def test_the_cli_lists_and_uses_the_instance_of_make_serve(
+        served: tuple[MakeServe, str, str], user: Cli) -> None:
+    _server, url, _name = served
+    listing = json.loads(user.ok("list", "--json"))
+    assert [(i["name"], i["status"], i["url"]) for i in listing] == [
+        ("default", "running", url)]
+    assert "default" in user.ok("list") and url in user.ok("list")
+    added = user.ok("default", "tenants", "add", "acme", "--name", "Acme")
+    assert "tenant token (shown once)" in added
+    assert "Acme" in user.ok("default", "tenants", "list")
+    info = json.loads(user.ok("default", "info", "--json"))
+    assert info["url"] == url and info["tenants"] == 1
+
+
+def test_start_default_does_not_start_a_second_instance_beside_make_serve(
+        served: tuple[MakeServe, str, str], user: Cli) -> None:
+    _server, url, _name = served
+    out = user.ok("start", "default")
+    assert f"default is already running at {url}" in out
+    assert not (user.home / ".mail-proxy").exists()  # nothing new, nothing outside ./data
+
+
+def test_start_elsewhere_beside_a_foreign_server_on_the_first_port_is_refused(
+        served: tuple[MakeServe, str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """Seen from another directory, `make serve` on the first port is not an instance the
+    CLI knows: `start default` says so instead of opening an empty one on the next port.
+    (In-process, so that the first port can be the one the test's server bound.)"""
+    _server, url, _name = served
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    monkeypatch.setenv("HOME", str(elsewhere))
+    for name in [n for n in os.environ if n.startswith("GMP_")]:
+        monkeypatch.delenv(name)
+    monkeypatch.setattr(instances, "FIRST_PORT", int(url.rsplit(":", 1)[1]))
+    monkeypatch.setattr("mailproxy.admin.lifecycle.FIRST_PORT", instances.FIRST_PORT)
+    assert cli_main.main(["start", "default"]) == 1
+    err = capsys.readouterr().err
+    assert f"a mail-proxy already answers at {url}" in err
+    assert "--port" in err and err.count("\n") == 1
+    assert not (elsewhere / ".mail-proxy" / "default").exists()
+
+
+def test_a_missing_name_gets_a_usage_line_with_an_example(checkout: Path, user: Cli) -> None:
+    done = user("tenants", "list")
+    assert done.returncode == 2
+    assert "unknown command" not in done.stderr
+    assert "usage: mail-proxy NAME tenants list" in done.stderr
+    assert "e.g. mail-proxy default tenants list" in done.stderr
+    done = user("acme", "messages", "list")
+    assert done.returncode == 3
+    assert "mail-proxy default acme messages list" in done.stderr
+    done = user("default")
+    assert done.returncode == 2 and "e.g. mail-proxy default tenants list" in done.stderr
+
+
+def test_hints_name_the_command_that_helps(checkout: Path, user: Cli) -> None:
+    done = user("default", "tenants", "list")
+    assert done.returncode == 3
+    assert "make serve" in done.stderr and "mail-proxy start default" in done.stderr
+    (checkout / "data").mkdir()
+    (checkout / "data" / "api_token").write_text("x\n")
+    done = user("default", "tenants", "list")  # ./data exists but nothing runs
+    assert done.returncode == 3
+    assert "not running" in done.stderr and "start it with: make serve" in done.stderr
+    assert done.stderr.count("\n") == 1
+
+
+def test_a_busy_port_stops_start_up_with_one_line(checkout: Path) -> None:
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        done = MakeServe(checkout, GMP_PORT=str(port)).run()
+        assert done.returncode == 1
+        assert done.stderr.splitlines() == [
+            f"mail-proxy: cannot listen on 127.0.0.1:{port}: address already in use "
+            "(another mail-proxy? see: mail-proxy list)"]
+        # The SMTP port busy: started parts are stopped again, nothing left unclosed.
+        done = MakeServe(checkout, GMP_SMTP_PORT=str(port), GMP_PORT=str(free_port()),
+                         GMP_API_TOKEN="t" * 32).run()
+        assert done.returncode == 1
+        lines = [line for line in done.stderr.splitlines() if line.strip()]
+        assert len(lines) == 1, done.stderr
+        assert f"cannot listen for SMTP on 127.0.0.1:{port}" in lines[0]
+        assert "Unclosed" not in done.stderr
+    with contextlib.suppress(FileNotFoundError):
+        assert not (checkout / "data" / "server.pid").exists()
