@@ -18,7 +18,7 @@ from aiohttp import web
 
 from mailproxy import __version__, intake, runstate, sync
 from mailproxy.config import Settings
-from mailproxy.delivery import SmtpPool
+from mailproxy.delivery import Resolver, SmtpPool, system_resolver
 from mailproxy.errors import ConfigError
 from mailproxy.ingress import http, smtp
 from mailproxy.metrics import Metrics
@@ -70,9 +70,11 @@ def admin_token(settings: Settings) -> str:
 
 
 async def build(
-    settings: Settings, *, clock: Clock | None = None, observer: Observer | None = None
+    settings: Settings, *, clock: Clock | None = None, observer: Observer | None = None,
+    resolver: Resolver = system_resolver,
 ) -> Parts:
-    """Open the store and wire the parts; nothing runs yet."""
+    """Open the store and wire the parts; nothing runs yet. `resolver` looks relay hosts
+    up (tests give one that answers without DNS traffic)."""
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     key = load_key(settings.encryption_key, settings.data_dir,
                    may_generate=not settings.is_postgres)
@@ -92,6 +94,7 @@ async def build(
         pool_size=settings.smtp_pool_size, pool_wait=settings.smtp_pool_wait_seconds,
         connect_timeout=settings.smtp_connect_timeout_seconds,
         send_timeout=settings.smtp_send_timeout_seconds, tls_verify=settings.smtp_tls_verify,
+        resolver=resolver,
     )
     worker = Worker(
         store, pool, clock,
@@ -105,6 +108,7 @@ async def build(
             retry=RetryPolicy(settings.retry_max, settings.retry_base_seconds,
                               settings.retry_factor, settings.retry_max_delay_seconds),
             genro_header=settings.compat_genro_header,
+            unknown_host_grace=settings.smtp_unknown_host_grace_seconds,
         ),
         observer or metrics,
     )

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import email.utils
 import logging
+import math
 import mimetypes
 import random
 import socket
@@ -15,10 +16,18 @@ from typing import Protocol
 
 from mailproxy import compose, intake
 from mailproxy.addresses import needs_smtputf8, split_address
-from mailproxy.errors import PermanentFailure, RecipientFailure, StoreError, TemporaryFailure
+from mailproxy.errors import (
+    PermanentFailure,
+    RecipientFailure,
+    StoreError,
+    TemporaryFailure,
+    UnknownHost,
+)
 from mailproxy.model import Account, Attachment, Claimed, Deferred, Failed, Outcome, Sent
 from mailproxy.policy import RetryPolicy, retry_error_text
+from mailproxy.relayhost import UnknownHosts
 from mailproxy.service import Clock, Store
+from mailproxy.timefmt import iso
 
 log = logging.getLogger("mailproxy.worker")
 
@@ -71,6 +80,7 @@ class WorkerSettings:
     retry: RetryPolicy = field(default_factory=RetryPolicy)
     genro_header: bool = True
     bounce_return_path: str | None = None
+    unknown_host_grace: float = 60.0
 
 
 class Worker:
@@ -93,6 +103,7 @@ class Worker:
         self._per_account: dict[tuple[str, str], asyncio.Semaphore] = {}
         self._accounts: dict[tuple[str, str], tuple[float, Account | None]] = {}
         self._blocked: dict[tuple[str, str], int] = {}
+        self._unknown_hosts = UnknownHosts(settings.unknown_host_grace)
         self._hostname = socket.getfqdn() or "localhost"
         self._runner: asyncio.Task[None] | None = None
         self._renewer: asyncio.Task[None] | None = None
@@ -108,6 +119,7 @@ class Worker:
     def account_changed(self, tenant_id: str, account_id: str) -> None:
         self._accounts.pop((tenant_id, account_id), None)
         self._blocked.pop((tenant_id, account_id), None)
+        self._unknown_hosts.forget(tenant_id, account_id)
         self._sender.discard(tenant_id, account_id)
         self.wake()
 
@@ -283,6 +295,7 @@ class Worker:
         self._inflight.pop(message.pk, None)
         if applied[0]:
             self._observer.outcome(message, outcome, now)
+            _log_failure(message, outcome, self._s.retry.max_retries)
             self._events_created()
 
     def _events_created(self) -> None:
@@ -314,6 +327,9 @@ class Worker:
         try:
             refused = await self._sender.send(account, sender, recipients, data, smtputf8=utf8,
                                               eightbit=eightbit)
+        except UnknownHost as exc:
+            self._observer.smtp_seconds("temporary", asyncio.get_running_loop().time() - started)
+            return self._unknown_host(message, account, str(exc))
         except TemporaryFailure as exc:
             self._observer.smtp_seconds("temporary", asyncio.get_running_loop().time() - started)
             return self._temporary(message, str(exc))
@@ -321,6 +337,7 @@ class Worker:
             self._observer.smtp_seconds("permanent", asyncio.get_running_loop().time() - started)
             return Failed(str(exc), exc.code)
         self._observer.smtp_seconds("sent", asyncio.get_running_loop().time() - started)
+        self._unknown_hosts.forget(message.tenant_id, message.account_id)
         failed = tuple(
             {"address": r.address, "code": r.code, "reason": r.reason} for r in refused
         )
@@ -333,6 +350,15 @@ class Worker:
         count = message.retry_count + 1
         delay = retry.delay(count, random.Random())
         return Deferred(reason=error, next_ts=int(self._clock.now()) + delay, retry_count=count)
+
+    def _unknown_host(self, message: Claimed, account: Account, error: str) -> Outcome:
+        """Deferred to the end of the account's grace (contract §9.4), then final."""
+        now = self._clock.now()
+        deadline = self._unknown_hosts.deadline(account, now)
+        if now >= deadline or self._s.retry.exhausted(message.retry_count):
+            return Failed(self._unknown_hosts.failed_text(account, error))
+        return Deferred(reason=f"{error}; retried until {iso(deadline)}, then final",
+                        next_ts=math.ceil(deadline), retry_count=message.retry_count + 1)
 
     def _build(self, message: Claimed) -> tuple[str, list[str], bytes]:
         """Envelope sender, recipients and the bytes to send."""
@@ -364,6 +390,21 @@ class Worker:
             hostname=self._hostname, strip_headers=CONTROL_HEADERS,
         )
         return sender, list(message.payload.get("to") or []), data
+
+
+def _log_failure(message: Claimed, outcome: Outcome, max_retries: int) -> None:
+    """One INFO line per failed attempt: whose message, why, and what happens next."""
+    if isinstance(outcome, Deferred):
+        log.info("message %s (tenant %s, account %s) deferred: %s; next try %s (retry %d of %d)",
+                 message.id, message.tenant_id, message.account_id, _one_line(outcome.reason),
+                 iso(outcome.next_ts), outcome.retry_count, max_retries)
+    elif isinstance(outcome, Failed):
+        log.info("message %s (tenant %s, account %s) failed: %s; no further try",
+                 message.id, message.tenant_id, message.account_id, _one_line(outcome.error))
+
+
+def _one_line(text: str | None) -> str:
+    return " ".join((text or "unknown error").split())
 
 
 def _addr(item: str) -> str:

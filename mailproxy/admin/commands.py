@@ -14,7 +14,17 @@ from typing import Any
 
 from mailproxy.admin.instances import Instance, require_running
 from mailproxy.admin.rest import ApiError, Rest
-from mailproxy.admin.ui import FAILED, OK, USAGE, CliError, Ctx, Progress, pairs, table
+from mailproxy.admin.ui import (
+    FAILED,
+    OK,
+    USAGE,
+    CliError,
+    Ctx,
+    Progress,
+    pairs,
+    readable_time,
+    table,
+)
 
 RESERVED_TENANTS = frozenset({"tenants", "info", "token"})
 BATCH_MESSAGES = 200
@@ -232,7 +242,9 @@ def _int(text: str, name: str) -> int:
 
 MESSAGE_COLUMNS = [("id", "ID"), ("status", "STATUS"), ("account_id", "ACCOUNT"),
                    ("priority", "PRI"), ("batch_code", "BATCH"), ("created_at", "CREATED"),
-                   ("retry_count", "RETRIES"), ("error", "ERROR")]
+                   ("retry_count", "RETRIES"), ("next_try_ts", "NEXT TRY"),
+                   ("last_error", "ERROR")]
+WAITING = ("scheduled", "deferred")
 
 
 def cmd_messages(ctx: Ctx, instance: Instance, tenant_id: str, argv: Sequence[str]) -> int:
@@ -250,11 +262,13 @@ def cmd_messages(ctx: Ctx, instance: Instance, tenant_id: str, argv: Sequence[st
                         limit=args.limit)["messages"]
 
     def render() -> None:
-        table(messages, MESSAGE_COLUMNS)
+        shown = [{**m, "next_try_ts": m.get("deferred_ts") if m.get("status") in WAITING
+                  else None} for m in messages]
+        table(shown, MESSAGE_COLUMNS)
         for record in messages if args.history else []:
             for event in record.get("history") or []:
-                print(f"  {record['id']}: {event['event_type']} {event['event_ts']} "
-                      f"{event.get('description') or ''}".rstrip())
+                print(f"  {record['id']}: {readable_time(event['event_ts'])} "
+                      f"{event['event_type']} {event.get('description') or ''}".rstrip())
 
     ctx.emit(messages, render)
     return OK

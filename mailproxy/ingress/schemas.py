@@ -223,6 +223,8 @@ class HistoryEntry(BaseModel):
     description: str | None
     metadata: dict[str, Any]
     reported_ts: int | None
+    event_ts_iso: str
+    reported_ts_iso: str | None
 
 
 class MessageRecord(BaseModel):
@@ -249,8 +251,18 @@ class MessageRecord(BaseModel):
     bounce_reason: str | None
     bounce_ts: int | None
     is_pec: bool
+    last_error: str | None = Field(description="Why it is not delivered yet: the final error, "
+                                   "else the reason of the latest failed attempt (additive)")
     created_at: str | None
     updated_at: str | None
+    # ISO-8601 UTC (`2026-12-02T13:30:52Z`) companions of the time fields (additive).
+    deferred_ts_iso: str | None
+    sent_ts_iso: str | None
+    error_ts_iso: str | None
+    reported_ts_iso: str | None
+    bounce_ts_iso: str | None
+    created_at_iso: str | None
+    updated_at_iso: str | None
     message: dict[str, Any]
     history: list[HistoryEntry] | None = None
 

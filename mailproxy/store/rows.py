@@ -28,8 +28,16 @@ from mailproxy.model import (
     Tenant,
 )
 from mailproxy.policy import display_status
+from mailproxy.timefmt import iso
 
 FINAL = ("sent", "error", "bounced", "suppressed")
+# The reason of a message's latest failed attempt (listing; uses the events_message index).
+LAST_EVENT_ERROR = (
+    "SELECT e.description FROM events e WHERE e.message_seq = messages.seq "
+    "AND e.event_type IN ('deferred', 'error') ORDER BY e.event_id DESC LIMIT 1"
+)
+# Time fields of a MessageRecord that get an ISO-8601 `<field>_iso` companion.
+_TS_FIELDS = ("deferred_ts", "sent_ts", "error_ts", "reported_ts", "bounce_ts")
 
 
 class Cipher(Protocol):
@@ -251,13 +259,31 @@ def message_record(
         "bounce_reason": row["bounce_reason"],
         "bounce_ts": row["bounce_ts"],
         "is_pec": bool(row["is_pec"]),
+        "last_error": last_error(row),
         "created_at": ts_text(row["created_ts"]),
         "updated_at": ts_text(row["updated_ts"]),
         "message": redact_attachment_auth(json.loads(row["payload"])),
     }
+    record.update({f"{name}_iso": iso(record[name]) for name in _TS_FIELDS})
+    record["created_at_iso"] = iso(row["created_ts"])
+    record["updated_at_iso"] = iso(row["updated_ts"])
     if history is not None:
         record["history"] = history
     return record
+
+
+def last_error(row: Mapping[str, Any]) -> str | None:
+    """Why the message is not delivered yet (or at all): the final error, else the reason
+    of its latest failed attempt or rate-limit deferral. None once sent, and for a message
+    not tried since it was (re)submitted."""
+    status = row["status"]
+    if status in ("error", "suppressed"):
+        return str(row["error"]) if row["error"] is not None else None
+    if status in ("sent", "bounced") or (status in ("pending", "scheduled")
+                                         and not row["retry_count"]):
+        return None
+    found = row.get("last_event_error")
+    return None if found is None else str(found)
 
 
 _AUTH_SECRETS = ("token", "password")
@@ -316,6 +342,8 @@ def history_entry(row: Sequence[Any]) -> dict[str, Any]:
         "description": description,
         "metadata": json.loads(metadata) if metadata else {},
         "reported_ts": reported_ts,
+        "event_ts_iso": iso(event_ts),
+        "reported_ts_iso": iso(reported_ts),
     }
 
 

@@ -397,7 +397,8 @@ class SqliteStore:
         elif status is not None:
             where.append("status = :status")
         sql = (
-            "SELECT * FROM messages WHERE " + " AND ".join(where)
+            f"SELECT messages.*, ({rows.LAST_EVENT_ERROR}) AS last_event_error "
+            "FROM messages WHERE " + " AND ".join(where)
             + " ORDER BY created_ts DESC, seq DESC LIMIT :limit OFFSET :offset"
         )
         args = {"tenant_id": tenant.id, "now": now, "status": status, "limit": limit,

@@ -347,7 +347,12 @@ WHERE status NOT IN ('sent', 'error', 'bounced', 'suppressed')
 
 -- name: list_messages
 -- A due scheduled/deferred row is listed (and filtered) as pending (contract §5.1).
-SELECT * FROM messages
+-- last_event_error: the reason of the latest failed attempt (its events_message index).
+SELECT messages.*,
+       (SELECT e.description FROM events e
+        WHERE e.message_seq = messages.seq AND e.event_type IN ('deferred', 'error')
+        ORDER BY e.event_id DESC LIMIT 1) AS last_event_error
+FROM messages
 WHERE tenant_id = :tenant_id
   AND (NOT :active_only::boolean OR status NOT IN ('sent', 'error', 'bounced', 'suppressed'))
   AND (:status::text IS NULL
