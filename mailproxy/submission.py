@@ -203,14 +203,17 @@ class SmtpSubmission:
 
     async def login(self, username: str, password: str) -> Login | None:
         """`<tenant_id>/<account_id>` with the tenant's API token or the account's
-        submission password; None when the credentials are not valid."""
+        submission password; None when the credentials are not valid or the pair does not
+        exist (answered alike, so that probing learns nothing about which accounts exist)."""
         tenant_id, slash, account_id = username.partition("/")
         if not slash or not tenant_id or not account_id or not password:
             return None
         tenant = await tenant_for_token(self.store, password, self.clock.now())
-        if tenant is not None and tenant.id == tenant_id:
-            return Login(tenant_id, account_id)
         account = await self.store.get_account(tenant_id, account_id)
+        if tenant is not None and tenant.id == tenant_id:
+            # The token is right but the account must exist too: refused here (535, with
+            # the failed-AUTH delay and count), not later at MAIL FROM.
+            return Login(tenant_id, account_id) if account is not None else None
         if account is None or account.submission_password_hash is None:
             return None
         # scrypt takes tens of milliseconds of CPU: keep it off the event loop.
