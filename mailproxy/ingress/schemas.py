@@ -269,6 +269,9 @@ class MessageRecord(BaseModel):
 
 class MessagesResponse(OkResponse):
     messages: list[MessageRecord]
+    next_cursor: str | None = Field(default=None, description=(
+        "Listing every tenant (admin, no tenant_id): pass as `cursor` for the next page; "
+        "null on the last page. Absent on a tenant's listing."))
 
 
 class AccountInfo(BaseModel):

@@ -51,3 +51,24 @@ async def test_time_fields_have_iso_companions(store: Store) -> None:
     assert record["created_at_iso"] == "2027-01-15T08:00:00Z"
     assert record["created_at"] == "2027-01-15 08:00:00"  # the v0.6 type stays
     assert record["sent_ts_iso"] is None and record["error_ts_iso"] is None
+
+
+async def test_every_tenant_listing_pages_by_keyset(store: Store) -> None:
+    acme = await tenant(store)
+    beta = await tenant(store, "beta")
+    await account(store)
+    await account(store, "beta", "main")
+    for i in range(1, 4):
+        await store.enqueue([new(f"a{i}")], T0 + i)
+        await store.enqueue([new(f"b{i}", tenant_id="beta")], T0 + i)
+    tenants = {"acme": acme, "beta": beta}
+    first, last = await store.list_all_messages(tenants, now=int(T0) + 10, limit=4)
+    assert [(r["tenant_id"], r["id"]) for r in first] == [
+        ("beta", "mb3"), ("acme", "ma3"), ("beta", "mb2"), ("acme", "ma2")]
+    rest, end = await store.list_all_messages(tenants, now=int(T0) + 10, limit=4, before=last)
+    assert [r["id"] for r in rest] == ["mb1", "ma1"]
+    assert end is not None
+    none, _ = await store.list_all_messages(tenants, now=int(T0) + 10, before=end)
+    assert none == []
+    pending, _ = await store.list_all_messages(tenants, now=int(T0) + 10, status="sent")
+    assert pending == []

@@ -364,6 +364,25 @@ WHERE tenant_id = :tenant_id
 ORDER BY created_ts DESC, seq DESC
 LIMIT :limit OFFSET :offset;
 
+-- name: list_all_messages
+-- Every tenant's messages for the admin, newest enqueued first, a page after `before`
+-- (a seq): keyset pagination on the primary key, so a page costs the same at any depth.
+SELECT messages.*,
+       (SELECT e.description FROM events e
+        WHERE e.message_seq = messages.seq AND e.event_type IN ('deferred', 'error')
+        ORDER BY e.event_id DESC LIMIT 1) AS last_event_error
+FROM messages
+WHERE (:before::bigint IS NULL OR seq < :before)
+  AND (NOT :active_only::boolean OR status NOT IN ('sent', 'error', 'bounced', 'suppressed'))
+  AND (:status::text IS NULL
+       OR (:status = 'pending' AND (status = 'pending'
+           OR (status IN ('scheduled', 'deferred')
+               AND (deferred_ts IS NULL OR deferred_ts <= :now))))
+       OR (:status IN ('scheduled', 'deferred') AND status = :status AND deferred_ts > :now)
+       OR (:status NOT IN ('pending', 'scheduled', 'deferred') AND status = :status))
+ORDER BY seq DESC
+LIMIT :limit;
+
 -- name: delete_messages
 DELETE FROM messages WHERE tenant_id = :tenant_id AND client_id = ANY(:ids::text[])
 RETURNING seq, client_id;
