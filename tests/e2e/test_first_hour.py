@@ -24,7 +24,7 @@ import pytest
 from mailproxy import cli as cli_main
 from mailproxy.admin import instances
 from tests.e2e.test_cli import ROOT, Cli
-from tests.relay import free_port
+from tests.relay import Relay, free_port
 
 LISTENING = re.compile(r"listening on (http://127\.0\.0\.1:(\d+)) \(instance (\S+),")
 
@@ -195,3 +195,51 @@ def test_a_busy_port_stops_start_up_with_one_line(checkout: Path) -> None:
         assert "Unclosed" not in done.stderr
     with contextlib.suppress(FileNotFoundError):
         assert not (checkout / "data" / "server.pid").exists()
+
+
+def test_why_a_message_waits_is_in_the_cli_table_and_the_server_log(
+        checkout: Path, relay: Relay) -> None:
+    relay.replies["DATA"] = "451 4.3.0 try again later"
+    server = MakeServe(checkout, GMP_RETRY_BASE_SECONDS="600", GMP_SEND_LOOP_INTERVAL="0.05")
+    server.start()
+    user = Cli(checkout)
+    try:
+        user.ok("default", "tenants", "add", "acme")
+        user.ok("default", "acme", "accounts", "add", "main", "--host", relay.host,
+                "--port", str(relay.port), "--no-tls")
+        eml = checkout / "hello.eml"
+        eml.write_bytes(b"From: a@acme.test\r\nTo: r@example.org\r\nSubject: hi\r\n\r\nhi\r\n")
+        [message_id] = user.ok("default", "acme", "send", str(eml), "--id", "inv-1").split()
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            [record] = json.loads(user.ok("default", "acme", "messages", "list", "--json"))
+            if record["retry_count"] == 1:
+                break
+            time.sleep(0.1)
+        assert record["last_error"] == "451 4.3.0 try again later"
+        table = user.ok("default", "acme", "messages", "list", "--history")
+        header, row, *history = table.splitlines()
+        assert "ERROR" in header and "NEXT TRY" in header
+        assert "451 4.3.0 try again later" in row and "deferred" in row
+        assert _utc(record["deferred_ts"]) in row
+        event_ts = int(_only_event(user)["event_ts"])  # type: ignore[call-overload]
+        assert history == [f"  inv-1: {_utc(event_ts)} deferred 451 4.3.0 try again later"]
+        assert not re.search(r"\b1[7-9]\d{8}\b", table)  # never a raw epoch
+        log = server.log.read_text()
+        assert (f"INFO mailproxy.worker: message {message_id} (tenant acme, account main) "
+                f"deferred: 451 4.3.0 try again later; next try "
+                f"{time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime(record['deferred_ts']))} "
+                f"(retry 1 of 5)") in log
+    finally:
+        server.stop()
+
+
+def _utc(ts: int) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(ts))
+
+
+def _only_event(user: Cli) -> dict[str, object]:
+    [record] = json.loads(user.ok("default", "acme", "messages", "list", "--json",
+                                  "--history"))
+    [event] = record["history"]
+    return dict(event)
