@@ -16,6 +16,9 @@ import time
 
 import pytest
 
+from mailproxy.delivery import SmtpPool
+from mailproxy.errors import TemporaryFailure, UnknownHost
+from mailproxy.model import Account
 from tests.conftest import Api, ApiFactory, FakeClock, eventually, message
 from tests.relay import Relay
 
@@ -143,3 +146,23 @@ async def test_no_grace_means_the_first_nxdomain_is_final(make_api: ApiFactory) 
     record = await _status(api, "error")
     assert record["retry_count"] == 0
     assert [e["event_type"] for e in record["history"]] == ["error"]  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize(("errno", "kind"), [
+    (socket.EAI_NONAME, "UnknownHost"), (socket.EAI_NODATA, "UnknownHost"),
+    (socket.EAI_AGAIN, "TemporaryFailure")])
+async def test_only_a_name_that_does_not_exist_is_an_unknown_host(errno: int, kind: str) -> None:
+    """A DNS outage (EAI_AGAIN: SERVFAIL, timeout) stays an ordinary temporary failure."""
+
+    async def resolver(host: str, port: int) -> object:
+        raise socket.gaierror(errno, "resolver says no")
+
+    pool = SmtpPool(resolver=resolver, connect_timeout=5)
+    account = Account(tenant_id="acme", id="main", host=UNKNOWN, port=587)
+    with pytest.raises(TemporaryFailure) as failed:
+        await pool.send(account, "a@acme.test", ["r@example.org"], b"Subject: x\r\n\r\nx\r\n")
+    await pool.close()
+    assert type(failed.value).__name__ == kind
+    if kind == "UnknownHost":
+        assert str(failed.value) == f"relay host {UNKNOWN} does not exist (DNS: resolver says no)"
+    assert isinstance(failed.value, UnknownHost) == (kind == "UnknownHost")
