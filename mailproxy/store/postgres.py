@@ -735,18 +735,8 @@ class PostgresStore:
             return found, events
 
         found, events = await self._run(op)
-        history: dict[int, list[dict[str, Any]]] | None = None
-        if include_history:
-            history = {r["seq"]: [] for r in found}
-            for ev in events:
-                history[ev[0]].append(rows.history_entry(ev))
-        now = int(args["now"])
-        records = [
-            rows.message_record(r, tenants.get(r["tenant_id"]), now,
-                                None if history is None else history[r["seq"]])
-            for r in found
-        ]
-        return records, (int(found[-1]["seq"]) if found else None)
+        return rows.listing_records(found, events if include_history else None, tenants,
+                                    int(args["now"]))
 
     async def delete_messages(self, tenant_id: str, ids: Sequence[str]) -> tuple[int, list[str]]:
         async def op(c: Conn) -> dict[str, int]:

@@ -286,6 +286,25 @@ def last_error(row: Mapping[str, Any]) -> str | None:
     return None if found is None else str(found)
 
 
+def listing_records(
+    found: Sequence[Mapping[str, Any]], events: Sequence[Sequence[Any]] | None,
+    tenants: Mapping[str, Tenant], now: int,
+) -> tuple[list[dict[str, Any]], int | None]:
+    """MessageRecords of listed rows (with their history when `events` were read), and the
+    seq of the last row: the keyset cursor of the next page."""
+    history: dict[int, list[dict[str, Any]]] | None = None
+    if events is not None:
+        history = {r["seq"]: [] for r in found}
+        for ev in events:
+            history[ev[0]].append(history_entry(ev))
+    records = [
+        message_record(r, tenants.get(r["tenant_id"]), now,
+                       None if history is None else history[r["seq"]])
+        for r in found
+    ]
+    return records, (int(found[-1]["seq"]) if found else None)
+
+
 _AUTH_SECRETS = ("token", "password")
 _SEALED = "_sealed"  # key of the encrypted secrets inside a stored attachment `auth`
 

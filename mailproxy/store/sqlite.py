@@ -429,24 +429,15 @@ class SqliteStore:
     async def _listing(self, sql: str, args: dict[str, Any], include_history: bool,
                        tenants: Mapping[str, Tenant]
                        ) -> tuple[list[dict[str, Any]], int | None]:
-        now = int(args["now"])
-
         def op(c: sqlite3.Connection) -> tuple[list[dict[str, Any]], int | None]:
             cur = c.execute(sql, args)
             names = [d[0] for d in cur.description]
             found = [dict(zip(names, r, strict=True)) for r in cur.fetchall()]
-            history: dict[int, list[dict[str, Any]]] | None = None
-            if include_history and found:
-                history = {r["seq"]: [] for r in found}
+            events = None
+            if include_history:
                 seqs = rows.dumps([r["seq"] for r in found])
-                for ev in c.execute(Q["history"], (seqs,)).fetchall():
-                    history[ev[0]].append(rows.history_entry(ev))
-            records = [
-                rows.message_record(r, tenants.get(r["tenant_id"]), now,
-                                    None if history is None else history[r["seq"]])
-                for r in found
-            ]
-            return records, (int(found[-1]["seq"]) if found else None)
+                events = c.execute(Q["history"], (seqs,)).fetchall() if found else []
+            return rows.listing_records(found, events, tenants, int(args["now"]))
 
         return await self._read(op)
 

@@ -38,6 +38,14 @@ async def _one(api: Api, **params: object) -> dict[str, object]:
     return record
 
 
+async def _retried(api: Api, count: int = 1) -> dict[str, object]:
+    """The only message, once it has had `count` failed attempts."""
+    async def reached() -> bool:
+        return (await _one(api))["retry_count"] == count
+    await eventually(reached, timeout=20)
+    return await _one(api)
+
+
 async def _status(api: Api, status: str) -> dict[str, object]:
     async def reached() -> bool:
         return (await _one(api))["status"] == status
@@ -53,9 +61,7 @@ async def test_a_deferred_message_shows_the_reason_and_the_log_says_it_once(
     await api.account(relay)
     await api.send(message(1))
 
-    async def deferred() -> bool:
-        return (await _one(api))["retry_count"] == 1
-    await eventually(deferred, timeout=20)
+    await _retried(api)
     record = await _one(api, status="deferred")
     assert record["error"] is None  # the contract keeps `error` for final errors (§5.2)
     assert record["last_error"] == "451 4.3.0 try again later"
@@ -91,9 +97,7 @@ async def test_a_sent_message_has_no_last_error(api: Api, relay: Relay) -> None:
     await api.account(relay)
     await api.send(message(3))
 
-    async def tried() -> bool:
-        return (await _one(api))["retry_count"] == 1
-    await eventually(tried, timeout=20)
+    await _retried(api)
     relay.replies.clear()
     await api.ok("POST", "/commands/run-now", params={"tenant_id": "acme"})
     await api.send(message(3))  # replaced while deferred: tried again at once
@@ -112,10 +116,7 @@ async def test_an_unknown_relay_host_fails_after_the_grace_not_after_hours(
                                            "host": UNKNOWN, "port": 587})
     await api.send(message(4))
 
-    async def deferred() -> bool:
-        return (await _one(api))["retry_count"] == 1
-    await eventually(deferred, timeout=20)
-    record = await _one(api)
+    record = await _retried(api)
     assert f"relay host {UNKNOWN} does not exist" in str(record["last_error"])
     # Deferred to the end of the 60 s grace, not to the first backoff step:
     assert int(record["deferred_ts"]) - clock.now() <= 61  # type: ignore[arg-type]

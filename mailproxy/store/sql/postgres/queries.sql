@@ -367,6 +367,7 @@ LIMIT :limit OFFSET :offset;
 -- name: list_all_messages
 -- Every tenant's messages for the admin, newest enqueued first, a page after `before`
 -- (a seq): keyset pagination on the primary key, so a page costs the same at any depth.
+-- The status filter is list_messages' own: change both together.
 SELECT messages.*,
        (SELECT e.description FROM events e
         WHERE e.message_seq = messages.seq AND e.event_type IN ('deferred', 'error')
