@@ -64,7 +64,8 @@ class Rest:
             payload = _decode(exc.read())
             detail = payload.get("detail") if isinstance(payload, dict) else payload
             if exc.code == 401:
-                raise CliError(f"the admin token of instance {self.name} was refused",
+                raise CliError(f"the admin token of instance {self.name} was refused (a server "
+                               "started with GMP_API_TOKEN needs the same GMP_API_TOKEN here)",
                                FAILED) from None
             raise ApiError(exc.code, detail) from None
         except (TimeoutError, urllib.error.URLError, ConnectionError) as exc:
