@@ -418,7 +418,9 @@ class SqliteStore:
         before: int | None = None,
     ) -> tuple[list[dict[str, Any]], int | None]:
         """Every tenant's messages (admin), newest enqueued first, keyset-paged on seq."""
-        where = ["(:before IS NULL OR seq < :before)", *_listing_filters(active_only, status)]
+        # Only a real bound lets SQLite start the rowid scan at the cursor (an OR would not).
+        where = ["seq < :before" if before is not None else "1",
+                 *_listing_filters(active_only, status)]
         sql = (
             f"SELECT messages.*, ({rows.LAST_EVENT_ERROR}) AS last_event_error "
             "FROM messages WHERE " + " AND ".join(where) + " ORDER BY seq DESC LIMIT :limit"

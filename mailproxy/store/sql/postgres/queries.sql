@@ -373,7 +373,7 @@ SELECT messages.*,
         WHERE e.message_seq = messages.seq AND e.event_type IN ('deferred', 'error')
         ORDER BY e.event_id DESC LIMIT 1) AS last_event_error
 FROM messages
-WHERE (:before::bigint IS NULL OR seq < :before)
+WHERE seq < COALESCE(:before::bigint, 9223372036854775807)  -- a range even in a generic plan
   AND (NOT :active_only::boolean OR status NOT IN ('sent', 'error', 'bounced', 'suppressed'))
   AND (:status::text IS NULL
        OR (:status = 'pending' AND (status = 'pending'
