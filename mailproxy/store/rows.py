@@ -238,6 +238,7 @@ def message_record(
         tenant is not None and not final and row["status"] != "sending"
         and tenant.holds(row["batch_code"])
     )
+    created, updated = ts_text(row["created_ts"]), ts_text(row["updated_ts"])
     record = {
         "pk": row["pk"],
         "id": row["client_id"],
@@ -260,13 +261,15 @@ def message_record(
         "bounce_ts": row["bounce_ts"],
         "is_pec": bool(row["is_pec"]),
         "last_error": last_error(row),
-        "created_at": ts_text(row["created_ts"]),
-        "updated_at": ts_text(row["updated_ts"]),
+        "created_at": created,
+        "updated_at": updated,
         "message": redact_attachment_auth(json.loads(row["payload"])),
     }
-    record.update({f"{name}_iso": iso(record[name]) for name in _TS_FIELDS})
-    record["created_at_iso"] = iso(row["created_ts"])
-    record["updated_at_iso"] = iso(row["updated_ts"])
+    for name in _TS_FIELDS:
+        value = record[name]
+        record[f"{name}_iso"] = None if value is None else iso(value)
+    record["created_at_iso"] = f"{created[:10]}T{created[11:]}Z"
+    record["updated_at_iso"] = f"{updated[:10]}T{updated[11:]}Z"
     if history is not None:
         record["history"] = history
     return record
