@@ -60,6 +60,7 @@ from mailproxy.ingress.suppression_schemas import (
 )
 from mailproxy.model import Account, InstanceConfig, Status, Tenant
 from mailproxy.service import Caller, MailService, SyncView
+from mailproxy.timefmt import iso, iso_of_text
 from mailproxy.tokens import same
 
 log = logging.getLogger("mailproxy.http")
@@ -710,6 +711,7 @@ def tenant_info(t: Tenant) -> dict[str, Any]:
         "has_api_key": t.api_key_hash is not None,
         "suspended_batches": list(t.suspended_batches),
         "created_at": t.created_at, "updated_at": t.updated_at,
+        "api_key_expires_at_iso": iso(t.api_key_expires_at), **_iso_stamps(t),
     }
 
 
@@ -758,8 +760,14 @@ def account_info(a: Account) -> dict[str, Any]:
         "has_password": a.password is not None,
         "has_submission_password": a.submission_password_hash is not None,
         "has_imap_password": a.imap_password is not None,
-        "created_at": a.created_at, "updated_at": a.updated_at,
+        "created_at": a.created_at, "updated_at": a.updated_at, **_iso_stamps(a),
     }
+
+
+def _iso_stamps(row: Tenant | Account) -> dict[str, str | None]:
+    """ISO-8601 UTC companions of the v0.6 `YYYY-MM-DD HH:MM:SS` strings (§1)."""
+    return {"created_at_iso": iso_of_text(row.created_at),
+            "updated_at_iso": iso_of_text(row.updated_at)}
 
 
 # -- the route table ---------------------------------------------------------------------------

@@ -300,6 +300,8 @@ class AccountInfo(BaseModel):
     has_imap_password: bool
     created_at: str | None
     updated_at: str | None
+    created_at_iso: str | None  # ISO-8601 UTC companions (additive, §1)
+    updated_at_iso: str | None
 
 
 class AccountsResponse(OkResponse):
@@ -336,6 +338,9 @@ class TenantInfo(BaseModel):
     suspended_batches: list[str]
     created_at: str | None
     updated_at: str | None
+    api_key_expires_at_iso: str | None  # ISO-8601 UTC companions (additive, §1)
+    created_at_iso: str | None
+    updated_at_iso: str | None
 
 
 class TenantsResponse(OkResponse):
