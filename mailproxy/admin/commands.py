@@ -124,7 +124,8 @@ def _tenants_add(ctx: Ctx, rest: Rest, args: argparse.Namespace) -> int:
         if exc.status != 404:
             raise
     else:
-        raise CliError(f"tenant {tenant_id} already exists", FAILED)
+        raise CliError(f"tenant {tenant_id} already exists; see: mail-proxy {rest.name} tenants "
+                       f"show {tenant_id}", FAILED)
     body: dict[str, Any] = {"id": tenant_id}
     for key in ("name", "client_base_url", "client_sync_path", "client_attachment_path",
                 "webhook_secret"):

@@ -14,8 +14,9 @@ from mailproxy.admin.ui import FAILED, NOT_RUNNING, CliError
 class ApiError(CliError):
     """The instance answered with an error status."""
 
-    def __init__(self, status: int, detail: Any) -> None:
-        super().__init__(f"{describe(detail)} (HTTP {status})", FAILED)
+    def __init__(self, status: int, detail: Any, hint: str = "") -> None:
+        super().__init__(f"{describe(detail)} (HTTP {status}){'; ' + hint if hint else ''}",
+                         FAILED)
         self.status = status
         self.detail = detail
 
@@ -67,7 +68,9 @@ class Rest:
                 raise CliError(f"the admin token of instance {self.name} was refused (a server "
                                "started with GMP_API_TOKEN needs the same GMP_API_TOKEN here)",
                                FAILED) from None
-            raise ApiError(exc.code, detail) from None
+            hint = (f"see: mail-proxy {self.name} tenants list"
+                    if detail == "tenant not found" else "")
+            raise ApiError(exc.code, detail, hint) from None
         except (TimeoutError, urllib.error.URLError, ConnectionError) as exc:
             raise not_running(self.name, getattr(exc, "reason", exc), self.start) from None
 

@@ -243,3 +243,14 @@ def _only_event(user: Cli) -> dict[str, object]:
                                   "--history"))
     [event] = record["history"]
     return dict(event)
+
+
+def test_an_unknown_tenant_names_the_command_that_lists_them(
+        served: tuple[MakeServe, str, str], user: Cli) -> None:
+    done = user("default", "ghost", "messages", "list")
+    assert done.returncode == 1
+    assert done.stderr.strip() == ("mail-proxy: tenant not found (HTTP 404); "
+                                   "see: mail-proxy default tenants list")
+    user.ok("default", "tenants", "add", "acme")
+    done = user("default", "tenants", "add", "acme")
+    assert done.returncode == 1 and "see: mail-proxy default tenants show acme" in done.stderr
