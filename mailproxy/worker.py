@@ -337,8 +337,10 @@ class Worker:
             refused = await self._sender.send(account, sender, recipients, data, smtputf8=utf8,
                                               eightbit=eightbit)
         except UnknownHost as exc:
-            self._observer.smtp_seconds("temporary", asyncio.get_running_loop().time() - started)
-            return self._unknown_host(message, account, str(exc))
+            outcome = self._unknown_host(message, account, str(exc))
+            kind = "temporary" if isinstance(outcome, Deferred) else "permanent"
+            self._observer.smtp_seconds(kind, asyncio.get_running_loop().time() - started)
+            return outcome
         except TemporaryFailure as exc:
             self._observer.smtp_seconds("temporary", asyncio.get_running_loop().time() - started)
             return self._temporary(message, str(exc))
