@@ -12,6 +12,7 @@ import json
 import os
 import re
 import signal
+import smtplib
 import socket
 import subprocess
 import sys
@@ -254,3 +255,40 @@ def test_an_unknown_tenant_names_the_command_that_lists_them(
     user.ok("default", "tenants", "add", "acme")
     done = user("default", "tenants", "add", "acme")
     assert done.returncode == 1 and "see: mail-proxy default tenants show acme" in done.stderr
+
+
+def _walkthrough() -> str:
+    """The README's first shell example (Send a message), as a user would paste it."""
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    section = readme.split("## Send a message", 1)[1]
+    return section.split("```sh\n", 1)[1].split("```", 1)[0]
+
+
+def test_the_readme_walkthrough_works_as_written(checkout: Path, relay: Relay) -> None:
+    """Only the placeholders change: the port `make serve` bound, and the relay (a real
+    aiosmtpd on loopback instead of smtp.example.com, so that nothing leaves the machine)."""
+    smtp_port = free_port()
+    server = MakeServe(checkout, GMP_SMTP_PORT=str(smtp_port))
+    url, _name = server.start()
+    try:
+        port = url.rsplit(":", 1)[1]
+        script = (_walkthrough().replace("localhost:8000", f"127.0.0.1:{port}")
+                  .replace('"smtp.example.com", "port": 587',
+                           f'"{relay.host}", "port": {relay.port}'))
+        assert "smtp.example.com" not in script
+        done = subprocess.run(["bash", "-euo", "pipefail", "-c",
+                               script + '\necho "TENANT_TOKEN=$TENANT_TOKEN"'],
+                              cwd=checkout, capture_output=True, text=True, timeout=60)
+        assert done.returncode == 0, done.stderr
+        assert '{"ok":true,"queued":1,"rejected":[]}' in done.stdout.replace(" ", "")
+        token = done.stdout.rsplit("TENANT_TOKEN=", 1)[1].strip()
+        assert len(token) >= 40 and token != "null"
+        assert _smtp_address(server) == f"127.0.0.1:{smtp_port}"
+        with smtplib.SMTP("127.0.0.1", smtp_port, timeout=30) as smtp:  # the README's Python
+            assert smtp.login("acme/main", token)[0] == 235
+    finally:
+        server.stop()
+
+
+def _smtp_address(server: MakeServe) -> str:
+    return str(json.loads((server.checkout / "data" / "server.json").read_text())["smtp"])
