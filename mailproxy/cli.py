@@ -140,6 +140,9 @@ def _instance_command(ctx: Ctx, instance: Instance, args: list[str]) -> int:
         return lifecycle.cmd_token(ctx, instance, rest)
     if verb == "tenants":
         return commands.cmd_tenants(ctx, instance, rest)
+    if verb in ("start", "stop", "restart") and not rest:
+        raise CliError(f"the instance name comes after {verb}: mail-proxy {verb} "
+                       f"{instance.name}", USAGE)
     if not rest:
         raise CliError(f"unknown command {verb!r} for {instance.name}; usage: mail-proxy "
                        f"{instance.name} {INSTANCE_USAGE}; e.g. mail-proxy {instance.name} "

@@ -162,6 +162,8 @@ def test_a_missing_name_gets_a_usage_line_with_an_example(checkout: Path, user: 
     assert "mail-proxy default acme messages list" in done.stderr
     done = user("default")
     assert done.returncode == 2 and "e.g. mail-proxy default tenants list" in done.stderr
+    done = user("default", "stop")
+    assert done.returncode == 2 and "mail-proxy stop default" in done.stderr
 
 
 def test_hints_name_the_command_that_helps(checkout: Path, user: Cli) -> None:
