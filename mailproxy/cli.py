@@ -99,7 +99,8 @@ def _dispatch(argv: list[str]) -> int:
     if head.startswith("-"):
         raise CliError(f"unknown option {head}; see mail-proxy --help", USAGE)
     instance = Instance.named(head)
-    if head in NEEDS_NAME and not instance.exists():
+    # A command word in NAME's place: only an instance directory of that very name makes it one.
+    if head in NEEDS_NAME and not (instance.exists() and instance.dir.name == head):
         raise CliError(f"{head} needs the instance name first: usage: mail-proxy NAME "
                        f"{NEEDS_NAME[head]}; e.g. mail-proxy {_example_name()} "
                        f"{NEEDS_NAME[head].split(' |')[0]} (instances: mail-proxy list)", USAGE)
