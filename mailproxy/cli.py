@@ -45,6 +45,7 @@ USAGE_TEXT = """usage: mail-proxy COMMAND ...
   NAME TENANT run-now
   settings
 
+NAME: an instance; the one `make serve` runs (./data, CLI run from the checkout) is default.
 Global options: --json (machine-readable output), --no-input (never prompt).
 Exit codes: 0 success, 1 operation failed, 2 usage error, 3 instance not running."""
 
