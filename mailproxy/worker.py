@@ -416,14 +416,19 @@ class Worker:
 
 
 def _log_failure(message: Claimed, outcome: Outcome, max_retries: int) -> None:
-    """One INFO line per failed attempt: whose message, why, and what happens next."""
+    """One INFO line per failed attempt: whose message, why, and what happens next (the same
+    facts as record attributes, for a structured log format)."""
+    fields = {"message_id": message.id, "tenant_id": message.tenant_id,
+              "account_id": message.account_id}
     if isinstance(outcome, Deferred):
         log.info("message %s (tenant %s, account %s) deferred: %s; next try %s (retry %d of %d)",
                  message.id, message.tenant_id, message.account_id, _one_line(outcome.reason),
-                 iso(outcome.next_ts), outcome.retry_count, max_retries)
+                 iso(outcome.next_ts), outcome.retry_count, max_retries,
+                 extra={**fields, "outcome": "deferred"})
     elif isinstance(outcome, Failed):
         log.info("message %s (tenant %s, account %s) failed: %s; no further try",
-                 message.id, message.tenant_id, message.account_id, _one_line(outcome.error))
+                 message.id, message.tenant_id, message.account_id, _one_line(outcome.error),
+                 extra={**fields, "outcome": "error"})
 
 
 def _one_line(text: str | None) -> str:

@@ -69,8 +69,11 @@ async def test_a_deferred_message_shows_the_reason_and_the_log_says_it_once(
         "%Y-%m-%dT%H:%M:%SZ", time.gmtime(int(record["deferred_ts"])))  # type: ignore[arg-type]
     assert ISO.match(str(record["created_at_iso"]))
     assert str(record["created_at_iso"]).replace("T", " ")[:19] == record["created_at"]
-    lines = [r.getMessage() for r in caplog.records if r.levelno == logging.INFO
+    found = [r for r in caplog.records if r.levelno == logging.INFO
              and "message m1 " in r.getMessage()]
+    assert [(r.message_id, r.tenant_id, r.account_id, r.outcome) for r in found] == [  # type: ignore[attr-defined]
+        ("m1", "acme", "main", "deferred")]
+    lines = [r.getMessage() for r in found]
     assert lines == [
         f"message m1 (tenant acme, account main) deferred: 451 4.3.0 try again later; "
         f"next try {record['deferred_ts_iso']} (retry 1 of 5)"]
