@@ -299,9 +299,9 @@ def wait_healthy(instance: Instance, process: subprocess.Popen[bytes], url: str)
                    f"{START_TIMEOUT_SECONDS:.0f} s (log: {instance.log_path})", FAILED)
 
 
-def _healthy(url: str) -> bool:
+def _healthy(url: str, timeout: float = 1.0) -> bool:
     try:
-        with urllib.request.urlopen(url + "/health", timeout=1) as response:
+        with urllib.request.urlopen(url + "/health", timeout=timeout) as response:
             return bool(response.status == 200)
     except (urllib.error.URLError, ConnectionError, OSError):
         return False
@@ -346,7 +346,7 @@ def foreign_server(port: int) -> str | None:
     """The URL of a mail-proxy on 127.0.0.1:port that no instance known here owns
     (typically `make serve` of a checkout, seen from another directory)."""
     url = f"http://127.0.0.1:{port}"
-    if not _healthy(url):
+    if not _healthy(url, timeout=5.0):  # a busy server must not pass for none
         return None
     for instance in all_instances():
         with contextlib.suppress(CliError):

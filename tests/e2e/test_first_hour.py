@@ -144,7 +144,10 @@ def test_start_elsewhere_beside_a_foreign_server_on_the_first_port_is_refused(
         monkeypatch.delenv(name)
     monkeypatch.setattr(instances, "FIRST_PORT", int(url.rsplit(":", 1)[1]))
     monkeypatch.setattr("mailproxy.admin.lifecycle.FIRST_PORT", instances.FIRST_PORT)
-    assert cli_main.main(["start", "default"]) == 1
+    try:
+        assert cli_main.main(["start", "default"]) == 1
+    finally:  # had it started one anyway, it must not outlive the test
+        Cli(elsewhere).kill_all()
     err = capsys.readouterr().err
     assert f"a mail-proxy already answers at {url}" in err
     assert "--port" in err and err.count("\n") == 1
