@@ -6,7 +6,9 @@ from __future__ import annotations
 import time
 
 import aiosmtplib
+import pytest
 
+from mailproxy import submission
 from tests.conftest import ApiFactory
 from tests.integration.test_smtp_ingress import (
     FAIL_DELAY,
@@ -51,3 +53,24 @@ async def test_unknown_accounts_count_toward_the_421_throttle(
         assert reply == INVALID
     reply, _took = await _auth(smtp, "acme/main", proxy.token)
     assert reply == (421, "4.7.0 Too many failed attempts")
+
+
+async def test_every_refusal_does_the_same_password_work(
+        make_api: ApiFactory, relay: Relay, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An unknown pair costs the scrypt check a wrong submission password costs, so the
+    time of the 535 does not tell which accounts exist."""
+    checks: list[str] = []
+    real = submission.check_password
+
+    def counting(password: str, stored: str) -> bool:
+        checks.append(password)
+        return real(password, stored)
+
+    monkeypatch.setattr(submission, "check_password", counting)
+    proxy = await start_proxy(make_api, relay, smtp_auth_fail_delay_seconds=0.01)
+    smtp = await connect(proxy.port)
+    for user, password in [("acme/nope", "guess-1"), ("nope/main", "guess-2"),
+                           ("acme/main", "guess-3"), ("acme/nope", proxy.token)]:
+        reply, _took = await _auth(smtp, user, password)
+        assert reply == INVALID, user
+    assert checks == ["guess-1", "guess-2", "guess-3", proxy.token]
