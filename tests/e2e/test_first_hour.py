@@ -197,7 +197,8 @@ def test_a_busy_port_stops_start_up_with_one_line(checkout: Path) -> None:
         assert done.returncode == 1
         lines = [line for line in done.stderr.splitlines() if line.strip()]
         assert len(lines) == 1, done.stderr
-        assert f"cannot listen for SMTP on 127.0.0.1:{port}" in lines[0]
+        assert lines[0] == (f"mail-proxy: cannot listen for SMTP on 127.0.0.1:{port}: "
+                            "address already in use")
         assert "Unclosed" not in done.stderr
     with contextlib.suppress(FileNotFoundError):
         assert not (checkout / "data" / "server.pid").exists()
