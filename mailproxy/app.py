@@ -267,7 +267,10 @@ async def serve(settings: Settings) -> None:
              __version__, url, settings.instance, _db_label(settings))
     log.debug("lease owner id of this process: %s", parts.instance_id)
     smtp_address = f"{settings.smtp_host}:{settings.smtp_port}" if settings.smtp_port else None
-    runstate.write(settings.data_dir, settings.instance, url, smtp_address)
+    try:
+        runstate.write(settings.data_dir, settings.instance, url, smtp_address)
+    except OSError as exc:  # the CLI will not find it; serving goes on
+        log.warning("cannot record the server in %s: %s", settings.data_dir, exc)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
