@@ -16,6 +16,10 @@ from pathlib import Path
 from aiohttp import web
 
 from mailproxy import intake, sync
+from mailproxy.attachments.cache import Cache, CacheLimits
+from mailproxy.attachments.fetch import Fetcher, FetchSettings
+from mailproxy.attachments.prepare import MessagePreparer
+from mailproxy.attachments.sources import parse_roots
 from mailproxy.config import Settings
 from mailproxy.delivery import SmtpPool
 from mailproxy.errors import ConfigError
@@ -26,7 +30,7 @@ from mailproxy.netguard import AllowList
 from mailproxy.policy import RetryPolicy
 from mailproxy.reports import Reporter, ReporterSettings
 from mailproxy.service import Clock, MailService, Store, SystemClock, WakeSource
-from mailproxy.store import open_store
+from mailproxy.store import open_store, rows
 from mailproxy.submission import AuthThrottle, SmtpSubmission
 from mailproxy.tokens import new_token
 from mailproxy.vault import Vault, load_key, write_private
@@ -47,6 +51,7 @@ class Parts:
     instance_id: str
     reporter: Reporter
     metrics: Metrics
+    fetcher: Fetcher
     listener: smtp.SmtpListener | None = None
 
 
@@ -92,6 +97,9 @@ async def build(
         connect_timeout=settings.smtp_connect_timeout_seconds,
         send_timeout=settings.smtp_send_timeout_seconds, tls_verify=settings.smtp_tls_verify,
     )
+    fetcher = _fetcher(settings)
+    preparer = MessagePreparer(fetcher, store.get_tenant,
+                               lambda auth: rows.open_attachment_auth(auth, vault))
     worker = Worker(
         store, pool, clock,
         WorkerSettings(
@@ -105,12 +113,13 @@ async def build(
                               settings.retry_factor, settings.retry_max_delay_seconds),
             genro_header=settings.compat_genro_header,
         ),
-        observer or metrics,
+        observer or metrics, preparer,
     )
     service = MailService(
         store=store, clock=clock,
         rules=intake.IntakeRules(default_priority=Priority(settings.default_priority),
-                                 max_raw_size=settings.smtp_max_size),
+                                 max_raw_size=settings.smtp_max_size,
+                                 fetch_modes=intake.fetch_modes(bool(fetcher.roots))),
         admin_token=admin_token(settings), waker=worker,
     )
     service.account_listeners.append(worker)
@@ -143,7 +152,28 @@ async def build(
             raise
     service.account_listeners.append(metrics)
     return Parts(settings, store, service, worker, pool, instance_id, reporter, metrics,
-                 listener)
+                 fetcher, listener)
+
+
+def _fetcher(settings: Settings) -> Fetcher:
+    """The attachment fetcher and its two-tier cache (§10)."""
+    mb = 2**20
+    cache_dir = Path(settings.cache_disk_dir) if settings.cache_disk_dir else (
+        settings.data_dir / "cache")
+    limits = CacheLimits(
+        memory_bytes=int(settings.cache_memory_max_mb * mb),
+        memory_ttl=settings.cache_memory_ttl_seconds,
+        disk_bytes=int(settings.cache_disk_max_mb * mb),
+        disk_ttl=settings.cache_disk_ttl_seconds,
+        disk_threshold=int(settings.cache_disk_threshold_kb * 1024),
+    )
+    return Fetcher(FetchSettings(
+        roots=parse_roots(settings.attachment_roots),
+        allow=AllowList.parse(settings.attachment_allow_private),
+        max_bytes=int(settings.attachment_max_mb * mb),
+        timeout=settings.attachment_timeout_seconds,
+        concurrency=settings.attachment_concurrency,
+    ), Cache(cache_dir, limits))
 
 
 _BOUNCE_FIELDS = ("bounce_enabled", "bounce_imap_host", "bounce_imap_port", "bounce_imap_user",
@@ -191,6 +221,7 @@ def make_app(parts: Parts) -> web.Application:
     http.add_routes(app)
 
     async def lifetime(_app: web.Application) -> AsyncIterator[None]:
+        await parts.fetcher.start()
         await parts.worker.start(recover_all=not parts.settings.is_postgres)
         await parts.reporter.start()
         if isinstance(parts.store, WakeSource):  # enqueues by other instances wake us
@@ -201,6 +232,7 @@ def make_app(parts: Parts) -> web.Application:
         await parts.worker.stop(parts.settings.shutdown_grace_seconds)
         await parts.metrics.close()
         await parts.pool.close()
+        await parts.fetcher.close()
         await parts.store.close()
 
     app.cleanup_ctx.append(lifetime)

@@ -192,6 +192,18 @@ class Claimed:
 
 
 @dataclass(frozen=True, slots=True)
+class Prepared:
+    """What a send needs beyond its row (§9.3 step 2): fetched attachments as
+    (filename, mime type, bytes), bodies with the large-file footer, or the bytes of a raw
+    message whose large parts became links. None fields mean "as stored"."""
+
+    attachments: tuple[tuple[str, str, bytes], ...] = ()
+    body: str | None = None
+    html_body: str | None = None
+    raw: bytes | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class RateLimited:
     """A rate-limit decision taken while claiming, for metrics."""
 

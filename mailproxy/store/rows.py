@@ -283,9 +283,8 @@ def _map_attachment_auth(
 def seal_attachment_auth(payload: dict[str, Any], cipher: Cipher) -> dict[str, Any]:
     """The payload as stored: the token and password of every attachment `auth` are
     encrypted (AES-GCM, as the other secrets) and masked in place, so that neither the
-    database nor its backups hold them in clear. Nothing reads them back yet: the only
-    fetch mode served here (base64) needs no credentials; a fetch mode that does must
-    decrypt `_sealed` with the same cipher."""
+    database nor its backups hold them in clear; open_attachment_auth reads them back at
+    send time."""
 
     def seal(auth: dict[str, Any]) -> dict[str, Any]:
         secrets = {k: auth[k] for k in _AUTH_SECRETS if auth.get(k) is not None}
@@ -295,6 +294,17 @@ def seal_attachment_auth(payload: dict[str, Any], cipher: Cipher) -> dict[str, A
         return {**kept, **dict.fromkeys(secrets, "***"), _SEALED: cipher.encrypt(dumps(secrets))}
 
     return _map_attachment_auth(payload, seal)
+
+
+def open_attachment_auth(auth: Mapping[str, Any], cipher: Cipher) -> ClientAuth:
+    """A stored attachment `auth` with its sealed secrets decrypted, for the fetch."""
+    sealed = auth.get(_SEALED)
+    secrets = json.loads(cipher.decrypt(sealed) or "{}") if isinstance(sealed, str) else {}
+    method = auth.get("method")
+    user = auth.get("user")
+    return ClientAuth(method=method if isinstance(method, str) else "none",
+                      user=user if isinstance(user, str) else None,
+                      token=secrets.get("token"), password=secrets.get("password"))
 
 
 def redact_attachment_auth(payload: dict[str, Any]) -> dict[str, Any]:
