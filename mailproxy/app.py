@@ -27,10 +27,13 @@ from mailproxy.ingress import http, smtp
 from mailproxy.metrics import Metrics
 from mailproxy.model import Priority
 from mailproxy.netguard import AllowList
+from mailproxy.offload.http import OFFLOADER
+from mailproxy.offload.service import Offloader
 from mailproxy.policy import RetryPolicy
 from mailproxy.reports import Reporter, ReporterSettings
 from mailproxy.service import Clock, MailService, Store, SystemClock, WakeSource
 from mailproxy.store import open_store, rows
+from mailproxy.store.offload_index import offload_index
 from mailproxy.submission import AuthThrottle, SmtpSubmission
 from mailproxy.tokens import new_token
 from mailproxy.vault import Vault, load_key, write_private
@@ -52,6 +55,7 @@ class Parts:
     reporter: Reporter
     metrics: Metrics
     fetcher: Fetcher
+    offloader: Offloader
     listener: smtp.SmtpListener | None = None
 
 
@@ -98,8 +102,10 @@ async def build(
         send_timeout=settings.smtp_send_timeout_seconds, tls_verify=settings.smtp_tls_verify,
     )
     fetcher = _fetcher(settings)
+    offloader = Offloader(offload_index(store), await _download_secret(settings, store, vault),
+                          store.get_tenant, clock.now)
     preparer = MessagePreparer(fetcher, store.get_tenant,
-                               lambda auth: rows.open_attachment_auth(auth, vault))
+                               lambda auth: rows.open_attachment_auth(auth, vault), offloader)
     worker = Worker(
         store, pool, clock,
         WorkerSettings(
@@ -152,7 +158,16 @@ async def build(
             raise
     service.account_listeners.append(metrics)
     return Parts(settings, store, service, worker, pool, instance_id, reporter, metrics,
-                 fetcher, listener)
+                 fetcher, offloader, listener)
+
+
+async def _download_secret(settings: Settings, store: Store, vault: Vault) -> bytes:
+    """GMP_DOWNLOAD_SECRET, else 32 random bytes made once and kept encrypted (§11)."""
+    if settings.download_secret:
+        return settings.download_secret.encode("utf-8")
+    sealed = await store.set_meta_if_absent("download_secret",
+                                            vault.encrypt(secrets.token_hex(32)) or "")
+    return bytes.fromhex(vault.decrypt(sealed) or "")
 
 
 def _fetcher(settings: Settings) -> Fetcher:
@@ -218,6 +233,7 @@ def make_app(parts: Parts) -> web.Application:
     app[http.SERVICE] = parts.service
     app[http.STATUS_INFO] = {"worker": parts.worker, "instance_id": parts.instance_id}
     app[http.METRICS] = parts.metrics
+    app[OFFLOADER] = parts.offloader
     http.add_routes(app)
 
     async def lifetime(_app: web.Application) -> AsyncIterator[None]:
@@ -227,7 +243,11 @@ def make_app(parts: Parts) -> web.Application:
         if isinstance(parts.store, WakeSource):  # enqueues by other instances wake us
             await parts.store.listen(parts.worker.wake)
         await parts.metrics.refresh()
+        cleanup = asyncio.create_task(parts.offloader.run_cleanup(), name="offload-cleanup")
         yield
+        cleanup.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await cleanup
         await parts.reporter.stop()
         await parts.worker.stop(parts.settings.shutdown_grace_seconds)
         await parts.metrics.close()

@@ -204,6 +204,24 @@ class Prepared:
 
 
 @dataclass(frozen=True, slots=True)
+class OffloadedFile:
+    """A large attachment uploaded to a tenant's storage (§11), until cleanup deletes it."""
+
+    file_id: str
+    tenant_id: str
+    storage_url: str
+    object_key: str
+    filename: str
+    mime_type: str
+    size: int
+    created_ts: int
+    expires_ts: int
+    lifespan_days: int | None = None
+    downloaded_ts: int | None = None
+    delete_ts: int = 0
+
+
+@dataclass(frozen=True, slots=True)
 class RateLimited:
     """A rate-limit decision taken while claiming, for metrics."""
 

@@ -51,6 +51,7 @@ from mailproxy.ingress.schemas import (
     TenantsResponse,
 )
 from mailproxy.model import Account, InstanceConfig, Status, Tenant
+from mailproxy.offload.http import download
 from mailproxy.service import Caller, MailService, SyncView
 from mailproxy.tokens import same
 
@@ -710,6 +711,7 @@ ROUTES: tuple[tuple[str, str, Handler], ...] = (
     ("GET", "/command-log", command_log),
     ("GET", "/command-log/export", command_log_export),
     ("GET", "/metrics", metrics),
+    ("GET", "/download/{token}/{filename}", download),
     ("GET", "/openapi.json", openapi),
     ("GET", "/docs", docs),
     ("GET", "/docs/static/{name}", docs_asset),
