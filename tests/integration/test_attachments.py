@@ -291,3 +291,28 @@ async def test_a_slow_source_does_not_hold_back_other_accounts(
 
 async def _hits(files: FileServer, path: str, n: int) -> bool:
     return sum(1 for p, _h in files.requests if p == path) >= n
+
+
+async def test_endpoint_urls_written_by_a_tenant_token_are_restricted(
+    make_api: ApiFactory, relay: Relay, file_server: FileServer
+) -> None:
+    files = file_server
+    files.files["doc"] = b"doc"
+    api = await make_api(attachment_allow_private="localhost")
+    token = await api.tenant(client_auth={"method": "bearer", "token": files.endpoint_token})
+    await api.account(relay)
+    await api.as_token(token).ok("PUT", "/tenant/acme", json={
+        "client_base_url": f"http://127.0.0.1:{files.port}",
+        "client_attachment_path": "/tenant/attachments"})
+    explicit = f"[{files.url('/tenant/attachments')}]doc"
+    await api.send(
+        message(1, attachments=[{"filename": "d.txt", "storage_path": "doc"}]),
+        message(2, attachments=[{"filename": "d.txt", "storage_path": explicit,
+                                 "fetch_mode": "endpoint"}]),
+    )
+    one = await wait_status(api, "m1", "error")
+    assert "127.0.0.1 resolves to a non-public address" in one["error"]
+    # The explicit form reaches an allowed host, but another origin gets no tenant token.
+    two = await wait_status(api, "m2", "error")
+    assert two["error"] == "attachment 'd.txt': HTTP 403"
+    assert files.hits["doc"] == 0
