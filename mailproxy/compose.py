@@ -325,22 +325,38 @@ def _with_params(head: str, params: list[str]) -> str:
     return ";\r\n ".join([head, *params])
 
 
+class Base64Lines(bytes):
+    """Attachment data already encoded by base64_lines: sent as is, so that content sent
+    again and again (a cached attachment) is encoded once, not per message."""
+
+
+def base64_lines(data: bytes) -> Base64Lines:
+    return Base64Lines(_base64_lines(data))
+
+
 def _attachment_entity(filename: str, mime_type: str, data: bytes) -> tuple[list[str], bytes]:
     ctype = mime_type.strip().lower() if mime_type else ""
     if not _MIME_TYPE_RE.fullmatch(ctype):
         ctype = "application/octet-stream"
+    if isinstance(data, Base64Lines):
+        if not ctype.startswith("message/"):
+            return _attachment_headers(filename, ctype, "base64"), bytes(data)
+        data = binascii.a2b_base64(data)
     body, cte = _base64_lines(data), "base64"
     if ctype.startswith("message/") and data.isascii() and b"\0" not in data:
         # RFC 2046 forbids base64 on message/*: send it as 7-bit text when it is.
         text = _lf(data.decode("ascii"))
         if not _has_long_line(text):
             body, cte = text.replace("\n", "\r\n").encode("ascii"), "7bit"
-    headers = [
+    return _attachment_headers(filename, ctype, cte), body
+
+
+def _attachment_headers(filename: str, ctype: str, cte: str) -> list[str]:
+    return [
         _with_params(f"Content-Type: {ctype}", _param("name", filename)),
         f"Content-Transfer-Encoding: {cte}",
         _with_params("Content-Disposition: attachment", _param("filename", filename)),
     ]
-    return headers, body
 
 
 def _entity_bytes(headers: list[str], body: bytes) -> bytes:

@@ -16,8 +16,9 @@ from pathlib import Path
 from typing import Protocol
 
 from mailproxy.attachments.fetch import Fetched
+from mailproxy.attachments.prepare import Offloaded
 from mailproxy.errors import PermanentFailure, TemporaryFailure
-from mailproxy.model import Claimed, Content, OffloadedFile, Prepared, Tenant
+from mailproxy.model import Claimed, Content, OffloadedFile, Tenant
 from mailproxy.offload import footer, links
 from mailproxy.offload.config import LargeFileConfig, parse
 from mailproxy.offload.storage import Storage, StorageError, open_storage
@@ -74,22 +75,22 @@ class Offloader:
     # -- send time ----------------------------------------------------------------------------
 
     async def structured(self, message: Claimed, tenant: Tenant, content: Content,
-                         files: Sequence[Fetched]) -> Prepared:
+                         files: Sequence[Fetched]) -> Offloaded:
         cfg = parse(tenant.large_file_config)
-        kept: list[tuple[str, str, bytes]] = []
+        kept: list[Fetched] = []
         made: list[footer.Link] = []
         for index, f in enumerate(files):
             if cfg is None or f.blob.size <= cfg.threshold or self._passes(cfg, f.filename,
                                                                              f.blob.size):
-                kept.append((f.filename, f.mime_type, f.blob.read()))
+                kept.append(f)
                 continue
             source: Path | bytes = f.blob.path if f.blob.path is not None else f.blob.read()
             made.append(await self._upload(message, tenant, cfg, index, f.filename,
                                            f.mime_type, source, f.blob.size))
         if not made:
-            return Prepared(attachments=tuple(kept))
+            return Offloaded(tuple(kept))
         body, html_body = with_footer(content, made)
-        return Prepared(attachments=tuple(kept), body=body, html_body=html_body)
+        return Offloaded(tuple(kept), body=body, html_body=html_body)
 
     def _passes(self, cfg: LargeFileConfig, filename: str, size: int) -> bool:
         """warn: log and attach (True); reject: permanent error; rewrite: False."""

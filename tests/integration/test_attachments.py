@@ -208,7 +208,7 @@ async def test_temporary_failures_are_retried_and_permanent_ones_fail(
     assert gone["error"] == "attachment 'gone.txt': HTTP 404"
     files.fail_status = None
     sent = await wait_status(api, "m1", "sent", timeout=15)
-    assert sent["retry_count"] == 1
+    assert sent["retry_count"] >= 1  # retried on the schedule until the source recovered
     [got] = [r for r in await relay.wait_for(1, timeout=10)]
     assert parts(got.content)[0].get_payload(decode=True) == b"eventually"
 
