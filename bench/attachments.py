@@ -40,6 +40,7 @@ from common import (
     running_sink,
     setup_tenant,
 )
+from run import command, wait_received
 
 SIZE = 200 * 1024
 BLOB = os.urandom(SIZE)
@@ -116,28 +117,14 @@ async def post(session: aiohttp.ClientSession, url: str, items: list[dict[str, A
             assert not body["rejected"], body["rejected"][:3]
 
 
-async def wait_for(sink: Any, target: int, timeout: float = 900) -> None:
-    began = time.perf_counter()
-    while sink.received < target:
-        if time.perf_counter() - began > timeout:
-            raise RuntimeError(f"sink received {sink.received} of {target}")
-        await asyncio.sleep(0.01)
-
-
 async def rate(session: aiohttp.ClientSession, server: Server, sink: Any,
                items: list[dict[str, Any]]) -> float:
     """POST the items, wait until the sink has them all: messages per second."""
     base = sink.received
     began = time.perf_counter()
     await post(session, server.url, items)
-    await wait_for(sink, base + len(items))
+    await wait_received(sink, base + len(items))
     return len(items) / (time.perf_counter() - began)
-
-
-async def command(session: aiohttp.ClientSession, url: str, name: str) -> None:
-    async with session.post(f"{url}/commands/{name}", params={"tenant_id": "bench"},
-                            headers=headers()) as resp:
-        assert resp.status == 200
 
 
 async def main(args: argparse.Namespace) -> None:
@@ -191,7 +178,7 @@ async def in_flight(files: Files, sink: Any, n: int) -> None:
             base_rss, _ = server.rss_mb()
             base = sink.received
             await command(session, server.url, "activate")
-            await wait_for(sink, base + n)
+            await wait_received(sink, base + n)
             _rss, peak = server.rss_mb()
             figure(f"RSS with {n} queued (before release)", base_rss, "MB")
             figure(f"peak RSS, {n} x 200 KB in flight", peak, "MB", "target <= 200 MB")
