@@ -340,7 +340,7 @@ def _attachment_entity(filename: str, mime_type: str, data: bytes) -> tuple[list
         ctype = "application/octet-stream"
     if isinstance(data, Base64Lines):
         if not ctype.startswith("message/"):
-            return _attachment_headers(filename, ctype, "base64"), bytes(data)
+            return _attachment_headers(filename, ctype, "base64"), data
         data = binascii.a2b_base64(data)
     body, cte = _base64_lines(data), "base64"
     if ctype.startswith("message/") and data.isascii() and b"\0" not in data:
@@ -366,17 +366,29 @@ def _entity_bytes(headers: list[str], body: bytes) -> bytes:
 def _multipart(
     subtype: str, tag: str, pk: str, parts: list[tuple[list[str], bytes]]
 ) -> tuple[list[str], bytes]:
-    """A multipart entity whose boundary derives from the pk and occurs in no part."""
-    encoded = [_entity_bytes(h, b) for h, b in parts]
+    """A multipart entity whose boundary derives from the pk and occurs in no part.
+
+    Joined once (no copy of each part first). Base64 lines cannot hold a boundary (`_` is
+    not in their alphabet), so large pre-encoded attachments are not searched.
+    """
+    heads = ["\r\n".join(h).encode("utf-8") for h, _body in parts]
     base = "=_" + tag + "_" + re.sub(r"[^A-Za-z0-9\-]", "", pk)[:50]
     boundary, n = base, 0
-    while any(boundary.encode("ascii") in part for part in encoded):
+    while any(_holds(boundary.encode("ascii"), head, body)
+              for head, (_h, body) in zip(heads, parts, strict=True)):
         n += 1
         boundary = f"{base}.{n}"
     delimiter = b"--" + boundary.encode("ascii")
-    chunks = [delimiter + b"\r\n" + part + b"\r\n" for part in encoded]
-    body = b"".join(chunks) + delimiter + b"--\r\n"
+    pieces: list[bytes] = []
+    for head, (_h, part_body) in zip(heads, parts, strict=True):
+        pieces += [delimiter, b"\r\n", head, b"\r\n\r\n", part_body, b"\r\n"]
+    pieces += [delimiter, b"--\r\n"]
+    body = b"".join(pieces)
     return [_with_params(f"Content-Type: multipart/{subtype}", [f'boundary="{boundary}"'])], body
+
+
+def _holds(boundary: bytes, head: bytes, body: bytes) -> bool:
+    return boundary in head or (not isinstance(body, Base64Lines) and boundary in body)
 
 
 def _body_entity(
