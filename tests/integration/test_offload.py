@@ -12,11 +12,13 @@ from email import policy
 from email.message import EmailMessage
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import aiohttp
 import aiosmtplib
 import pytest
 
+from mailproxy.offload import links
 from tests.conftest import Api, ApiFactory, FakeClock, message
 from tests.integration.test_attachments import parts, wait_status
 from tests.relay import HOST, Relay, free_port
@@ -54,7 +56,7 @@ async def tenant_with(api: Api, relay: Relay, **config: Any) -> None:
 
 
 async def get(api: Api, url: str) -> tuple[int, bytes, dict[str, str]]:
-    async with api.client.get(url.split(str(api.client.make_url("")).rstrip("/"))[-1]) as resp:
+    async with api.client.get(urlsplit(url).path) as resp:
         return resp.status, await resp.read(), dict(resp.headers)
 
 
@@ -209,3 +211,30 @@ async def test_smtp_submitted_message_follows_the_rule(
     [url] = LINK.findall(str(leaves[1].get_content()))
     status, data, _headers = await get(api, url)
     assert status == 200 and data == BIG
+
+
+async def test_download_secret_is_generated_once_or_taken_from_the_setting(
+    make_api: ApiFactory, relay: Relay, tmp_path: Path
+) -> None:
+    api = await make_api()
+    base = str(api.client.make_url("")).rstrip("/")
+    await tenant_with(api, relay, action="rewrite", storage_url=f"file://{tmp_path / 'o'}",
+                      public_base_url=base)
+    await api.send(message(1, attachments=attachments()))
+    [got] = await relay.wait_for(1, timeout=10)
+    [url] = LINK.findall(got.content.decode())
+    token = url.split("/")[-2]
+    db = Path(api.parts.settings.db_path)  # type: ignore[attr-defined]
+    await api.client.close()
+    # Restarted: the stored secret still signs the same links (it is kept encrypted).
+    again = await make_api()
+    status, data, _ = await get(again, url)
+    assert status == 200 and data == BIG
+    secret = again.parts.offloader._secret  # type: ignore[attr-defined]
+    assert secret.hex().encode() not in db.read_bytes() + Path(f"{db}-wal").read_bytes()
+    await again.client.close()
+    fixed = await make_api(download_secret="operator-chosen-secret")
+    file_id, expires, sig = token.split("-")
+    assert sig != links.signature(b"operator-chosen-secret", file_id, int(expires),
+                                  "big report.pdf")
+    assert (await get(fixed, url))[0] == 403  # a new secret: old links are no longer valid
