@@ -201,6 +201,7 @@ class Prepared:
     body: str | None = None
     html_body: str | None = None
     raw: bytes | None = None
+    content: Content | None = None  # the payload already parsed, not parsed again
 
 
 @dataclass(frozen=True, slots=True)

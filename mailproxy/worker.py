@@ -374,7 +374,8 @@ class Worker:
         raw = prepared.raw if prepared is not None and prepared.raw is not None else message.raw
         if raw is not None and message.envelope_from is not None:
             return self._build_submitted(message, raw)
-        content = intake.content_of(message.payload)
+        parsed = prepared.content if prepared is not None else None
+        content = parsed or intake.content_of(message.payload)
         sender = _addr(content.return_path or self._s.bounce_return_path or content.from_addr)
         recipients = [_addr(a) for a in content.recipients]
         if raw is not None:

@@ -86,7 +86,8 @@ class MessagePreparer:
             parts = tuple((f.filename, f.mime_type, self._encoded(f)) for f in done.kept)
         except FileNotFoundError:  # evicted from the disk tier meanwhile: fetch again later
             raise TemporaryFailure("attachment cache entry vanished; retrying") from None
-        return Prepared(attachments=parts, body=done.body, html_body=done.html_body)
+        return Prepared(attachments=parts, body=done.body, html_body=done.html_body,
+                        content=content)
 
     def _encoded(self, f: Fetched) -> bytes:
         """The attachment in base64 lines, from a small LRU keyed by content MD5: a file
