@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from tests.conftest import Api, ApiFactory, eventually, message
+from tests.endpoint import closed_port
 from tests.files import FileServer, file_server
 from tests.relay import Relay
 
@@ -199,7 +200,15 @@ async def test_temporary_failures_are_retried_and_permanent_ones_fail(
         message(2, attachments=[{"filename": "gone.txt",
                                  "storage_path": files.url("/status/404")}]),
         message(3, attachments=[{"filename": "slow.txt", "storage_path": files.url("/slow")}]),
+        message(4, attachments=[{"filename": "e.txt", "storage_path": files.url("/status/500")}]),
+        message(5, attachments=[{"filename": "r.txt",
+                                 "storage_path": f"http://localhost:{closed_port()}/x"}]),
     )
+    broken = await wait_status(api, "m4", "deferred")
+    assert broken["history"][-1]["description"] == "attachment 'e.txt': HTTP 500"
+    refused = await wait_status(api, "m5", "deferred")
+    assert refused["history"][-1]["description"].startswith(
+        "attachment 'r.txt': connection failed")
     first = await wait_status(api, "m1", "deferred")
     assert first["history"][-1]["description"] == "attachment 'a.txt': HTTP 503"
     slow = await wait_status(api, "m3", "deferred")
