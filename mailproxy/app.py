@@ -20,6 +20,8 @@ from mailproxy.attachments.cache import Cache, CacheLimits
 from mailproxy.attachments.fetch import Fetcher, FetchSettings
 from mailproxy.attachments.prepare import MessagePreparer
 from mailproxy.attachments.sources import parse_roots
+from mailproxy.bounces.model import SoftRule
+from mailproxy.bounces.service import BounceService, SuppressionCheck, SuppressionFilter
 from mailproxy.config import Settings
 from mailproxy.delivery import SmtpPool
 from mailproxy.errors import ConfigError
@@ -32,7 +34,7 @@ from mailproxy.offload.service import Offloader
 from mailproxy.policy import RetryPolicy
 from mailproxy.reports import Reporter, ReporterSettings
 from mailproxy.service import Clock, MailService, Store, SystemClock, WakeSource
-from mailproxy.store import open_store, rows
+from mailproxy.store import open_bounce_store, open_store, rows
 from mailproxy.store.offload_index import offload_index
 from mailproxy.submission import AuthThrottle, SmtpSubmission
 from mailproxy.tokens import new_token
@@ -57,6 +59,7 @@ class Parts:
     fetcher: Fetcher
     offloader: Offloader
     listener: smtp.SmtpListener | None = None
+    bounces: BounceService | None = None
 
 
 def admin_token(settings: Settings) -> str:
@@ -149,16 +152,19 @@ async def build(
     service.token_writer = lambda token: write_private(token_path, token + "\n")
     worker.on_events = reporter.wake
     await _apply_bounce_settings(settings, store)
+    bounces = _bounce_service(settings, store, clock, service, metrics)
+    bounces.on_events = reporter.wake
+    worker.suppressions = bounces.filter
     listener = None
     if settings.smtp_port or settings.smtp_tls_port:
         try:
-            listener = _smtp_listener(settings, store, clock, worker)
+            listener = _smtp_listener(settings, store, clock, worker, bounces.filter)
         except ConfigError:
             await store.close()
             raise
     service.account_listeners.append(metrics)
     return Parts(settings, store, service, worker, pool, instance_id, reporter, metrics,
-                 fetcher, offloader, listener)
+                 fetcher, offloader, listener, bounces)
 
 
 async def _download_secret(settings: Settings, store: Store, vault: Vault) -> bytes:
@@ -191,6 +197,17 @@ def _fetcher(settings: Settings) -> Fetcher:
     ), Cache(cache_dir, limits))
 
 
+def _bounce_service(settings: Settings, store: Store, clock: Clock, service: MailService,
+                    metrics: Metrics) -> BounceService:
+    bounce_store = open_bounce_store(store)
+    return BounceService(
+        store=bounce_store, clock=clock, scope=service.tenant_in_scope,
+        filter=SuppressionFilter(bounce_store, clock),
+        soft_rule=SoftRule(settings.bounce_soft_limit, settings.bounce_soft_window_seconds),
+        observer=metrics,
+    )
+
+
 _BOUNCE_FIELDS = ("bounce_enabled", "bounce_imap_host", "bounce_imap_port", "bounce_imap_user",
                   "bounce_imap_password", "bounce_imap_folder", "bounce_imap_ssl",
                   "bounce_poll_interval", "bounce_return_path")
@@ -205,12 +222,13 @@ async def _apply_bounce_settings(settings: Settings, store: Store) -> None:
         await store.put_instance(replace(current, **given))
 
 
-def _smtp_listener(settings: Settings, store: Store, clock: Clock, worker: Worker
-                   ) -> smtp.SmtpListener:
+def _smtp_listener(settings: Settings, store: Store, clock: Clock, worker: Worker,
+                   suppressions: SuppressionCheck) -> smtp.SmtpListener:
     submission = SmtpSubmission(
         store=store, clock=clock, max_size=settings.smtp_max_size,
         max_recipients=settings.smtp_max_recipients,
         default_priority=Priority(settings.default_priority), waker=worker,
+        suppressions=suppressions,
     )
     config = smtp.ListenerConfig(
         host=settings.smtp_host, port=settings.smtp_port, tls_port=settings.smtp_tls_port,
@@ -231,6 +249,8 @@ def make_app(parts: Parts) -> web.Application:
     )
     app[PARTS] = parts
     app[http.SERVICE] = parts.service
+    if parts.bounces is not None:
+        app[http.BOUNCES] = parts.bounces
     app[http.STATUS_INFO] = {"worker": parts.worker, "instance_id": parts.instance_id}
     app[http.METRICS] = parts.metrics
     app[OFFLOADER] = parts.offloader
