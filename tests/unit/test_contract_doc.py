@@ -32,3 +32,14 @@ def test_every_cited_section_exists() -> None:
         if number not in sections
     }
     assert not missing, sorted(missing)
+
+
+def test_every_setting_is_in_the_contracts_table() -> None:
+    """§15.2 names every GMP_* setting the code accepts (a row may name several)."""
+    from mailproxy.config import SETTINGS
+
+    doc = (ROOT / "docs" / "contract.md").read_text(encoding="utf-8")
+    table = doc[doc.index("### 15.2"):doc.index("### 15.3")]
+    named = set(re.findall(r"`(GMP_[A-Z0-9_]+)`", table))
+    missing = [f"GMP_{s.name.upper()}" for s in SETTINGS if f"GMP_{s.name.upper()}" not in named]
+    assert not missing, f"add to docs/contract.md §15.2: {missing}"
