@@ -8,7 +8,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, fields, replace
 from typing import Any, Protocol, runtime_checkable
 
-from mailproxy import audit, intake, sync
+from mailproxy import audit, intake, jsonsafe, sync
 from mailproxy.errors import Forbidden, InvalidRequest, NotFound, Unauthorized
 from mailproxy.model import (
     Account,
@@ -202,8 +202,10 @@ class MailService:
     # -- intake ------------------------------------------------------------------------------
 
     async def submit(
-        self, caller: Caller, messages: Sequence[Mapping[str, Any]], default_priority: Any
+        self, caller: Caller, messages: Sequence[Mapping[str, Any]], default_priority: Any,
+        refused: Mapping[int, str] | None = None,
     ) -> SubmitResult:
+        """`refused`: items the edge found unstorable (index -> reason), rejected alone."""
         dp: Priority | None = None
         if default_priority is not None:
             dp = _default_priority(default_priority)
@@ -212,7 +214,7 @@ class MailService:
         rejected: list[Rejection] = []
         pending: list[tuple[int, NewMessage]] = []
         for index, item in enumerate(messages):
-            reason = self._early_reason(caller, item, tenants)
+            reason = (refused or {}).get(index) or self._early_reason(caller, item, tenants)
             if reason is not None:
                 rejected.append(Rejection(index, _str_or_none(item.get("id")), reason))
                 continue
@@ -239,7 +241,8 @@ class MailService:
         return SubmitResult(queued, tuple(rejected))
 
     async def _tenants_named(self, messages: Sequence[Mapping[str, Any]]) -> list[Tenant]:
-        names = {m.get("tenant_id") for m in messages if isinstance(m.get("tenant_id"), str)}
+        names = {m.get("tenant_id") for m in messages
+                 if isinstance(m.get("tenant_id"), str) and jsonsafe.storable(m["tenant_id"])}
         found = []
         for name in names:
             tenant = await self.store.get_tenant(str(name))

@@ -11,7 +11,7 @@ from typing import Any, Protocol, TypeVar
 from aiohttp import web
 from pydantic import BaseModel, TypeAdapter, ValidationError
 
-from mailproxy import __version__, resources
+from mailproxy import __version__, jsonsafe, resources
 from mailproxy.errors import (
     Forbidden,
     InvalidRequest,
@@ -91,10 +91,13 @@ class Unprocessable(Exception):
 
 
 def _json(data: Any, status: int = 200) -> web.Response:
-    return web.Response(
-        body=json.dumps(data, separators=(",", ":"), ensure_ascii=False).encode("utf-8"),
-        status=status, content_type="application/json", charset="utf-8",
-    )
+    text = json.dumps(data, separators=(",", ":"), ensure_ascii=False)
+    try:
+        body = text.encode("utf-8")
+    except UnicodeEncodeError:  # a lone surrogate echoed back (a rejected id): escape it
+        body = json.dumps(data, separators=(",", ":")).encode("ascii")
+    return web.Response(body=body, status=status, content_type="application/json",
+                        charset="utf-8")
 
 
 def _error(status: int, detail: Any, headers: Mapping[str, str] | None = None) -> web.Response:
@@ -137,27 +140,78 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
 # -- request helpers ---------------------------------------------------------------------------
 
 async def _caller(request: web.Request) -> Caller:
+    """The authenticated caller; then the body guard, so that every authenticated route
+    answers a too-deep body with 400 (after 401, as §1 orders), read or not."""
     caller = await request.app[SERVICE].authenticate(request.headers.get("X-API-Token"))
     request[CALLER] = caller
+    if isinstance((await _parsed(request)).value, jsonsafe.TooDeep):
+        raise InvalidRequest(str((await _parsed(request)).value))
     return caller
 
 
-async def _body(request: web.Request, *, optional: bool = False) -> Any:
+class _Parsed:
+    """A request body parsed once (mailproxy.jsonsafe is the one parser of REST bodies):
+    the value, or the ValueError it raised; `raw` for the cheap surrogate pre-check."""
+
+    __slots__ = ("raw", "value")
+
+    def __init__(self, raw: bytes, value: Any) -> None:
+        self.raw = raw
+        self.value = value
+
+
+PARSED = web.RequestKey("parsed_body", _Parsed)
+_EMPTY = object()
+
+
+async def _parsed(request: web.Request) -> _Parsed:
+    cached = request.get(PARSED)
+    if cached is not None:
+        return cached
     raw = await request.read()
-    if not raw.strip():
+    value: Any = _EMPTY
+    if raw.strip():
+        try:
+            value = jsonsafe.load(raw)
+        except (ValueError, UnicodeDecodeError) as exc:  # TooDeep is a ValueError
+            value = exc if isinstance(exc, jsonsafe.TooDeep) else ValueError(str(exc))
+    parsed = request[PARSED] = _Parsed(raw, value)
+    return parsed
+
+
+async def _body(request: web.Request, *, optional: bool = False, items: str | None = None
+                ) -> Any:
+    """The JSON body. Under the key `items` (add-messages' messages) unstorable text is
+    left to the caller, which rejects those items alone."""
+    parsed = await _parsed(request)
+    body = parsed.value
+    if body is _EMPTY:
         if optional:
             return {}
         raise Unprocessable([{"loc": ["body"], "msg": "Field required", "type": "missing"}])
-    try:
-        return json.loads(raw)
-    except (ValueError, UnicodeDecodeError) as exc:
+    if isinstance(body, jsonsafe.TooDeep):
+        raise InvalidRequest(str(body))
+    if isinstance(body, ValueError):
         raise Unprocessable(
-            [{"loc": ["body"], "msg": f"JSON decode error: {exc}", "type": "json_invalid"}]
-        ) from None
+            [{"loc": ["body"], "msg": f"JSON decode error: {body}", "type": "json_invalid"}])
+    if jsonsafe.may_hold_surrogates(parsed.raw):
+        checked = body
+        if items is not None and isinstance(body, dict):
+            checked = {k: v for k, v in body.items() if k != items}
+        path = jsonsafe.unstorable_path(checked)
+        if path is not None:
+            raise InvalidRequest(unstorable_reason(path))
+    return body
 
 
-async def _object(request: web.Request, *, optional: bool = False) -> dict[str, Any]:
-    body = await _body(request, optional=optional)
+def unstorable_reason(path: tuple[str | int, ...]) -> str:
+    return (f"invalid {jsonsafe.describe(path)}: text holds a lone surrogate "
+            "(\\ud800-\\udfff), which is not valid Unicode")
+
+
+async def _object(request: web.Request, *, optional: bool = False, items: str | None = None
+                  ) -> dict[str, Any]:
+    body = await _body(request, optional=optional, items=items)
     if not isinstance(body, dict):
         raise Unprocessable([{"loc": ["body"], "msg": "Input should be an object",
                               "type": "dict_type"}])
@@ -239,7 +293,7 @@ async def status(request: web.Request) -> web.Response:
                 response=AddMessagesResponse))
 async def add_messages(request: web.Request) -> web.Response:
     caller = await _caller(request)
-    body = await _object(request)
+    body = await _object(request, items="messages")
     messages = body.get("messages")
     if not isinstance(messages, list) or len(messages) > 1000:
         raise InvalidRequest("messages must be a list of at most 1000 items")
@@ -251,11 +305,25 @@ async def add_messages(request: web.Request) -> web.Response:
         _MESSAGES.validate_python(messages)
     except ValidationError as exc:
         raise Unprocessable(_pydantic_detail(exc, ("body", "messages"))) from None
-    result = await request.app[SERVICE].submit(caller, messages, body.get("default_priority"))
+    refused = None
+    if jsonsafe.may_hold_surrogates((await _parsed(request)).raw):
+        refused = _unstorable_items(messages)
+    result = await request.app[SERVICE].submit(caller, messages, body.get("default_priority"),
+                                               refused=refused)
     rejected = [{"id": r.id, "reason": r.reason, "index": r.index} for r in result.rejected]
     if result.failed:
         return _error(400, {"error": "no message queued", "rejected": rejected})
     return _json({"ok": True, "queued": result.queued, "rejected": rejected})
+
+
+def _unstorable_items(messages: list[Any]) -> dict[int, str]:
+    """Per message: the reason it cannot be stored (a lone surrogate in some field)."""
+    refused = {}
+    for index, item in enumerate(messages):
+        path = jsonsafe.unstorable_path(item)
+        if path is not None:
+            refused[index] = unstorable_reason(path)
+    return refused
 
 
 @documented(Spec("Wake the dispatcher and the report loop", "auth", response=OkResponse,
@@ -528,7 +596,8 @@ async def command_log_middleware(request: web.Request, handler: Handler) -> web.
     try:
         payload = await _logged_payload(request)
         await request.app[SERVICE].record_command(
-            request.method, request.path, _logged_tenant(request, caller, payload), payload,
+            request.method, jsonsafe.scrub(request.path),
+            jsonsafe.scrub(_logged_tenant(request, caller, payload)), payload,
             response.status)
     except Exception as exc:  # the command itself is done; losing its log line is not fatal
         log.warning("command log write failed for %s %s: %s", request.method, request.path,
@@ -538,10 +607,14 @@ async def command_log_middleware(request: web.Request, handler: Handler) -> web.
 
 async def _logged_payload(request: web.Request) -> Any:
     try:
-        raw = await request.read()
-        body = json.loads(raw) if raw.strip() else {}
-    except (ValueError, UnicodeDecodeError, web.HTTPException):
-        body = {}
+        parsed = await _parsed(request)
+    except web.HTTPException:
+        return {}
+    body = parsed.value
+    if body is _EMPTY or isinstance(body, ValueError):
+        body = {}  # too deep or not JSON: the call is recorded, its body is not
+    elif jsonsafe.may_hold_surrogates(parsed.raw):
+        body = jsonsafe.scrub(body)  # the log must always be writable
     if isinstance(body, dict) and request.query:
         return {**dict(request.query), **body}
     return body
