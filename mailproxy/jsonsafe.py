@@ -1,9 +1,11 @@
 """Guards for JSON that is valid but hostile: nesting too deep to process, and strings that
-cannot be stored (lone UTF-16 surrogates such as "\\ud800", legal as JSON escapes but not
-encodable as UTF-8). Standard library only, so the core and the edge share one rule.
+cannot be stored: lone UTF-16 surrogates such as "\\ud800" (legal JSON escapes, not encodable
+as UTF-8) and NUL (which PostgreSQL text and jsonb refuse). Standard library only, so the
+core and the edge share one rule.
 
 Both checks are almost free for ordinary bodies: a body with few brackets cannot nest deeply,
-and a body without a surrogate escape cannot hold a lone surrogate; only the rest is walked.
+and a body without a surrogate or NUL escape cannot hold such a string; only the rest is
+walked.
 """
 
 from __future__ import annotations
@@ -35,8 +37,11 @@ def load(raw: bytes) -> Any:
     return value
 
 
-def may_hold_surrogates(raw: bytes) -> bool:
-    """False when the JSON text has no surrogate escape, so no string in it needs a check."""
+def may_hold_unstorable(raw: bytes) -> bool:
+    """False when the JSON text has no surrogate or NUL escape (raw UTF-8 can carry neither),
+    so no string in it needs a check."""
+    if b"\\u0000" in raw:
+        return True
     if b"\\ud" not in raw and b"\\uD" not in raw:  # a plain substring search is fastest
         return False
     return _SURROGATE_ESCAPE.search(raw) is not None
@@ -55,7 +60,9 @@ def _depth_over(value: Any, budget: int) -> bool:
 
 
 def storable(text: str) -> bool:
-    """True unless the string holds a lone surrogate (which UTF-8 cannot encode)."""
+    """True unless the string holds a NUL or a lone surrogate (which UTF-8 cannot encode)."""
+    if "\x00" in text:
+        return False
     if text.isascii():
         return True
     try:
@@ -92,11 +99,12 @@ def describe(path: tuple[str | int, ...]) -> str:
 
 
 def scrub(value: Any) -> Any:
-    """The value with every lone surrogate replaced by U+FFFD (for logs, never for mail)."""
+    """The value with every NUL and lone surrogate replaced by U+FFFD (for logs only)."""
     if isinstance(value, str):
         if storable(value):
             return value
-        return value.encode("utf-8", "surrogatepass").decode("utf-8", "replace")
+        return (value.replace("\x00", "\ufffd").encode("utf-8", "surrogatepass")
+                .decode("utf-8", "replace"))
     if isinstance(value, dict):
         return {scrub(k): scrub(v) for k, v in value.items()}
     if isinstance(value, list):

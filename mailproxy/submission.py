@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import enum
 import math
+import re
 import uuid
 from collections import deque
 from collections.abc import Mapping, Sequence
@@ -129,8 +130,18 @@ def _deferred_ts(value: str) -> int:
     return int(number)
 
 
+# NUL and other control characters, and U+FFFD (what invalid UTF-8 decodes to): a control
+# value holding one is refused rather than stored altered (PostgreSQL cannot store NUL).
+_UNCLEAN = re.compile(r"[\x00-\x08\x0a-\x1f\x7f\ufffd]")
+_CONTROL_NAMES = {CONTROL_ID: "X-Mail-Proxy-ID", CONTROL_PRIORITY: "X-Mail-Proxy-Priority",
+                  CONTROL_BATCH: "X-Mail-Proxy-Batch", CONTROL_DEFERRED: "X-Mail-Proxy-Deferred-Ts"}
+
+
 def read_control(values: Mapping[str, str], default_priority: Priority) -> Control:
     """Parse the control header values, by lower-case name (raises InvalidControl)."""
+    for key, name in _CONTROL_NAMES.items():
+        if _UNCLEAN.search(values.get(key, "")):
+            raise InvalidControl(f"{name} (not clean text)")
     client_id = values.get(CONTROL_ID) or None
     if client_id is not None and len(client_id) > MAX_CLIENT_ID:
         raise InvalidControl("X-Mail-Proxy-ID")

@@ -144,9 +144,20 @@ async def _caller(request: web.Request) -> Caller:
     answers a too-deep body with 400 (after 401, as §1 orders), read or not."""
     caller = await request.app[SERVICE].authenticate(request.headers.get("X-API-Token"))
     request[CALLER] = caller
-    if isinstance((await _parsed(request)).value, jsonsafe.TooDeep):
-        raise InvalidRequest(str((await _parsed(request)).value))
+    _refuse_unstorable_params(request)
+    parsed = await _parsed(request)
+    if isinstance(parsed.value, jsonsafe.TooDeep):
+        raise InvalidRequest(str(parsed.value))
     return caller
+
+
+def _refuse_unstorable_params(request: web.Request) -> None:
+    """A NUL or lone surrogate in a path segment or query value: 422 naming it."""
+    for where, params in (("path", request.match_info), ("query", request.query)):
+        for name, value in params.items():
+            if not jsonsafe.storable(value):
+                raise Unprocessable([{"loc": [where, name], "type": "string_unstorable",
+                                      "msg": "text holds a NUL or a lone surrogate"}])
 
 
 class _Parsed:
@@ -194,7 +205,7 @@ async def _body(request: web.Request, *, optional: bool = False, items: str | No
     if isinstance(body, ValueError):
         raise Unprocessable(
             [{"loc": ["body"], "msg": f"JSON decode error: {body}", "type": "json_invalid"}])
-    if jsonsafe.may_hold_surrogates(parsed.raw):
+    if jsonsafe.may_hold_unstorable(parsed.raw):
         checked = body
         if items is not None and isinstance(body, dict):
             checked = {k: v for k, v in body.items() if k != items}
@@ -205,8 +216,8 @@ async def _body(request: web.Request, *, optional: bool = False, items: str | No
 
 
 def unstorable_reason(path: tuple[str | int, ...]) -> str:
-    return (f"invalid {jsonsafe.describe(path)}: text holds a lone surrogate "
-            "(\\ud800-\\udfff), which is not valid Unicode")
+    return (f"invalid {jsonsafe.describe(path)}: text holds a NUL or a lone surrogate "
+            "(\\ud800-\\udfff), which cannot be stored")
 
 
 async def _object(request: web.Request, *, optional: bool = False, items: str | None = None
@@ -306,7 +317,7 @@ async def add_messages(request: web.Request) -> web.Response:
     except ValidationError as exc:
         raise Unprocessable(_pydantic_detail(exc, ("body", "messages"))) from None
     refused = None
-    if jsonsafe.may_hold_surrogates((await _parsed(request)).raw):
+    if jsonsafe.may_hold_unstorable((await _parsed(request)).raw):
         refused = _unstorable_items(messages)
     result = await request.app[SERVICE].submit(caller, messages, body.get("default_priority"),
                                                refused=refused)
@@ -613,10 +624,10 @@ async def _logged_payload(request: web.Request) -> Any:
     body = parsed.value
     if body is _EMPTY or isinstance(body, ValueError):
         body = {}  # too deep or not JSON: the call is recorded, its body is not
-    elif jsonsafe.may_hold_surrogates(parsed.raw):
+    elif jsonsafe.may_hold_unstorable(parsed.raw):
         body = jsonsafe.scrub(body)  # the log must always be writable
     if isinstance(body, dict) and request.query:
-        return {**dict(request.query), **body}
+        return {**jsonsafe.scrub(dict(request.query)), **body}
     return body
 
 
