@@ -176,7 +176,7 @@ _EMPTY = object()
 
 
 async def _parsed(request: web.Request) -> _Parsed:
-    cached = request.get(PARSED)
+    cached: _Parsed | None = request.get(PARSED)
     if cached is not None:
         return cached
     raw = await request.read()
