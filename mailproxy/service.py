@@ -44,7 +44,7 @@ class SystemClock:
 
 
 class Waker(Protocol):
-    def wake(self) -> None: ...
+    def wake(self, urgent: bool = False) -> None: ...
 
 
 class ReportControl(Protocol):
@@ -234,7 +234,7 @@ class MailService:
             else:
                 rejected.append(Rejection(index, message.id, reason))
         if queued and self.waker is not None:
-            self.waker.wake()
+            self.waker.wake(urgent)
         if rejected:
             self.wake_reports()  # intake errors are stored as reportable error events
         rejected.sort(key=lambda r: r.index)

@@ -287,7 +287,7 @@ class SmtpSubmission:
         [reason] = await self.store.enqueue([message], self.clock.now())
         if reason is None:
             if self.waker is not None:
-                self.waker.wake()
+                self.waker.wake(control.priority == Priority.IMMEDIATE)
             return Submitted(Acceptance.QUEUED, client_id)
         if reason == "message is being sent":
             return Submitted(Acceptance.BEING_SENT, client_id)

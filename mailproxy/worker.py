@@ -16,6 +16,7 @@ from typing import Protocol
 from mailproxy import compose, intake
 from mailproxy.addresses import needs_smtputf8, split_address
 from mailproxy.errors import PermanentFailure, RecipientFailure, StoreError, TemporaryFailure
+from mailproxy.lane import PriorityLane
 from mailproxy.model import Account, Attachment, Claimed, Deferred, Failed, Outcome, Sent
 from mailproxy.policy import RetryPolicy, retry_error_text
 from mailproxy.service import Clock, Store
@@ -90,7 +91,8 @@ class Worker:
         self._unsent = 0  # of those, the ones whose attempt has not finished
         self._tasks: set[asyncio.Task[None]] = set()
         self._global = asyncio.Semaphore(settings.concurrency)
-        self._per_account: dict[tuple[str, str], asyncio.Semaphore] = {}
+        self._per_account: dict[tuple[str, str], PriorityLane] = {}
+        self._urgent = False  # an immediate message was enqueued: claim even when buffered
         self._accounts: dict[tuple[str, str], tuple[float, Account | None]] = {}
         self._blocked: dict[tuple[str, str], int] = {}
         self._hostname = socket.getfqdn() or "localhost"
@@ -102,7 +104,11 @@ class Worker:
 
     # -- control -----------------------------------------------------------------------------
 
-    def wake(self) -> None:
+    def wake(self, urgent: bool = False) -> None:
+        """New work; `urgent` (an immediate message) claims even with a full claim buffer,
+        so that the message can take its account's next free connection (PriorityLane)."""
+        if urgent:
+            self._urgent = True
         self._wake.set()
 
     def account_changed(self, tenant_id: str, account_id: str) -> None:
@@ -165,7 +171,7 @@ class Worker:
                 productive = False
             if self._stopping:
                 break
-            if productive and self._claim_wanted():
+            if productive and (self._claim_wanted() or self._urgent):
                 continue
             # After a claim that found work, a freed slot may be worth the next claim; after
             # one that found none, only new work (wake) or the loop interval is.
@@ -204,9 +210,10 @@ class Worker:
 
     async def _cycle(self) -> bool:
         now = self._clock.now()
-        if not self._claim_wanted():
+        urgent, self._urgent = self._urgent, False
+        if not self._claim_wanted() and not urgent:
             return True  # busy: wait for slots to free
-        room = self._room()
+        room = max(self._room(), self._s.concurrency) if urgent else self._room()
         self._blocked = {k: v for k, v in self._blocked.items() if v > now}
         batch = await self._store.claim(self._s.owner, now, self._s.lease_seconds, room,
                                         frozenset(self._blocked))
@@ -241,11 +248,17 @@ class Worker:
 
     async def _deliver(self, message: Claimed) -> None:
         key = (message.tenant_id, message.account_id)
-        account_sem = self._per_account.setdefault(key, asyncio.Semaphore(self._s.per_account))
+        lane = self._per_account.get(key)
+        if lane is None:
+            lane = self._per_account[key] = PriorityLane(self._s.per_account)
         try:
             try:
-                async with account_sem, self._global:
-                    outcome = await self._attempt(message)
+                await lane.acquire(message.priority)
+                try:
+                    async with self._global:
+                        outcome = await self._attempt(message)
+                finally:
+                    lane.release()
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # a bug, not an SMTP failure: a counted, delayed retry
