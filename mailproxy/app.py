@@ -20,6 +20,7 @@ from mailproxy.config import Settings
 from mailproxy.delivery import SmtpPool
 from mailproxy.errors import ConfigError
 from mailproxy.ingress import http, smtp
+from mailproxy.logs import DeliveryLog
 from mailproxy.metrics import Metrics
 from mailproxy.model import Priority
 from mailproxy.netguard import AllowList
@@ -105,7 +106,7 @@ async def build(
                               settings.retry_factor, settings.retry_max_delay_seconds),
             genro_header=settings.compat_genro_header,
         ),
-        observer or metrics,
+        observer or DeliveryLog(metrics),
     )
     service = MailService(
         store=store, clock=clock,
@@ -232,6 +233,8 @@ async def serve(settings: Settings) -> None:
     log.info("mail-proxy %s listening on http://%s:%d (instance %s, database %s)",
              parts.instance_id, settings.host, settings.port, parts.instance_id,
              _db_label(settings))
+    log.info("API reference: http://%s:%d%s", _browsable(settings.host), settings.port,
+             http.HOME)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -242,6 +245,13 @@ async def serve(settings: Settings) -> None:
         log.info("shutting down")
         with contextlib.suppress(Exception):
             await runner.cleanup()
+
+
+def _browsable(host: str) -> str:
+    """A host a browser on this machine can open (a wildcard bind is reached on loopback)."""
+    if host in ("", "0.0.0.0", "::"):
+        return "127.0.0.1"
+    return f"[{host}]" if ":" in host else host
 
 
 def _db_label(settings: Settings) -> str:

@@ -672,6 +672,18 @@ async def _may_scrape(request: web.Request, token: str) -> bool:
         return False
 
 
+# Where a browser opening the server's root is sent.
+HOME = "/docs"
+
+
+@documented(Spec("302 to the human API reference (a browser lands on HTML)", "public",
+                 media_type="text/html"))
+async def root(request: web.Request) -> web.Response:
+    response = _json({"detail": f"See {HOME}"}, 302)
+    response.headers["Location"] = HOME
+    return response
+
+
 @documented(Spec("OpenAPI 3.1 description of every route", "public"))
 async def openapi(request: web.Request) -> web.Response:
     return _json(build_openapi(ROUTES))
@@ -768,6 +780,7 @@ def account_info(a: Account) -> dict[str, Any]:
 # -- the route table ---------------------------------------------------------------------------
 
 ROUTES: tuple[tuple[str, str, Handler], ...] = (
+    ("GET", "/", root),
     ("GET", "/health", health),
     ("GET", "/status", status),
     ("POST", "/commands/add-messages", add_messages),
