@@ -85,6 +85,9 @@ async def build(
     except ConfigError:
         await store.close()
         raise
+    # Read by the store's event trigger (migration 006): without any report URL, events are
+    # reported when created.
+    await store.set_meta("report_fallback", "1" if settings.client_sync_url else "0")
     clock = clock or SystemClock()
     instance_id = secrets.token_hex(6)
     metrics = Metrics(store, settings.metrics_token)
