@@ -146,6 +146,8 @@ async def build(
             await store.close()
             raise
     service.account_listeners.append(metrics)
+    if listener is not None:
+        service.change_listeners.append(listener.submission.changed)
     return Parts(settings, store, service, worker, pool, instance_id, reporter, metrics,
                  listener)
 
@@ -198,6 +200,8 @@ def make_app(parts: Parts) -> web.Application:
         await parts.worker.start(recover_all=not parts.settings.is_postgres)
         await parts.reporter.start()
         if isinstance(parts.store, WakeSource):  # enqueues by other instances wake us
+            if parts.listener is not None:
+                parts.store.on_change(parts.listener.submission.changed)
             await parts.store.listen(parts.worker.wake)
         await parts.metrics.refresh()
         yield

@@ -29,7 +29,8 @@ from mailproxy.tokens import check_password
 
 AUTH_WINDOW_SECONDS = 600.0
 # Within one session, tenant and account state found at a MAIL FROM is trusted this long,
-# so that a client sending many messages does not pay two lookups per message.
+# so that a client sending many messages does not pay two lookups per message; any tenant or
+# account change (here, or on another instance through the store's notifications) ends it.
 SENDER_RECHECK_SECONDS = 1.0
 MAX_CLIENT_ID = 255
 MAX_BATCH_CODE = 64
@@ -56,6 +57,7 @@ class Sender:
     address: str
     is_pec: bool = False
     checked_at: float = 0.0
+    generation: int = 0  # SmtpSubmission.generation when checked
 
 
 class SenderVerdict(enum.Enum):
@@ -211,6 +213,11 @@ class SmtpSubmission:
     max_recipients: int
     default_priority: Priority
     waker: Waker | None = None
+    generation: int = 0  # bumped by every tenant or account change
+
+    def changed(self) -> None:
+        """A tenant or account changed: no session may reuse an earlier MAIL FROM check."""
+        self.generation += 1
 
     async def login(self, username: str, password: str) -> Login | None:
         """`<tenant_id>/<account_id>` with the tenant's API token or the account's
@@ -239,7 +246,9 @@ class SmtpSubmission:
         if address and not envelope_address_ok(address, smtputf8):
             return SenderVerdict.MALFORMED, None
         now = self.clock.now()
+        generation = self.generation  # as of before the lookups: a change during them counts
         if (previous is not None and previous.login == login
+                and previous.generation == self.generation
                 and 0 <= now - previous.checked_at < SENDER_RECHECK_SECONDS):
             return SenderVerdict.OK, replace(previous, address=address)
         tenant = await self.store.get_tenant(login.tenant_id)
@@ -248,7 +257,8 @@ class SmtpSubmission:
         account = await self.store.get_account(login.tenant_id, login.account_id)
         if account is None:
             return SenderVerdict.UNKNOWN_ACCOUNT, None
-        return SenderVerdict.OK, Sender(login, address, account.is_pec_account, now)
+        return SenderVerdict.OK, Sender(login, address, account.is_pec_account, now,
+                                        generation)
 
     def recipient(self, address: str, smtputf8: bool, accepted: int) -> RecipientVerdict:
         """RCPT TO, given how many recipients the transaction already has."""

@@ -26,3 +26,18 @@ $$;
 CREATE TRIGGER events_reported_at_creation AFTER INSERT ON events
 REFERENCING NEW TABLE AS inserted
 FOR EACH STATEMENT EXECUTE FUNCTION events_reported_at_creation();
+
+-- Tenant and account changes notify every instance (payload 'changed'), which then drops
+-- what it cached about them (the SMTP MAIL FROM check).
+CREATE FUNCTION notify_tenant_change() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM pg_notify('mailproxy_wake', 'changed');
+    RETURN NULL;
+END
+$$;
+
+CREATE TRIGGER tenants_changed AFTER INSERT OR UPDATE OR DELETE ON tenants
+FOR EACH STATEMENT EXECUTE FUNCTION notify_tenant_change();
+
+CREATE TRIGGER accounts_changed AFTER INSERT OR UPDATE OR DELETE ON accounts
+FOR EACH STATEMENT EXECUTE FUNCTION notify_tenant_change();
