@@ -211,9 +211,12 @@ class Worker:
     async def _cycle(self) -> bool:
         now = self._clock.now()
         urgent, self._urgent = self._urgent, False
-        if not self._claim_wanted() and not urgent:
+        room = self._room() if self._claim_wanted() else 0
+        if urgent:  # past a full buffer, within the bound of all the worker may hold
+            room = max(room, min(self._s.concurrency,
+                                 2 * self._capacity() - len(self._inflight)))
+        if room <= 0:
             return True  # busy: wait for slots to free
-        room = max(self._room(), self._s.concurrency) if urgent else self._room()
         self._blocked = {k: v for k, v in self._blocked.items() if v > now}
         batch = await self._store.claim(self._s.owner, now, self._s.lease_seconds, room,
                                         frozenset(self._blocked))
