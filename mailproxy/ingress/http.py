@@ -20,6 +20,7 @@ from mailproxy.errors import (
     StoreError,
     Unauthorized,
 )
+from mailproxy.ingress import bodies
 from mailproxy.ingress.openapi import Param, Spec, build_openapi, documented, tenant_query
 from mailproxy.ingress.schemas import (
     AccountShape,
@@ -144,59 +145,23 @@ async def _caller(request: web.Request) -> Caller:
     answers a too-deep body with 400 (after 401, as §1 orders), read or not."""
     caller = await request.app[SERVICE].authenticate(request.headers.get("X-API-Token"))
     request[CALLER] = caller
-    _refuse_unstorable_params(request)
-    parsed = await _parsed(request)
+    unstorable = bodies.unstorable_param(request)
+    if unstorable is not None:
+        raise Unprocessable([{"loc": list(unstorable), "type": "string_unstorable",
+                              "msg": "text holds a NUL or a lone surrogate"}])
+    parsed = await bodies.parsed(request)
     if isinstance(parsed.value, jsonsafe.TooDeep):
         raise InvalidRequest(str(parsed.value))
     return caller
-
-
-def _refuse_unstorable_params(request: web.Request) -> None:
-    """A NUL or lone surrogate in a path segment or query value: 422 naming it."""
-    for where, params in (("path", request.match_info), ("query", request.query)):
-        for name, value in params.items():
-            if not jsonsafe.storable(value):
-                raise Unprocessable([{"loc": [where, name], "type": "string_unstorable",
-                                      "msg": "text holds a NUL or a lone surrogate"}])
-
-
-class _Parsed:
-    """A request body parsed once (mailproxy.jsonsafe is the one parser of REST bodies):
-    the value, or the ValueError it raised; `raw` for the cheap surrogate pre-check."""
-
-    __slots__ = ("raw", "value")
-
-    def __init__(self, raw: bytes, value: Any) -> None:
-        self.raw = raw
-        self.value = value
-
-
-PARSED = web.RequestKey("parsed_body", _Parsed)
-_EMPTY = object()
-
-
-async def _parsed(request: web.Request) -> _Parsed:
-    cached: _Parsed | None = request.get(PARSED)
-    if cached is not None:
-        return cached
-    raw = await request.read()
-    value: Any = _EMPTY
-    if raw.strip():
-        try:
-            value = jsonsafe.load(raw)
-        except (ValueError, UnicodeDecodeError) as exc:  # TooDeep is a ValueError
-            value = exc if isinstance(exc, jsonsafe.TooDeep) else ValueError(str(exc))
-    parsed = request[PARSED] = _Parsed(raw, value)
-    return parsed
 
 
 async def _body(request: web.Request, *, optional: bool = False, items: str | None = None
                 ) -> Any:
     """The JSON body. Under the key `items` (add-messages' messages) unstorable text is
     left to the caller, which rejects those items alone."""
-    parsed = await _parsed(request)
+    parsed = await bodies.parsed(request)
     body = parsed.value
-    if body is _EMPTY:
+    if body is bodies.EMPTY:
         if optional:
             return {}
         raise Unprocessable([{"loc": ["body"], "msg": "Field required", "type": "missing"}])
@@ -211,13 +176,8 @@ async def _body(request: web.Request, *, optional: bool = False, items: str | No
             checked = {k: v for k, v in body.items() if k != items}
         path = jsonsafe.unstorable_path(checked)
         if path is not None:
-            raise InvalidRequest(unstorable_reason(path))
+            raise InvalidRequest(bodies.unstorable_reason(path))
     return body
-
-
-def unstorable_reason(path: tuple[str | int, ...]) -> str:
-    return (f"invalid {jsonsafe.describe(path)}: text holds a NUL or a lone surrogate "
-            "(\\ud800-\\udfff), which cannot be stored")
 
 
 async def _object(request: web.Request, *, optional: bool = False, items: str | None = None
@@ -317,24 +277,14 @@ async def add_messages(request: web.Request) -> web.Response:
     except ValidationError as exc:
         raise Unprocessable(_pydantic_detail(exc, ("body", "messages"))) from None
     refused = None
-    if jsonsafe.may_hold_unstorable((await _parsed(request)).raw):
-        refused = _unstorable_items(messages)
+    if jsonsafe.may_hold_unstorable((await bodies.parsed(request)).raw):
+        refused = bodies.unstorable_items(messages)
     result = await request.app[SERVICE].submit(caller, messages, body.get("default_priority"),
                                                refused=refused)
     rejected = [{"id": r.id, "reason": r.reason, "index": r.index} for r in result.rejected]
     if result.failed:
         return _error(400, {"error": "no message queued", "rejected": rejected})
     return _json({"ok": True, "queued": result.queued, "rejected": rejected})
-
-
-def _unstorable_items(messages: list[Any]) -> dict[int, str]:
-    """Per message: the reason it cannot be stored (a lone surrogate in some field)."""
-    refused = {}
-    for index, item in enumerate(messages):
-        path = jsonsafe.unstorable_path(item)
-        if path is not None:
-            refused[index] = unstorable_reason(path)
-    return refused
 
 
 @documented(Spec("Wake the dispatcher and the report loop", "auth", response=OkResponse,
@@ -605,7 +555,7 @@ async def command_log_middleware(request: web.Request, handler: Handler) -> web.
             or request.path in _UNLOGGED_PATHS):
         return response
     try:
-        payload = await _logged_payload(request)
+        payload = await bodies.logged_payload(request)
         await request.app[SERVICE].record_command(
             request.method, jsonsafe.scrub(request.path),
             jsonsafe.scrub(_logged_tenant(request, caller, payload)), payload,
@@ -614,21 +564,6 @@ async def command_log_middleware(request: web.Request, handler: Handler) -> web.
         log.warning("command log write failed for %s %s: %s", request.method, request.path,
                     type(exc).__name__)
     return response
-
-
-async def _logged_payload(request: web.Request) -> Any:
-    try:
-        parsed = await _parsed(request)
-    except web.HTTPException:
-        return {}
-    body = parsed.value
-    if body is _EMPTY or isinstance(body, ValueError):
-        body = {}  # too deep or not JSON: the call is recorded, its body is not
-    elif jsonsafe.may_hold_unstorable(parsed.raw):
-        body = jsonsafe.scrub(body)  # the log must always be writable
-    if isinstance(body, dict) and request.query:
-        return {**jsonsafe.scrub(dict(request.query)), **body}
-    return body
 
 
 def _logged_tenant(request: web.Request, caller: Caller, payload: Any) -> str | None:
