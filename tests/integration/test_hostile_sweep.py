@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import http.client
 import json
+import smtplib
 import threading
 import urllib.parse
 from collections.abc import Iterator, Sequence
@@ -89,6 +90,7 @@ class LiveApp:
         self._db = ({"db_path": db_path, "encryption_key": new_encryption_key()}
                     if db_path else {})
         self.port = free_port()
+        self.smtp_port = free_port()
         self.loop = asyncio.new_event_loop()
         self.runner: web.AppRunner | None = None
         self._thread = threading.Thread(target=self.loop.run_forever, daemon=True)
@@ -100,7 +102,8 @@ class LiveApp:
         return self
 
     async def _start(self) -> None:
-        parts = await build(make_settings(self._data_dir, **self._db))
+        parts = await build(make_settings(self._data_dir, smtp_port=self.smtp_port,
+                                          **self._db))
 
         async def refuse(account: Account, sender: str, recipients: Sequence[str],
                          data: bytes, **_: Any) -> tuple[()]:
@@ -159,7 +162,7 @@ WRITE_ROUTES = sorted({(m, p) for m, p, _ in ROUTES if m in ("POST", "PUT", "DEL
 ALL_ROUTES = sorted({(m, p) for m, p, _ in ROUTES})
 UNLOGGED = {"/commands/run-now", "/instance/reload-bounce"}
 NOT_JSON = {"/docs", "/docs/static/{name}", "/metrics"}
-SWEEP = settings(max_examples=100, deadline=None, derandomize=True,
+SWEEP = settings(max_examples=75, deadline=None, derandomize=True,
                  suppress_health_check=[HealthCheck.function_scoped_fixture,
                                         HealthCheck.too_slow])
 
@@ -207,3 +210,39 @@ def test_hostile_query_and_path_values_never_give_a_server_error(
     if template in NOT_JSON and status == 200:
         return
     _check(status, answer, (method, path, query))
+
+
+header_bytes = st.binary(max_size=40).map(lambda b: b.replace(b"\r", b"").replace(b"\n", b""))
+header_names = st.sampled_from([b"Subject", b"X-Custom", b"From", b"X-Mail-Proxy-ID",
+                                b"X-Mail-Proxy-Batch", b"X-Mail-Proxy-Priority",
+                                b"X-Mail-Proxy-Deferred-Ts"])
+
+
+@pytest.fixture(scope="module")
+def submitter(live: LiveApp) -> Iterator[smtplib.SMTP]:
+    """An SMTP session of a tenant the REST sweeps never name (they rotate acme's token)."""
+    status, created = live.request("POST", "/tenant", json.dumps({"id": "mailer"}).encode())
+    assert status == 200, created
+    account = {"id": "main", "tenant_id": "mailer", "host": "127.0.0.1", "port": 9,
+               "use_tls": False}
+    status, answer = live.request("POST", "/account", json.dumps(account).encode())
+    assert status == 200, answer
+    with smtplib.SMTP("127.0.0.1", live.smtp_port, timeout=60) as client:
+        client.login("mailer/main", created["api_key"])
+        yield client
+
+
+@SWEEP
+@given(headers=st.lists(st.tuples(header_names, header_bytes), min_size=1, max_size=3))
+def test_hostile_smtp_headers_get_250_or_a_5xx_with_a_reason_and_the_session_lives(
+        live: LiveApp, submitter: smtplib.SMTP, headers: list[tuple[bytes, bytes]]) -> None:
+    head = b"".join(name + b": " + value + b"\r\n" for name, value in headers)
+    data = b"To: rcpt@example.org\r\n" + head + b"\r\nbody\r\n"
+    submitter.mail("sender@acme.test")
+    submitter.rcpt("rcpt@example.org")
+    code, text = submitter.data(data)
+    assert code == 250 or (500 <= code < 600 and len(text) > 10), (code, text, data)
+    assert submitter.noop()[0] == 250
+    status, answer = live.request("GET", "/messages", query={"tenant_id": "mailer",
+                                                             "limit": "1"})
+    assert status == 200, answer
