@@ -48,13 +48,11 @@ def may_hold_unstorable(raw: bytes) -> bool:
 
 
 def _depth_over(value: Any, budget: int) -> bool:
-    """True when containers nest more than `budget` levels below value (recursion is
-    bounded by the budget; exact types, since json.loads makes no subclasses)."""
-    if budget == 0:
-        return True
+    """True when containers nest more than `budget` levels below the container value
+    (recursion is bounded by the budget; exact types: json.loads makes no subclasses)."""
     for child in value.values() if type(value) is dict else value:
         kind = type(child)
-        if (kind is dict or kind is list) and _depth_over(child, budget - 1):
+        if (kind is dict or kind is list) and (budget == 0 or _depth_over(child, budget - 1)):
             return True
     return False
 
