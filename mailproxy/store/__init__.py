@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING
 from mailproxy.errors import ConfigError
 
 if TYPE_CHECKING:
+    from mailproxy.bounces.service import BounceStore
     from mailproxy.config import Settings
     from mailproxy.service import Store
     from mailproxy.store.rows import Cipher
@@ -24,3 +25,18 @@ def open_store(settings: Settings, cipher: Cipher) -> Store:
     from mailproxy.store.sqlite import SqliteStore
 
     return SqliteStore(settings.db_path, cipher, synchronous=settings.sqlite_synchronous)
+
+
+def open_bounce_store(store: Store) -> BounceStore:
+    """The bounce and suppression tables (§12) of an opened store, on the same connections."""
+    from mailproxy.store.sqlite import SqliteStore
+
+    if isinstance(store, SqliteStore):
+        from mailproxy.store.sqlite_bounces import SqliteBounces
+
+        return SqliteBounces(store)
+    from mailproxy.store.postgres import PostgresStore
+    from mailproxy.store.postgres_bounces import PostgresBounces
+
+    assert isinstance(store, PostgresStore)
+    return PostgresBounces(store)
