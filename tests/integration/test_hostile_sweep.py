@@ -241,7 +241,12 @@ def test_hostile_smtp_headers_get_250_or_a_5xx_with_a_reason_and_the_session_liv
     submitter.mail("sender@acme.test")
     submitter.rcpt("rcpt@example.org")
     code, text = submitter.data(data)
-    assert code == 250 or (500 <= code < 600 and len(text) > 10), (code, text, data)
+    # 451 "message is being sent" is the documented answer when a drawn X-Mail-Proxy-ID
+    # names an earlier example's message still in flight; no other 4xx (a storage failure
+    # on such input is the bug this sweep looks for).
+    in_flight = code == 451 and b"being sent" in text
+    assert code == 250 or in_flight or (500 <= code < 600 and len(text) > 10), (
+        code, text, data)
     assert submitter.noop()[0] == 250
     status, answer = live.request("GET", "/messages", query={"tenant_id": "mailer",
                                                              "limit": "1"})
