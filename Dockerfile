@@ -7,7 +7,7 @@ COPY pyproject.toml setup.py MANIFEST.in README.md ./
 COPY mailproxy ./mailproxy
 COPY templates ./templates
 COPY static ./static
-RUN pip wheel --no-cache-dir --wheel-dir /wheels .
+RUN pip wheel --no-cache-dir --wheel-dir /wheels ".[s3]"
 
 FROM python:3.11-slim
 RUN apt-get update \

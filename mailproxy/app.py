@@ -16,6 +16,10 @@ from pathlib import Path
 from aiohttp import web
 
 from mailproxy import intake, sync
+from mailproxy.attachments.cache import Cache, CacheLimits
+from mailproxy.attachments.fetch import Fetcher, FetchSettings
+from mailproxy.attachments.prepare import MessagePreparer
+from mailproxy.attachments.sources import parse_roots
 from mailproxy.bounces.model import SoftRule
 from mailproxy.bounces.service import BounceService, SuppressionCheck, SuppressionFilter
 from mailproxy.config import Settings
@@ -26,10 +30,13 @@ from mailproxy.logs import DeliveryLog
 from mailproxy.metrics import Metrics
 from mailproxy.model import Priority
 from mailproxy.netguard import AllowList
+from mailproxy.offload.http import OFFLOADER
+from mailproxy.offload.service import Offloader
 from mailproxy.policy import RetryPolicy
 from mailproxy.reports import Reporter, ReporterSettings
 from mailproxy.service import Clock, MailService, Store, SystemClock, WakeSource
-from mailproxy.store import open_bounce_store, open_store
+from mailproxy.store import open_bounce_store, open_store, rows
+from mailproxy.store.offload_index import offload_index
 from mailproxy.submission import AuthThrottle, SmtpSubmission
 from mailproxy.tokens import new_token
 from mailproxy.vault import Vault, load_key, write_private
@@ -50,6 +57,8 @@ class Parts:
     instance_id: str
     reporter: Reporter
     metrics: Metrics
+    fetcher: Fetcher
+    offloader: Offloader
     listener: smtp.SmtpListener | None = None
     bounces: BounceService | None = None
 
@@ -99,6 +108,11 @@ async def build(
         connect_timeout=settings.smtp_connect_timeout_seconds,
         send_timeout=settings.smtp_send_timeout_seconds, tls_verify=settings.smtp_tls_verify,
     )
+    fetcher = _fetcher(settings)
+    offloader = Offloader(offload_index(store), await _download_secret(settings, store, vault),
+                          store.get_tenant, clock.now)
+    preparer = MessagePreparer(fetcher, store.get_tenant,
+                               lambda auth: rows.open_attachment_auth(auth, vault), offloader)
     worker = Worker(
         store, pool, clock,
         WorkerSettings(
@@ -112,12 +126,13 @@ async def build(
                               settings.retry_factor, settings.retry_max_delay_seconds),
             genro_header=settings.compat_genro_header,
         ),
-        observer or DeliveryLog(metrics),
+        observer or DeliveryLog(metrics), preparer,
     )
     service = MailService(
         store=store, clock=clock,
         rules=intake.IntakeRules(default_priority=Priority(settings.default_priority),
-                                 max_raw_size=settings.smtp_max_size),
+                                 max_raw_size=settings.smtp_max_size,
+                                 fetch_modes=intake.fetch_modes(bool(fetcher.roots))),
         admin_token=admin_token(settings), waker=worker,
     )
     service.account_listeners.append(worker)
@@ -155,7 +170,37 @@ async def build(
     if listener is not None:
         service.change_listeners.append(listener.submission.changed)
     return Parts(settings, store, service, worker, pool, instance_id, reporter, metrics,
-                 listener, bounces)
+                 fetcher, offloader, listener, bounces)
+
+
+async def _download_secret(settings: Settings, store: Store, vault: Vault) -> bytes:
+    """GMP_DOWNLOAD_SECRET, else 32 random bytes made once and kept encrypted (§11)."""
+    if settings.download_secret:
+        return settings.download_secret.encode("utf-8")
+    sealed = await store.set_meta_if_absent("download_secret",
+                                            vault.encrypt(secrets.token_hex(32)) or "")
+    return bytes.fromhex(vault.decrypt(sealed) or "")
+
+
+def _fetcher(settings: Settings) -> Fetcher:
+    """The attachment fetcher and its two-tier cache (§10)."""
+    mb = 2**20
+    cache_dir = Path(settings.cache_disk_dir) if settings.cache_disk_dir else (
+        settings.data_dir / "cache")
+    limits = CacheLimits(
+        memory_bytes=int(settings.cache_memory_max_mb * mb),
+        memory_ttl=settings.cache_memory_ttl_seconds,
+        disk_bytes=int(settings.cache_disk_max_mb * mb),
+        disk_ttl=settings.cache_disk_ttl_seconds,
+        disk_threshold=int(settings.cache_disk_threshold_kb * 1024),
+    )
+    return Fetcher(FetchSettings(
+        roots=parse_roots(settings.attachment_roots),
+        allow=AllowList.parse(settings.attachment_allow_private),
+        max_bytes=int(settings.attachment_max_mb * mb),
+        timeout=settings.attachment_timeout_seconds,
+        concurrency=settings.attachment_concurrency,
+    ), Cache(cache_dir, limits))
 
 
 def _bounce_service(settings: Settings, store: Store, clock: Clock, service: MailService,
@@ -214,9 +259,11 @@ def make_app(parts: Parts) -> web.Application:
         app[http.BOUNCES] = parts.bounces
     app[http.STATUS_INFO] = {"worker": parts.worker, "instance_id": parts.instance_id}
     app[http.METRICS] = parts.metrics
+    app[OFFLOADER] = parts.offloader
     http.add_routes(app)
 
     async def lifetime(_app: web.Application) -> AsyncIterator[None]:
+        await parts.fetcher.start()
         await parts.worker.start(recover_all=not parts.settings.is_postgres)
         await parts.reporter.start()
         if isinstance(parts.store, WakeSource):  # enqueues by other instances wake us
@@ -224,11 +271,16 @@ def make_app(parts: Parts) -> web.Application:
                 parts.store.on_change(parts.listener.submission.changed)
             await parts.store.listen(parts.worker.wake)
         await parts.metrics.refresh()
+        cleanup = asyncio.create_task(parts.offloader.run_cleanup(), name="offload-cleanup")
         yield
+        cleanup.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await cleanup
         await parts.reporter.stop()
         await parts.worker.stop(parts.settings.shutdown_grace_seconds)
         await parts.metrics.close()
         await parts.pool.close()
+        await parts.fetcher.close()
         await parts.store.close()
 
     app.cleanup_ctx.append(lifetime)

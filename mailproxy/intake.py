@@ -36,9 +36,15 @@ class Rejected(Exception):
 class IntakeRules:
     default_priority: Priority
     max_raw_size: int
-    # Attachment sources this instance can fetch; others are refused at intake so the client
-    # learns at once instead of at send time.
+    # Attachment sources this instance can fetch (the composition root derives them from the
+    # settings: filesystem only with GMP_ATTACHMENT_ROOTS); others are refused at intake so
+    # the client learns at once instead of at send time.
     fetch_modes: frozenset[str] = frozenset({"base64"})
+
+
+def fetch_modes(filesystem: bool) -> frozenset[str]:
+    """The fetch modes an instance serves: all four, filesystem only with roots set."""
+    return frozenset(FETCH_MODES) if filesystem else frozenset(FETCH_MODES) - {"filesystem"}
 
 
 def _present(item: Mapping[str, Any], key: str) -> bool:
@@ -128,6 +134,11 @@ def _attachment(data: Mapping[str, Any]) -> Attachment:
         decode_base64(path)
     return Attachment(filename=filename, storage_path=path, fetch_mode=mode,
                       mime_type=data.get("mime_type"), content_md5=md5)
+
+
+def _unavailable(mode: str) -> str:
+    hint = " (GMP_ATTACHMENT_ROOTS is not set)" if mode == "filesystem" else ""
+    return f"invalid attachment: fetch_mode {mode} is not available on this instance{hint}"
 
 
 def decode_base64(path: str) -> bytes:
@@ -227,8 +238,7 @@ def build(
             raise Rejected("invalid payload: batch_code longer than 64 characters")
         for attachment in content_of(item).attachments:
             if attachment.fetch_mode not in rules.fetch_modes:
-                raise Rejected(f"invalid attachment: fetch_mode {attachment.fetch_mode} "
-                               "is not available on this instance")
+                raise Rejected(_unavailable(attachment.fetch_mode))
         deferred_ts = _deferred_ts(item.get("deferred_ts"))
         if item.get("raw") is not None:
             raw = _raw(item["raw"], rules.max_raw_size)

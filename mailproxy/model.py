@@ -192,6 +192,37 @@ class Claimed:
 
 
 @dataclass(frozen=True, slots=True)
+class Prepared:
+    """What a send needs beyond its row (§9.3 step 2): fetched attachments as
+    (filename, mime type, bytes), bodies with the large-file footer, or the bytes of a raw
+    message whose large parts became links. None fields mean "as stored"."""
+
+    attachments: tuple[tuple[str, str, bytes], ...] = ()
+    body: str | None = None
+    html_body: str | None = None
+    raw: bytes | None = None
+    content: Content | None = None  # the payload already parsed, not parsed again
+
+
+@dataclass(frozen=True, slots=True)
+class OffloadedFile:
+    """A large attachment uploaded to a tenant's storage (§11), until cleanup deletes it."""
+
+    file_id: str
+    tenant_id: str
+    storage_url: str
+    object_key: str
+    filename: str
+    mime_type: str
+    size: int
+    created_ts: int
+    expires_ts: int
+    lifespan_days: int | None = None
+    downloaded_ts: int | None = None
+    delete_ts: int = 0
+
+
+@dataclass(frozen=True, slots=True)
 class RateLimited:
     """A rate-limit decision taken while claiming, for metrics."""
 

@@ -603,6 +603,8 @@ def apply_tenant_fields(
                 minute=value.get("minute"), hour=value.get("hour"), day=value.get("day"))
         elif name == "active":
             changes["active"] = True if value is None else bool(value)
+        elif name == "large_file_config" and isinstance(value, Mapping):
+            changes[name] = _keep_storage_options(base.large_file_config, value)
         elif value is None:
             changes[name] = getattr(_TENANT_DEFAULTS, name)
         else:
@@ -610,6 +612,14 @@ def apply_tenant_fields(
     if any(name in values for name in TENANT_URL_FIELDS):
         changes["urls_set_by_tenant"] = not admin
     return replace(base, **changes)
+
+
+def _keep_storage_options(current: Mapping[str, Any] | None, value: Mapping[str, Any]
+                          ) -> dict[str, Any]:
+    """storage_options are write-only (§11): a config sent without them keeps the stored ones."""
+    if "storage_options" in value or not current or "storage_options" not in current:
+        return dict(value)
+    return {**value, "storage_options": current["storage_options"]}
 
 
 def _client_auth(current: ClientAuth, value: Mapping[str, Any] | None) -> ClientAuth:

@@ -10,7 +10,7 @@ import mimetypes
 import random
 import socket
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Protocol
 
 from mailproxy import compose, intake
@@ -18,7 +18,16 @@ from mailproxy.addresses import needs_smtputf8, split_address
 from mailproxy.bounces.service import SuppressionCheck
 from mailproxy.errors import PermanentFailure, RecipientFailure, StoreError, TemporaryFailure
 from mailproxy.lane import PriorityLane
-from mailproxy.model import Account, Attachment, Claimed, Deferred, Failed, Outcome, Sent
+from mailproxy.model import (
+    Account,
+    Attachment,
+    Claimed,
+    Deferred,
+    Failed,
+    Outcome,
+    Prepared,
+    Sent,
+)
 from mailproxy.policy import RetryPolicy, retry_error_text
 from mailproxy.service import Clock, Store
 
@@ -39,6 +48,13 @@ class Sender(Protocol):
     ) -> tuple[RecipientFailure, ...]: ...
 
     def discard(self, tenant_id: str, account_id: str) -> None: ...
+
+
+class Preparer(Protocol):
+    """Send-time content (§9.3 step 2): fetches attachments, applies the large-file policy.
+    Raises TemporaryFailure or PermanentFailure; None means "send the row as stored"."""
+
+    async def prepare(self, message: Claimed) -> Prepared | None: ...
 
 
 class Observer(Protocol):
@@ -78,9 +94,10 @@ class WorkerSettings:
 class Worker:
     def __init__(
         self, store: Store, sender: Sender, clock: Clock, settings: WorkerSettings,
-        observer: Observer | None = None,
+        observer: Observer | None = None, preparer: Preparer | None = None,
     ) -> None:
         self._store = store
+        self._preparer = preparer
         self._sender = sender
         self._clock = clock
         self._s = settings
@@ -262,8 +279,14 @@ class Worker:
             try:
                 await lane.acquire(message.priority)
                 try:
-                    async with self._global:
-                        outcome = await self._attempt(message)
+                    # Fetching holds only the account's slot, never a global one: a slow
+                    # attachment source delays its own account's mail, nobody else's.
+                    prepared = await self._prepare(message)
+                    if prepared is None or isinstance(prepared, Prepared):
+                        async with self._global:
+                            outcome = await self._attempt(message, prepared)
+                    else:
+                        outcome = prepared
                 finally:
                     lane.release()
             except asyncio.CancelledError:
@@ -319,12 +342,22 @@ class Worker:
         self._accounts[key] = (now, account)
         return account
 
-    async def _attempt(self, message: Claimed) -> Outcome:
+    async def _prepare(self, message: Claimed) -> Prepared | Outcome | None:
+        if self._preparer is None:
+            return None
+        try:
+            return await self._preparer.prepare(message)
+        except TemporaryFailure as exc:
+            return self._temporary(message, str(exc))
+        except PermanentFailure as exc:
+            return Failed(str(exc), exc.code)
+
+    async def _attempt(self, message: Claimed, prepared: Prepared | None = None) -> Outcome:
         account = await self._account(message.tenant_id, message.account_id)
         if account is None:
             return Failed("account deleted")
         try:
-            sender, recipients, data = self._build(message)
+            sender, recipients, data = self._build(message, prepared)
         except (intake.Rejected, ValueError) as exc:
             return Failed(str(exc))
         dropped: tuple[dict[str, str | None], ...] = ()
@@ -371,23 +404,33 @@ class Worker:
         delay = retry.delay(count, random.Random())
         return Deferred(reason=error, next_ts=int(self._clock.now()) + delay, retry_count=count)
 
-    def _build(self, message: Claimed) -> tuple[str, list[str], bytes]:
+    def _build(self, message: Claimed, prepared: Prepared | None = None
+               ) -> tuple[str, list[str], bytes]:
         """Envelope sender, recipients and the bytes to send."""
-        if message.raw is not None and message.envelope_from is not None:
-            return self._build_submitted(message, message.raw)
-        content = intake.content_of(message.payload)
+        raw = prepared.raw if prepared is not None and prepared.raw is not None else message.raw
+        if raw is not None and message.envelope_from is not None:
+            return self._build_submitted(message, raw)
+        parsed = prepared.content if prepared is not None else None
+        content = parsed or intake.content_of(message.payload)
         sender = _addr(content.return_path or self.bounce_return_path or content.from_addr)
         recipients = [_addr(a) for a in content.recipients]
-        if message.raw is not None:
+        if raw is not None:
             data = compose.prepare_raw(
-                message.raw, pk=message.pk, client_id=message.id, date_ts=message.date_ts,
+                raw, pk=message.pk, client_id=message.id, date_ts=message.date_ts,
                 from_domain=sender.rpartition("@")[2] or None,
                 genro_header=self._s.genro_header, hostname=self._hostname,
             )
             return sender, recipients, data
+        if prepared is not None:
+            body = content.body if prepared.body is None else prepared.body
+            html = content.html_body if prepared.html_body is None else prepared.html_body
+            content = replace(content, body=body, html_body=html)
+            files = list(prepared.attachments)
+        else:
+            files = [_fetch_inline(a) for a in content.attachments]
         data = compose.build_message(
             content, pk=message.pk, client_id=message.id, date_ts=message.date_ts,
-            attachments=[_fetch_inline(a) for a in content.attachments],
+            attachments=files,
             genro_header=self._s.genro_header, hostname=self._hostname,
         )
         return sender, recipients, data

@@ -60,6 +60,7 @@ from mailproxy.ingress.suppression_schemas import (
     SuppressionsShape,
 )
 from mailproxy.model import Account, InstanceConfig, Status, Tenant
+from mailproxy.offload.http import download
 from mailproxy.service import Caller, MailService, SyncView
 from mailproxy.tokens import same
 
@@ -799,6 +800,7 @@ ROUTES: tuple[tuple[str, str, Handler], ...] = (
     ("GET", "/command-log", command_log),
     ("GET", "/command-log/export", command_log_export),
     ("GET", "/metrics", metrics),
+    ("GET", "/download/{token}/{filename}", download),
     ("GET", "/openapi.json", openapi),
     ("GET", "/docs", docs),
     ("GET", "/docs/static/{name}", docs_asset),

@@ -4,7 +4,18 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictFloat,
+    StrictInt,
+    StrictStr,
+    model_validator,
+)
+
+from mailproxy.offload.config import save_problem
 
 Str = StrictStr | None
 AddressList = StrictStr | list[StrictStr] | None
@@ -73,6 +84,28 @@ class RateLimitsShape(BaseModel):
     day: Int64 | None = None
 
 
+class LargeFileConfigShape(BaseModel):
+    """§11 large_file_config: types, then the save rules (never contacts the storage)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    enabled: StrictBool | None = None
+    max_size_mb: Annotated[Number, Field(gt=0)] | None = None
+    action: Literal["warn", "reject", "rewrite"] | None = None
+    storage_url: Str = None
+    storage_options: dict[str, Any] | None = None
+    public_base_url: Str = None
+    file_ttl_days: Annotated[StrictInt, Field(ge=1, le=36500)] | None = None
+    lifespan_after_download_days: Annotated[StrictInt, Field(ge=0, le=36500)] | None = None
+
+    @model_validator(mode="after")
+    def _rules(self) -> LargeFileConfigShape:
+        problem = save_problem(self.model_dump())
+        if problem:
+            raise ValueError(problem)
+        return self
+
+
 class TenantShape(BaseModel):
     """Tenant body of POST /tenant and PUT /tenant/{id} (every field optional on PUT)."""
 
@@ -86,7 +119,7 @@ class TenantShape(BaseModel):
     client_auth: ClientAuthShape | None = None
     webhook_secret: Str = None
     rate_limits: RateLimitsShape | None = None
-    large_file_config: dict[str, Any] | None = None
+    large_file_config: LargeFileConfigShape | None = None
     active: StrictBool | None = None
     api_key_expires_at: Timestamp | None = None
 

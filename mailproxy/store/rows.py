@@ -97,7 +97,7 @@ def tenant_to_row(t: Tenant, cipher: Cipher) -> dict[str, Any]:
         "client_auth_user": t.client_auth.user,
         "rate_limits": None if t.rate_limits is None else {
             "minute": t.rate_limits.minute, "hour": t.rate_limits.hour, "day": t.rate_limits.day},
-        "large_file_config": t.large_file_config,
+        "large_file_config": _without_options(t.large_file_config),
         "urls_set_by_tenant": t.urls_set_by_tenant,
     }
     secrets = {
@@ -105,6 +105,8 @@ def tenant_to_row(t: Tenant, cipher: Cipher) -> dict[str, Any]:
         "client_auth_password": t.client_auth.password,
         "webhook_secret": t.webhook_secret,
     }
+    if t.large_file_config and "storage_options" in t.large_file_config:
+        secrets["storage_options"] = t.large_file_config["storage_options"]
     return {
         "id": t.id,
         "active": 1 if t.active else 0,
@@ -114,6 +116,19 @@ def tenant_to_row(t: Tenant, cipher: Cipher) -> dict[str, Any]:
         "api_key_expires_at": t.api_key_expires_at,
         "suspended": dumps(list(t.suspended_batches)),
     }
+
+
+def _without_options(config: Mapping[str, Any] | None) -> dict[str, Any] | None:
+    """large_file_config without its storage credentials, which go with the secrets."""
+    if config is None:
+        return None
+    return {k: v for k, v in config.items() if k != "storage_options"}
+
+
+def _with_options(config: dict[str, Any] | None, options: Any) -> dict[str, Any] | None:
+    if config is None or options is None:
+        return config
+    return {**config, "storage_options": options}
 
 
 def tenant_from_row(row: Sequence[Any], cipher: Cipher) -> Tenant:
@@ -135,7 +150,8 @@ def tenant_from_row(row: Sequence[Any], cipher: Cipher) -> Tenant:
         ),
         webhook_secret=secrets.get("webhook_secret"),
         rate_limits=_limits(config.get("rate_limits")),
-        large_file_config=config.get("large_file_config"),
+        large_file_config=_with_options(config.get("large_file_config"),
+                                        secrets.get("storage_options")),
         active=bool(active),
         api_key_hash=key_hash,
         api_key_expires_at=key_exp,
@@ -283,9 +299,8 @@ def _map_attachment_auth(
 def seal_attachment_auth(payload: dict[str, Any], cipher: Cipher) -> dict[str, Any]:
     """The payload as stored: the token and password of every attachment `auth` are
     encrypted (AES-GCM, as the other secrets) and masked in place, so that neither the
-    database nor its backups hold them in clear. Nothing reads them back yet: the only
-    fetch mode served here (base64) needs no credentials; a fetch mode that does must
-    decrypt `_sealed` with the same cipher."""
+    database nor its backups hold them in clear; open_attachment_auth reads them back at
+    send time."""
 
     def seal(auth: dict[str, Any]) -> dict[str, Any]:
         secrets = {k: auth[k] for k in _AUTH_SECRETS if auth.get(k) is not None}
@@ -295,6 +310,17 @@ def seal_attachment_auth(payload: dict[str, Any], cipher: Cipher) -> dict[str, A
         return {**kept, **dict.fromkeys(secrets, "***"), _SEALED: cipher.encrypt(dumps(secrets))}
 
     return _map_attachment_auth(payload, seal)
+
+
+def open_attachment_auth(auth: Mapping[str, Any], cipher: Cipher) -> ClientAuth:
+    """A stored attachment `auth` with its sealed secrets decrypted, for the fetch."""
+    sealed = auth.get(_SEALED)
+    secrets = json.loads(cipher.decrypt(sealed) or "{}") if isinstance(sealed, str) else {}
+    method = auth.get("method")
+    user = auth.get("user")
+    return ClientAuth(method=method if isinstance(method, str) else "none",
+                      user=user if isinstance(user, str) else None,
+                      token=secrets.get("token"), password=secrets.get("password"))
 
 
 def redact_attachment_auth(payload: dict[str, Any]) -> dict[str, Any]:

@@ -57,10 +57,11 @@ async def test_permanent_failure_counts_as_error(api: Api, relay: Relay) -> None
     relay.replies["DATA"] = "554 5.7.1 rejected"
     await api.send(message(1))
     labels = 'account_id="main",account_name="main",tenant_id="acme",tenant_name="acme"'
-    for _ in range(200):
+    for _ in range(200):  # up to about 10 s on a loaded machine
         _, _, text = await scrape(api)
         if value(text, f"gmp_errors_total{{{labels}}}") == 1.0:
             break
+        await asyncio.sleep(0.05)
     assert value(text, f"gmp_errors_total{{{labels}}}") == 1.0
     assert value(text, 'gmp_smtp_send_seconds_count{outcome="permanent"}') == 1.0
 

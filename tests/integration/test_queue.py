@@ -377,7 +377,7 @@ async def test_health_and_status(api: Api) -> None:
     assert len(body["instance_id"]) == 12
 
 
-async def test_base64_attachment_is_delivered_and_other_sources_are_refused(
+async def test_base64_attachment_is_delivered_and_filesystem_needs_roots(
     api: Api, relay: Relay
 ) -> None:
     await api.tenant()
@@ -389,7 +389,7 @@ async def test_base64_attachment_is_delivered_and_other_sources_are_refused(
     )
     assert body["rejected"] == [{"id": "m2", "index": 1, "reason":
                                  "invalid attachment: fetch_mode filesystem is not available "
-                                 "on this instance"}]
+                                 "on this instance (GMP_ATTACHMENT_ROOTS is not set)"}]
     [got] = await relay.wait_for(1)
     parsed = email.message_from_bytes(got.content, policy=policy.default)
     [part] = list(parsed.iter_attachments())
