@@ -26,6 +26,7 @@ from mailproxy.config import Settings
 from mailproxy.delivery import SmtpPool
 from mailproxy.errors import ConfigError
 from mailproxy.ingress import http, smtp
+from mailproxy.logs import DeliveryLog
 from mailproxy.metrics import Metrics
 from mailproxy.model import Priority
 from mailproxy.netguard import AllowList
@@ -96,6 +97,9 @@ async def build(
     except ConfigError:
         await store.close()
         raise
+    # Read by the store's event trigger (migration 006): without any report URL, events are
+    # reported when created.
+    await store.set_meta("report_fallback", "1" if settings.client_sync_url else "0")
     clock = clock or SystemClock()
     instance_id = secrets.token_hex(6)
     metrics = Metrics(store, settings.metrics_token)
@@ -122,7 +126,7 @@ async def build(
                               settings.retry_factor, settings.retry_max_delay_seconds),
             genro_header=settings.compat_genro_header,
         ),
-        observer or metrics, preparer,
+        observer or DeliveryLog(metrics), preparer,
     )
     service = MailService(
         store=store, clock=clock,
@@ -163,6 +167,8 @@ async def build(
             await store.close()
             raise
     service.account_listeners.append(metrics)
+    if listener is not None:
+        service.change_listeners.append(listener.submission.changed)
     return Parts(settings, store, service, worker, pool, instance_id, reporter, metrics,
                  fetcher, offloader, listener, bounces)
 
@@ -261,6 +267,8 @@ def make_app(parts: Parts) -> web.Application:
         await parts.worker.start(recover_all=not parts.settings.is_postgres)
         await parts.reporter.start()
         if isinstance(parts.store, WakeSource):  # enqueues by other instances wake us
+            if parts.listener is not None:
+                parts.store.on_change(parts.listener.submission.changed)
             await parts.store.listen(parts.worker.wake)
         await parts.metrics.refresh()
         cleanup = asyncio.create_task(parts.offloader.run_cleanup(), name="offload-cleanup")
@@ -304,6 +312,8 @@ async def serve(settings: Settings) -> None:
     log.info("mail-proxy %s listening on http://%s:%d (instance %s, database %s)",
              parts.instance_id, settings.host, settings.port, parts.instance_id,
              _db_label(settings))
+    log.info("API reference: http://%s:%d%s", _browsable(settings.host), settings.port,
+             http.HOME)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -314,6 +324,13 @@ async def serve(settings: Settings) -> None:
         log.info("shutting down")
         with contextlib.suppress(Exception):
             await runner.cleanup()
+
+
+def _browsable(host: str) -> str:
+    """A host a browser on this machine can open (a wildcard bind is reached on loopback)."""
+    if host in ("", "0.0.0.0", "::"):
+        return "127.0.0.1"
+    return f"[{host}]" if ":" in host else host
 
 
 def _db_label(settings: Settings) -> str:

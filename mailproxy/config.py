@@ -48,6 +48,9 @@ SETTINGS: tuple[Setting, ...] = (
     _s("host", str, "127.0.0.1", "server", "REST API bind address."),
     _s("port", int, 8000, "server", "REST API port."),
     _s("log_level", str, "INFO", "server", "DEBUG, INFO, WARNING or ERROR."),
+    _s("log_format", str, "text", "server",
+       "text, or json: one JSON object per line (delivery lines carry message_id, tenant_id, "
+       "account_id, outcome)."),
     _s("metrics_token", str, None, "server", "Protects /metrics when set."),
     _s("api_max_body_bytes", int, 67108864, "server", "Largest accepted REST request body."),
     _s("smtp_host", str, "127.0.0.1", "smtp", "SMTP submission listener address."),
@@ -142,6 +145,7 @@ class Settings:
     host: str
     port: int
     log_level: str
+    log_format: str
     metrics_token: str | None
     api_max_body_bytes: int
     smtp_host: str
@@ -326,6 +330,9 @@ def _validate(values: dict[str, Any]) -> None:
     if level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
         raise ConfigError("GMP_LOG_LEVEL must be DEBUG, INFO, WARNING or ERROR")
     values["log_level"] = level
+    values["log_format"] = str(values["log_format"]).lower()
+    if values["log_format"] not in ("text", "json"):
+        raise ConfigError("GMP_LOG_FORMAT must be text or json")
     if not 0 <= values["default_priority"] <= 3:
         raise ConfigError("GMP_DEFAULT_PRIORITY must be between 0 and 3")
     positive = ("send_concurrency", "send_concurrency_per_account", "smtp_pool_size",

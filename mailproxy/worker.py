@@ -17,6 +17,7 @@ from mailproxy import compose, intake
 from mailproxy.addresses import needs_smtputf8, split_address
 from mailproxy.bounces.service import SuppressionCheck
 from mailproxy.errors import PermanentFailure, RecipientFailure, StoreError, TemporaryFailure
+from mailproxy.lane import PriorityLane
 from mailproxy.model import (
     Account,
     Attachment,
@@ -108,7 +109,8 @@ class Worker:
         self._unsent = 0  # of those, the ones whose attempt has not finished
         self._tasks: set[asyncio.Task[None]] = set()
         self._global = asyncio.Semaphore(settings.concurrency)
-        self._per_account: dict[tuple[str, str], asyncio.Semaphore] = {}
+        self._per_account: dict[tuple[str, str], PriorityLane] = {}
+        self._urgent = False  # an immediate message was enqueued: claim even when buffered
         self._accounts: dict[tuple[str, str], tuple[float, Account | None]] = {}
         self._blocked: dict[tuple[str, str], int] = {}
         self._hostname = socket.getfqdn() or "localhost"
@@ -123,7 +125,11 @@ class Worker:
 
     # -- control -----------------------------------------------------------------------------
 
-    def wake(self) -> None:
+    def wake(self, urgent: bool = False) -> None:
+        """New work; `urgent` (an immediate message) claims even with a full claim buffer,
+        so that the message can take its account's next free connection (PriorityLane)."""
+        if urgent:
+            self._urgent = True
         self._wake.set()
 
     def account_changed(self, tenant_id: str, account_id: str) -> None:
@@ -186,7 +192,7 @@ class Worker:
                 productive = False
             if self._stopping:
                 break
-            if productive and self._claim_wanted():
+            if productive and (self._claim_wanted() or self._urgent):
                 continue
             # After a claim that found work, a freed slot may be worth the next claim; after
             # one that found none, only new work (wake) or the loop interval is.
@@ -225,9 +231,13 @@ class Worker:
 
     async def _cycle(self) -> bool:
         now = self._clock.now()
-        if not self._claim_wanted():
+        urgent, self._urgent = self._urgent, False
+        room = self._room() if self._claim_wanted() else 0
+        if urgent:  # past a full buffer, within the bound of all the worker may hold
+            room = max(room, min(self._s.concurrency,
+                                 2 * self._capacity() - len(self._inflight)))
+        if room <= 0:
             return True  # busy: wait for slots to free
-        room = self._room()
         self._blocked = {k: v for k, v in self._blocked.items() if v > now}
         batch = await self._store.claim(self._s.owner, now, self._s.lease_seconds, room,
                                         frozenset(self._blocked))
@@ -262,10 +272,13 @@ class Worker:
 
     async def _deliver(self, message: Claimed) -> None:
         key = (message.tenant_id, message.account_id)
-        account_sem = self._per_account.setdefault(key, asyncio.Semaphore(self._s.per_account))
+        lane = self._per_account.get(key)
+        if lane is None:
+            lane = self._per_account[key] = PriorityLane(self._s.per_account)
         try:
             try:
-                async with account_sem:
+                await lane.acquire(message.priority)
+                try:
                     # Fetching holds only the account's slot, never a global one: a slow
                     # attachment source delays its own account's mail, nobody else's.
                     prepared = await self._prepare(message)
@@ -274,6 +287,8 @@ class Worker:
                             outcome = await self._attempt(message, prepared)
                     else:
                         outcome = prepared
+                finally:
+                    lane.release()
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # a bug, not an SMTP failure: a counted, delayed retry
