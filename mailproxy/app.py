@@ -17,6 +17,7 @@ from aiohttp import web
 
 from mailproxy import intake, sync
 from mailproxy.bounces.model import SoftRule
+from mailproxy.bounces.runner import BounceRunner, Handling
 from mailproxy.bounces.service import BounceService, SuppressionCheck, SuppressionFilter
 from mailproxy.config import Settings
 from mailproxy.delivery import SmtpPool
@@ -51,6 +52,7 @@ class Parts:
     metrics: Metrics
     listener: smtp.SmtpListener | None = None
     bounces: BounceService | None = None
+    bounce_runner: BounceRunner | None = None
 
 
 def admin_token(settings: Settings) -> str:
@@ -148,8 +150,14 @@ async def build(
             await store.close()
             raise
     service.account_listeners.append(metrics)
+    runner = BounceRunner(
+        store, bounces, bounces.store, clock, instance_id,
+        Handling(settings.bounce_mark_seen, settings.bounce_processed_folder),
+        return_path=worker.set_bounce_return_path,
+    )
+    service.bounce_control = runner
     return Parts(settings, store, service, worker, pool, instance_id, reporter, metrics,
-                 listener, bounces)
+                 listener, bounces, runner)
 
 
 def _bounce_service(settings: Settings, store: Store, clock: Clock, service: MailService,
@@ -216,7 +224,11 @@ def make_app(parts: Parts) -> web.Application:
         if isinstance(parts.store, WakeSource):  # enqueues by other instances wake us
             await parts.store.listen(parts.worker.wake)
         await parts.metrics.refresh()
+        if parts.bounce_runner is not None:
+            await parts.bounce_runner.start()
         yield
+        if parts.bounce_runner is not None:
+            await parts.bounce_runner.stop()
         await parts.reporter.stop()
         await parts.worker.stop(parts.settings.shutdown_grace_seconds)
         await parts.metrics.close()
