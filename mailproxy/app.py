@@ -17,6 +17,7 @@ from aiohttp import web
 
 from mailproxy import intake, sync
 from mailproxy.bounces.model import SoftRule
+from mailproxy.bounces.pec_runner import PecRunner
 from mailproxy.bounces.runner import BounceRunner, Handling
 from mailproxy.bounces.service import BounceService, SuppressionCheck, SuppressionFilter
 from mailproxy.config import Settings
@@ -53,6 +54,7 @@ class Parts:
     listener: smtp.SmtpListener | None = None
     bounces: BounceService | None = None
     bounce_runner: BounceRunner | None = None
+    pec_runner: PecRunner | None = None
 
 
 def admin_token(settings: Settings) -> str:
@@ -156,8 +158,10 @@ async def build(
         return_path=worker.set_bounce_return_path,
     )
     service.bounce_control = runner
+    pec = PecRunner(store, bounces, bounces.store, clock, instance_id,
+                    interval=settings.pec_poll_interval, timeout=settings.pec_timeout_seconds)
     return Parts(settings, store, service, worker, pool, instance_id, reporter, metrics,
-                 listener, bounces, runner)
+                 listener, bounces, runner, pec)
 
 
 def _bounce_service(settings: Settings, store: Store, clock: Clock, service: MailService,
@@ -224,11 +228,13 @@ def make_app(parts: Parts) -> web.Application:
         if isinstance(parts.store, WakeSource):  # enqueues by other instances wake us
             await parts.store.listen(parts.worker.wake)
         await parts.metrics.refresh()
-        if parts.bounce_runner is not None:
-            await parts.bounce_runner.start()
+        for runner in (parts.bounce_runner, parts.pec_runner):
+            if runner is not None:
+                await runner.start()
         yield
-        if parts.bounce_runner is not None:
-            await parts.bounce_runner.stop()
+        for runner in (parts.bounce_runner, parts.pec_runner):
+            if runner is not None:
+                await runner.stop()
         await parts.reporter.stop()
         await parts.worker.stop(parts.settings.shutdown_grace_seconds)
         await parts.metrics.close()

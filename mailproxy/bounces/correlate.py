@@ -18,6 +18,7 @@ from mailproxy.bounces.model import (
     MessageRef,
     NewSuppression,
     ParsedBounce,
+    PecRecord,
     SoftRule,
     SuppressionSource,
     normal_address,
@@ -128,3 +129,24 @@ def suppression_source(record: BounceRecord, rule: SoftRule, soft_count: int
     if rule.limit > 0 and soft_count >= rule.limit:
         return SuppressionSource.SOFT_BOUNCE
     return None
+
+
+PEC_TIMEOUT_BATCH = 500
+
+
+def pec_args(record: PecRecord, now: int) -> dict[str, Any]:
+    """Named parameters of the PEC receipt queries, shared by both SQL backends."""
+    r = record.receipt
+    return {"fingerprint": r.fingerprint, "seq": record.message.seq,
+            "tenant_id": record.message.tenant_id, "event_type": r.event_type, "now": now,
+            "details": r.details, "metadata": "{}"}
+
+
+def overdue_args(tenant_id: str, account_id: str, before: int) -> dict[str, Any]:
+    return {"tenant_id": tenant_id, "account_id": account_id, "before": before,
+            "limit": PEC_TIMEOUT_BATCH}
+
+
+def timeout_args(seq: int, tenant_id: str, now: int) -> dict[str, Any]:
+    return {"seq": seq, "tenant_id": tenant_id, "event_type": "pec_timeout", "now": now,
+            "details": "no acceptance receipt in time", "metadata": "{}"}

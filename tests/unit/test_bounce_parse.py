@@ -133,3 +133,23 @@ def test_parse_never_raises_on_arbitrary_bytes(raw: bytes) -> None:
 def test_parse_never_raises_on_damaged_bounces(noise: bytes, at: int) -> None:
     raw = corpus("dsn_511.eml")
     parse(raw[:at] + noise + raw[at:])
+
+
+@pytest.mark.parametrize(("headers", "event"), [
+    ("X-Ricevuta: presa-in-carico\nSubject: PRESA IN CARICO: x", "pec_acceptance"),
+    ("Subject: ACCETTAZIONE: x", "pec_acceptance"),
+    ("Subject: CONSEGNA: x", "pec_delivery"),
+    ("Subject: AVVISO DI MANCATA CONSEGNA: x", "pec_error"),
+    ("Subject: MANCATA CONSEGNA: x", "pec_error"),
+    ("Subject: AVVISO DI NON ACCETTAZIONE: x\nX-Ricevuta: non-accettazione", "pec_error"),
+    ("Subject: Re: CONSEGNA: x", None),
+    ("Subject: hello", None),
+])
+def test_pec_receipt_type_from_x_ricevuta_else_the_subject(headers: str, event: str | None
+                                                           ) -> None:
+    from mailproxy.bounces.pec import parse_receipt
+
+    found = parse_receipt(f"{headers}\nX-Errore: casella piena\n\nbody\n".encode())
+    assert (None if found is None else found.event_type) == event
+    if found is not None and event == "pec_error":
+        assert found.details == "casella piena"
