@@ -27,7 +27,9 @@ from mailproxy.bounces.service import BounceStore, Clock
 
 log = logging.getLogger("mailproxy.bounces.imap")
 
-CHUNK = 200  # messages per FETCH and per commit
+CHUNK = 200  # messages per FETCH
+COMMIT = 50  # messages per transaction
+MAX_PAUSE = 5.0
 MAX_BACKOFF = 300.0
 _UIDVALIDITY = re.compile(rb"UIDVALIDITY (\d+)")
 _FETCH_UID = re.compile(rb"\bUID (\d+)")
@@ -173,8 +175,10 @@ class Poller:
     """
 
     def __init__(self, name: str, source: Callable[[], Awaitable[tuple[Mailbox | None, float]]],
-                 process: Process, store: BounceStore, clock: Clock, owner: str) -> None:
+                 process: Process, store: BounceStore, clock: Clock, owner: str, *,
+                 duty: float = 1.0) -> None:
         self.name = name
+        self.duty = duty
         self._source = source
         self._process = process
         self._store = store
@@ -243,10 +247,24 @@ class Poller:
             uids = await session.uids_after(last)
             for start in range(0, len(uids), CHUNK):
                 chunk = uids[start:start + CHUNK]
-                fetched = await session.fetch(chunk)
-                await self._process(MailboxCursor(self.name, uidvalidity, chunk[-1]), fetched)
+                fetched = sorted(await session.fetch(chunk))
+                await self._commit(uidvalidity, chunk, fetched)
                 await session.done(chunk)
                 now = self._clock.now()
                 await self._store.acquire_lease(self.name, self._owner, now, now + lease)
         self.polls += 1
         return True
+
+    async def _commit(self, uidvalidity: int, chunk: Sequence[int], fetched: Fetched) -> None:
+        """Process a fetched chunk in small transactions, each moving the cursor to its last
+        UID, paced so that this work takes at most `duty` of the time (the dispatcher shares
+        the event loop and the database writer)."""
+        loop = asyncio.get_running_loop()
+        for start in range(0, max(1, len(fetched)), COMMIT):
+            part = fetched[start:start + COMMIT]
+            last = part[-1][0] if start + COMMIT < len(fetched) else chunk[-1]
+            began = loop.time()
+            await self._process(MailboxCursor(self.name, uidvalidity, last), part)
+            if self.duty < 1.0:
+                spent = loop.time() - began
+                await asyncio.sleep(min(MAX_PAUSE, spent * (1.0 - self.duty) / self.duty))
