@@ -15,6 +15,7 @@ from mailproxy.addresses import parse_address_list, split_address
 from mailproxy.bounces.model import (
     BounceRecord,
     BounceType,
+    MailboxCursor,
     MessageRef,
     NewSuppression,
     ParsedBounce,
@@ -150,3 +151,8 @@ def overdue_args(tenant_id: str, account_id: str, before: int) -> dict[str, Any]
 def timeout_args(seq: int, tenant_id: str, now: int) -> dict[str, Any]:
     return {"seq": seq, "tenant_id": tenant_id, "event_type": "pec_timeout", "now": now,
             "details": "no acceptance receipt in time", "metadata": "{}"}
+
+
+def cursor_args(cursor: MailboxCursor, now: int) -> dict[str, Any]:
+    return {"mailbox": cursor.mailbox, "uidvalidity": cursor.uidvalidity,
+            "last_uid": cursor.last_uid, "now": now}

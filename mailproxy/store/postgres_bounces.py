@@ -130,8 +130,7 @@ class PostgresBounces:
 
         async def op(c: Conn) -> list[Recorded]:
             out = [await self._record_one(c, r, rule, now) for r in records]
-            await _ex(c, "put_cursor", mailbox=cursor.mailbox, uidvalidity=cursor.uidvalidity,
-                      last_uid=cursor.last_uid, now=now)
+            await _ex(c, "put_cursor", **correlate.cursor_args(cursor, now))
             return out
 
         return await self._store._run(op)
@@ -175,8 +174,7 @@ class PostgresBounces:
                 if fresh:
                     await _ex(c, "insert_pec_event", **args)
                 out.append(fresh)
-            await _ex(c, "put_cursor", mailbox=cursor.mailbox, uidvalidity=cursor.uidvalidity,
-                      last_uid=cursor.last_uid, now=now)
+            await _ex(c, "put_cursor", **correlate.cursor_args(cursor, now))
             return out
 
         return await self._store._run(op)

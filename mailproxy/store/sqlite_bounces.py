@@ -142,9 +142,7 @@ class SqliteBounces:
 
         def op(c: sqlite3.Connection) -> list[Recorded]:
             out = [self._record_one(c, r, rule, now) for r in records]
-            c.execute(B["put_cursor"], {"mailbox": cursor.mailbox,
-                                        "uidvalidity": cursor.uidvalidity,
-                                        "last_uid": cursor.last_uid, "now": now})
+            c.execute(B["put_cursor"], correlate.cursor_args(cursor, now))
             return out
 
         return await self._store._write(op)
@@ -189,9 +187,7 @@ class SqliteBounces:
                 if fresh:
                     c.execute(B["insert_pec_event"], args)
                 out.append(fresh)
-            c.execute(B["put_cursor"], {"mailbox": cursor.mailbox,
-                                        "uidvalidity": cursor.uidvalidity,
-                                        "last_uid": cursor.last_uid, "now": now})
+            c.execute(B["put_cursor"], correlate.cursor_args(cursor, now))
             return out
 
         return await self._store._write(op)
