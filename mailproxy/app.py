@@ -155,7 +155,7 @@ async def build(
     runner = BounceRunner(
         store, bounces, bounces.store, clock, instance_id,
         Handling(settings.bounce_mark_seen, settings.bounce_processed_folder),
-        return_path=worker.set_bounce_return_path,
+        return_path=worker.set_bounce_return_path, sending=worker.sending,
     )
     service.bounce_control = runner
     pec = PecRunner(store, bounces, bounces.store, clock, instance_id,

@@ -115,6 +115,10 @@ class Worker:
         self._sender.discard(tenant_id, account_id)
         self.wake()
 
+    def sending(self) -> bool:
+        """Whether messages are claimed and not finished (the bounce poller yields then)."""
+        return bool(self._inflight)
+
     def set_bounce_return_path(self, address: str | None) -> None:
         """Envelope sender of REST messages without their own (§4.2): the bounce mailbox
         while bounces are enabled, else the From address."""

@@ -176,7 +176,7 @@ class Poller:
 
     def __init__(self, name: str, source: Callable[[], Awaitable[tuple[Mailbox | None, float]]],
                  process: Process, store: BounceStore, clock: Clock, owner: str, *,
-                 duty: float = 1.0) -> None:
+                 duty: Callable[[], float] = lambda: 1.0) -> None:
         self.name = name
         self.duty = duty
         self._source = source
@@ -257,14 +257,15 @@ class Poller:
 
     async def _commit(self, uidvalidity: int, chunk: Sequence[int], fetched: Fetched) -> None:
         """Process a fetched chunk in small transactions, each moving the cursor to its last
-        UID, paced so that this work takes at most `duty` of the time (the dispatcher shares
-        the event loop and the database writer)."""
+        UID, paced so that this work takes at most `duty()` of the time (asked after each
+        transaction: the dispatcher shares the event loop, the database writer and the CPU)."""
         loop = asyncio.get_running_loop()
         for start in range(0, max(1, len(fetched)), COMMIT):
             part = fetched[start:start + COMMIT]
             last = part[-1][0] if start + COMMIT < len(fetched) else chunk[-1]
             began = loop.time()
             await self._process(MailboxCursor(self.name, uidvalidity, last), part)
-            if self.duty < 1.0:
+            duty = self.duty()
+            if duty < 1.0:
                 spent = loop.time() - began
-                await asyncio.sleep(min(MAX_PAUSE, spent * (1.0 - self.duty) / self.duty))
+                await asyncio.sleep(min(MAX_PAUSE, spent * (1.0 - duty) / duty))

@@ -25,9 +25,10 @@ from mailproxy.model import InstanceConfig
 log = logging.getLogger("mailproxy.bounces")
 
 MAILBOX = "bounce"
-# Share of the time a busy bounce poller may work; it sleeps the rest, so that a mailbox of
-# thousands of DSNs costs the dispatcher on the same event loop little (bench/bounces.py).
-DUTY = 0.5
+# Share of the time a bounce poller with a full mailbox may work while mail is being sent;
+# it rests the remainder, so that thousands of DSNs cost the dispatcher (same event loop,
+# same database writer, same CPUs) little. While nothing is being sent it works flat out.
+BUSY_DUTY = 0.05
 
 
 class InstanceSource(Protocol):
@@ -69,14 +70,15 @@ def parse_all(fetched: Fetched) -> list[ParsedBounce]:
 class BounceRunner:
     def __init__(self, instance: InstanceSource, bounces: BounceService, store: BounceStore,
                  clock: Clock, owner: str, handling: Handling,
-                 return_path: Callable[[str | None], None]) -> None:
+                 return_path: Callable[[str | None], None],
+                 sending: Callable[[], bool] = lambda: False) -> None:
         self._instance = instance
         self._bounces = bounces
         self._return_path = return_path
         self._handling = handling
         self._pool: ProcessPoolExecutor | None = None
         self.poller = Poller(MAILBOX, self._source, self._process, store, clock, owner,
-                             duty=DUTY)
+                             duty=lambda: BUSY_DUTY if sending() else 1.0)
 
     async def _source(self) -> tuple[Mailbox | None, float]:
         config = await self._instance.get_instance()
