@@ -21,6 +21,8 @@ from mailproxy.attachments.fetch import Fetcher, FetchSettings
 from mailproxy.attachments.prepare import MessagePreparer
 from mailproxy.attachments.sources import parse_roots
 from mailproxy.bounces.model import SoftRule
+from mailproxy.bounces.pec_runner import PecRunner
+from mailproxy.bounces.runner import BounceRunner, Handling
 from mailproxy.bounces.service import BounceService, SuppressionCheck, SuppressionFilter
 from mailproxy.config import Settings
 from mailproxy.delivery import SmtpPool
@@ -61,6 +63,8 @@ class Parts:
     offloader: Offloader
     listener: smtp.SmtpListener | None = None
     bounces: BounceService | None = None
+    bounce_runner: BounceRunner | None = None
+    pec_runner: PecRunner | None = None
 
 
 def admin_token(settings: Settings) -> str:
@@ -169,8 +173,16 @@ async def build(
     service.account_listeners.append(metrics)
     if listener is not None:
         service.change_listeners.append(listener.submission.changed)
+    runner = BounceRunner(
+        store, bounces, bounces.store, clock, instance_id,
+        Handling(settings.bounce_mark_seen, settings.bounce_processed_folder),
+        return_path=worker.set_bounce_return_path, sending=worker.sending,
+    )
+    service.bounce_control = runner
+    pec = PecRunner(store, bounces, bounces.store, clock, instance_id,
+                    interval=settings.pec_poll_interval, timeout=settings.pec_timeout_seconds)
     return Parts(settings, store, service, worker, pool, instance_id, reporter, metrics,
-                 fetcher, offloader, listener, bounces)
+                 fetcher, offloader, listener, bounces, runner, pec)
 
 
 async def _download_secret(settings: Settings, store: Store, vault: Vault) -> bytes:
@@ -272,7 +284,13 @@ def make_app(parts: Parts) -> web.Application:
             await parts.store.listen(parts.worker.wake)
         await parts.metrics.refresh()
         cleanup = asyncio.create_task(parts.offloader.run_cleanup(), name="offload-cleanup")
+        for runner in (parts.bounce_runner, parts.pec_runner):
+            if runner is not None:
+                await runner.start()
         yield
+        for runner in (parts.bounce_runner, parts.pec_runner):
+            if runner is not None:
+                await runner.stop()
         cleanup.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await cleanup

@@ -128,6 +128,10 @@ SETTINGS: tuple[Setting, ...] = (
        "Flag processed bounce mail \\Seen (default: the mailbox is not modified)."),
     _s("bounce_processed_folder", str, None, "bounce",
        "Move processed bounce mail to this folder (default: left in place)."),
+    _s("pec_poll_interval", float, 60.0, "bounce",
+       "Seconds between polls of each PEC account's receipt mailbox."),
+    _s("pec_timeout_seconds", int, 1800, "bounce",
+       "No acceptance receipt within this many seconds of sending: pec_timeout."),
 )
 
 _BY_NAME = {s.name: s for s in SETTINGS}
@@ -209,6 +213,8 @@ class Settings:
     bounce_soft_window_seconds: int
     bounce_mark_seen: bool
     bounce_processed_folder: str | None
+    pec_poll_interval: float
+    pec_timeout_seconds: int
     api_token_source: str = "generated"
 
     @property

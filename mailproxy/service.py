@@ -47,6 +47,12 @@ class Waker(Protocol):
     def wake(self, urgent: bool = False) -> None: ...
 
 
+class BounceControl(Protocol):
+    """The bounce poller, as far as the service drives it."""
+
+    async def reload(self) -> None: ...
+
+
 class ReportControl(Protocol):
     """What the service asks of the report loop."""
 
@@ -176,6 +182,7 @@ class MailService:
     retention_seconds: int = 604800
     token_source: str = "generated"  # "env" / "file": the admin token is not ours to change
     token_writer: Callable[[str], None] | None = None
+    bounce_control: BounceControl | None = None
 
     # -- auth --------------------------------------------------------------------------------
 
@@ -468,12 +475,13 @@ class MailService:
         log.info("admin API token replaced through PUT /instance")
 
     async def reload_bounce(self, caller: Caller) -> bool:
-        """Re-read the bounce settings. There is no bounce poller in this build yet, so this
-        only validates them and reports whether bouncing is enabled."""
+        """Check the stored bounce settings and apply them to this process's poller now."""
         self.require_admin(caller)
         config = await self.store.get_instance()
         if config.bounce_enabled and not config.bounce_imap_host:
             raise InvalidRequest("bounce enabled but no IMAP host configured")
+        if self.bounce_control is not None:
+            await self.bounce_control.reload()
         return config.bounce_enabled
 
     # -- command log -------------------------------------------------------------------------

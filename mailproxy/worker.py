@@ -138,6 +138,15 @@ class Worker:
         self._sender.discard(tenant_id, account_id)
         self.wake()
 
+    def sending(self) -> bool:
+        """Whether messages are claimed and not finished (the bounce poller yields then)."""
+        return bool(self._inflight)
+
+    def set_bounce_return_path(self, address: str | None) -> None:
+        """Envelope sender of REST messages without their own (§4.2): the bounce mailbox
+        while bounces are enabled, else the From address."""
+        self.bounce_return_path = address
+
     def tenant_deleted(self, tenant_id: str) -> None:
         for key in [k for k in self._accounts if k[0] == tenant_id]:
             self.account_changed(*key)
