@@ -17,6 +17,9 @@ from aiohttp import web
 
 from mailproxy import intake, sync
 from mailproxy.config import Settings
+from mailproxy.dashboard import views as dashboard_views
+from mailproxy.dashboard.port import NoBounces
+from mailproxy.dashboard.usecases import Dashboard, Listener
 from mailproxy.delivery import SmtpPool
 from mailproxy.errors import ConfigError
 from mailproxy.ingress import http, smtp
@@ -26,7 +29,7 @@ from mailproxy.netguard import AllowList
 from mailproxy.policy import RetryPolicy
 from mailproxy.reports import Reporter, ReporterSettings
 from mailproxy.service import Clock, MailService, Store, SystemClock, WakeSource
-from mailproxy.store import open_store
+from mailproxy.store import open_dashboard_store, open_store
 from mailproxy.submission import AuthThrottle, SmtpSubmission
 from mailproxy.tokens import new_token
 from mailproxy.vault import Vault, load_key, write_private
@@ -189,6 +192,7 @@ def make_app(parts: Parts) -> web.Application:
     app[http.STATUS_INFO] = {"worker": parts.worker, "instance_id": parts.instance_id}
     app[http.METRICS] = parts.metrics
     http.add_routes(app)
+    dashboard_views.setup(app, _dashboard(parts))
 
     async def lifetime(_app: web.Application) -> AsyncIterator[None]:
         await parts.worker.start(recover_all=not parts.settings.is_postgres)
@@ -217,6 +221,20 @@ def make_app(parts: Parts) -> web.Application:
     return app
 
 
+def _dashboard(parts: Parts) -> Dashboard:
+    settings = parts.settings
+
+    def listeners() -> list[Listener]:
+        found = [Listener("HTTP", f"{settings.host}:{settings.port}", True)]
+        smtp_on = parts.listener is not None and parts.listener.serving
+        found.append(Listener("SMTP", f"{settings.smtp_host}:{settings.smtp_port}"
+                              if settings.smtp_port else "disabled", smtp_on))
+        return found
+
+    return Dashboard(open_dashboard_store(parts.store), parts.service, NoBounces(),
+                     listeners=listeners, worker_active=lambda: bool(parts.worker.active))
+
+
 async def serve(settings: Settings) -> None:
     """Run until SIGTERM/SIGINT, then shut down gracefully."""
     parts = await build(settings)
@@ -232,6 +250,7 @@ async def serve(settings: Settings) -> None:
     log.info("mail-proxy %s listening on http://%s:%d (instance %s, database %s)",
              parts.instance_id, settings.host, settings.port, parts.instance_id,
              _db_label(settings))
+    log.info("dashboard: http://%s:%d/ui/", settings.host, settings.port)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
