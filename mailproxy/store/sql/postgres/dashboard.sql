@@ -93,17 +93,18 @@ ORDER BY seq
 FOR UPDATE
 
 -- name: retry
-UPDATE messages SET queued = 1, due_ts = :now, deferred_ts = :now, updated_ts = :now
+UPDATE messages SET queued = 1, due_ts = :now::bigint, deferred_ts = :now, updated_ts = :now
 WHERE seq = ANY(:seqs::bigint[]) AND status IN ('scheduled', 'deferred');
 
 -- name: cancel_events
 INSERT INTO events (message_seq, tenant_id, event_type, event_ts, description, metadata)
-SELECT seq, tenant_id, 'error', :now, 'cancelled', '{"error_code":null}' FROM messages
+SELECT seq, tenant_id, 'error', :now::bigint, 'cancelled', json_build_object('error_code', NULL)::text
+FROM messages
 WHERE seq = ANY(:seqs::bigint[]) AND status IN ('pending', 'scheduled', 'deferred')
 ORDER BY seq;
 
 -- name: cancel
-UPDATE messages SET status = 'error', queued = NULL, error = 'cancelled', error_ts = :now,
+UPDATE messages SET status = 'error', queued = NULL, error = 'cancelled', error_ts = :now::bigint,
        updated_ts = :now
 WHERE seq = ANY(:seqs::bigint[]) AND status IN ('pending', 'scheduled', 'deferred');
 
