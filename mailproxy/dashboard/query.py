@@ -7,6 +7,7 @@ import re
 import shlex
 import time
 from dataclasses import replace
+from typing import Any
 
 from mailproxy.dashboard.port import STATUSES, Filter
 
@@ -14,6 +15,8 @@ KEYS = ("to", "from", "tenant", "account", "status", "batch", "priority", "befor
 _PRIORITIES = {"immediate": 0, "high": 1, "medium": 2, "low": 3}
 _FORMATS = ("%Y-%m-%dT%H:%M:%S", "%Y-%m-%dT%H:%M", "%Y-%m-%d %H:%M:%S", "%Y-%m-%d %H:%M",
             "%Y-%m-%d")
+_TEXT_FIELDS = {"to": "to", "from": "sender", "tenant": "tenant_id", "account": "account_id",
+                "batch": "batch_code"}
 _TERM = re.compile(r"^([a-z]+):(.*)$", re.DOTALL)
 
 
@@ -53,11 +56,12 @@ def _apply(flt: Filter, key: str, value: str) -> Filter:
         return replace(flt, status=value.lower())
     if key == "priority":
         return replace(flt, priority=_priority(value))
-    if key in ("before", "after"):
-        return replace(flt, **{key: _when(key, value)})
-    field = {"to": "to", "from": "sender", "tenant": "tenant_id", "account": "account_id",
-             "batch": "batch_code"}[key]
-    return replace(flt, **{field: value})
+    if key == "before":
+        return replace(flt, before=_when(key, value))
+    if key == "after":
+        return replace(flt, after=_when(key, value))
+    texts: dict[str, Any] = {_TEXT_FIELDS[key]: value}
+    return replace(flt, **texts)
 
 
 def _priority(value: str) -> int:

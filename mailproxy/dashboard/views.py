@@ -273,7 +273,8 @@ async def bulk(request: web.Request) -> web.Response:
     confirmed = _text(form.get("expected"))
     if confirmed is None:
         count = await dash.bulk_count(caller, text, action)
-        return _page("ui/bulk.html", request, q=text, action=action, count=count, result=None)
+        return _page("ui/bulk.html", request, q=text, action=action, count=count, result=None,
+                     problem=None)
     if not confirmed.isdigit():
         raise InvalidRequest("expected must be a number")
     try:
@@ -283,7 +284,7 @@ async def bulk(request: web.Request) -> web.Response:
         return _page("ui/bulk.html", request, q=text, action=action, count=count,
                      result=None, problem=str(exc))
     return _page("ui/bulk.html", request, q=text, action=action, count=result.matched,
-                 result=result)
+                 result=result, problem=None)
 
 
 async def suspension(request: web.Request) -> web.Response:

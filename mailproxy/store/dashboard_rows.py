@@ -64,7 +64,7 @@ def _to_text(value: Any) -> str:
         try:
             value = json.loads(value)
         except ValueError:
-            return value
+            return str(value)
     if isinstance(value, list):
         return ", ".join(str(v) for v in value)
     return str(value)

@@ -9,7 +9,6 @@ from typing import Any
 
 from mailproxy.dashboard.port import STATUSES, DashboardStore, Filter
 from mailproxy.model import Deferred, Failed, Priority, RateLimits, Sent
-from mailproxy.policy import display_status
 from mailproxy.service import Store
 from mailproxy.store import open_dashboard_store
 from tests.store.conftest import StoreFactory
