@@ -72,7 +72,7 @@ async def security_middleware(request: web.Request, handler: Handler) -> web.Str
         response = _error_page(request, _STATUS_OF.get(type(exc), 400), str(exc))
     response.headers["Content-Security-Policy"] = _csp(nonce)
     response.headers["X-Content-Type-Options"] = "nosniff"
-    response.headers["Referrer-Policy"] = "no-referrer"
+    response.headers["Referrer-Policy"] = "same-origin"  # "no-referrer" makes Origin "null"
     response.headers["X-Frame-Options"] = "DENY"
     return response
 
@@ -296,7 +296,10 @@ async def suspension(request: web.Request) -> web.Response:
         raise InvalidRequest("mode must be suspend or activate")
     await _dash(request).suspend(_caller(request), tenant_id, batch, mode == "suspend")
     back = _text(form.get("next")) or f"{PREFIX}/"
-    return _see_other(back if back.startswith(f"{PREFIX}/") else f"{PREFIX}/")
+    if not back.startswith(f"{PREFIX}/") or "?" in back:
+        back = f"{PREFIX}/"
+    what = f"{mode}d batch {batch}" if batch else f"{mode}d tenant {tenant_id}"
+    return _see_other(back + "?" + urlencode({"done": what}))
 
 
 async def rates(request: web.Request) -> web.Response:

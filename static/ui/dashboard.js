@@ -64,10 +64,12 @@
       scales: { x: { time: true }, y: { range: function (u, min, max) { return [0, Math.max(4, max)]; } } },
       tzDate: function (ts) { return localTimes() ? new Date(ts * 1000) : uPlot.tzDate(new Date(ts * 1000), "Etc/UTC"); },
       axes: [axis, Object.assign({}, axis, { size: 50 })],
+      cursor: { points: { show: false } },
       series: [{},
-        { label: "sent / min", stroke: cssVar("--ok"), width: 2, fill: "transparent" },
-        { label: "errors / min", stroke: cssVar("--bad"), width: 2 },
-        { label: "deferred / min", stroke: cssVar("--warn"), width: 1, dash: [4, 4] }]
+        { label: "sent / min", stroke: cssVar("--ok"), width: 2, points: { show: false } },
+        { label: "errors / min", stroke: cssVar("--bad"), width: 2, points: { show: false } },
+        { label: "deferred / min", stroke: cssVar("--warn"), width: 1, dash: [4, 4],
+          points: { show: false } }]
     }, [data.t, data.sent, data.error, data.deferred], el);
   }
 
