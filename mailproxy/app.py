@@ -16,6 +16,8 @@ from pathlib import Path
 from aiohttp import web
 
 from mailproxy import intake, sync
+from mailproxy.bounces.model import SoftRule
+from mailproxy.bounces.service import BounceService, SuppressionCheck, SuppressionFilter
 from mailproxy.config import Settings
 from mailproxy.dashboard import views as dashboard_views
 from mailproxy.dashboard.port import NoBounces
@@ -29,7 +31,7 @@ from mailproxy.netguard import AllowList
 from mailproxy.policy import RetryPolicy
 from mailproxy.reports import Reporter, ReporterSettings
 from mailproxy.service import Clock, MailService, Store, SystemClock, WakeSource
-from mailproxy.store import open_dashboard_store, open_store
+from mailproxy.store import open_bounce_store, open_dashboard_store, open_store
 from mailproxy.submission import AuthThrottle, SmtpSubmission
 from mailproxy.tokens import new_token
 from mailproxy.vault import Vault, load_key, write_private
@@ -51,6 +53,7 @@ class Parts:
     reporter: Reporter
     metrics: Metrics
     listener: smtp.SmtpListener | None = None
+    bounces: BounceService | None = None
 
 
 def admin_token(settings: Settings) -> str:
@@ -137,16 +140,30 @@ async def build(
     service.token_writer = lambda token: write_private(token_path, token + "\n")
     worker.on_events = reporter.wake
     await _apply_bounce_settings(settings, store)
+    bounces = _bounce_service(settings, store, clock, service, metrics)
+    bounces.on_events = reporter.wake
+    worker.suppressions = bounces.filter
     listener = None
     if settings.smtp_port or settings.smtp_tls_port:
         try:
-            listener = _smtp_listener(settings, store, clock, worker)
+            listener = _smtp_listener(settings, store, clock, worker, bounces.filter)
         except ConfigError:
             await store.close()
             raise
     service.account_listeners.append(metrics)
     return Parts(settings, store, service, worker, pool, instance_id, reporter, metrics,
-                 listener)
+                 listener, bounces)
+
+
+def _bounce_service(settings: Settings, store: Store, clock: Clock, service: MailService,
+                    metrics: Metrics) -> BounceService:
+    bounce_store = open_bounce_store(store)
+    return BounceService(
+        store=bounce_store, clock=clock, scope=service.tenant_in_scope,
+        filter=SuppressionFilter(bounce_store, clock),
+        soft_rule=SoftRule(settings.bounce_soft_limit, settings.bounce_soft_window_seconds),
+        observer=metrics,
+    )
 
 
 _BOUNCE_FIELDS = ("bounce_enabled", "bounce_imap_host", "bounce_imap_port", "bounce_imap_user",
@@ -163,12 +180,13 @@ async def _apply_bounce_settings(settings: Settings, store: Store) -> None:
         await store.put_instance(replace(current, **given))
 
 
-def _smtp_listener(settings: Settings, store: Store, clock: Clock, worker: Worker
-                   ) -> smtp.SmtpListener:
+def _smtp_listener(settings: Settings, store: Store, clock: Clock, worker: Worker,
+                   suppressions: SuppressionCheck) -> smtp.SmtpListener:
     submission = SmtpSubmission(
         store=store, clock=clock, max_size=settings.smtp_max_size,
         max_recipients=settings.smtp_max_recipients,
         default_priority=Priority(settings.default_priority), waker=worker,
+        suppressions=suppressions,
     )
     config = smtp.ListenerConfig(
         host=settings.smtp_host, port=settings.smtp_port, tls_port=settings.smtp_tls_port,
@@ -189,6 +207,8 @@ def make_app(parts: Parts) -> web.Application:
     )
     app[PARTS] = parts
     app[http.SERVICE] = parts.service
+    if parts.bounces is not None:
+        app[http.BOUNCES] = parts.bounces
     app[http.STATUS_INFO] = {"worker": parts.worker, "instance_id": parts.instance_id}
     app[http.METRICS] = parts.metrics
     http.add_routes(app)

@@ -111,6 +111,13 @@ SETTINGS: tuple[Setting, ...] = (
     _s("bounce_imap_ssl", bool, None, "bounce", "Bounce IMAP over TLS."),
     _s("bounce_poll_interval", int, None, "bounce", "Bounce poll interval."),
     _s("bounce_return_path", str, None, "bounce", "Envelope sender for REST messages."),
+    _s("bounce_soft_limit", int, 5, "bounce",
+       "Soft bounces of one address within the window that suppress it (0 = never)."),
+    _s("bounce_soft_window_seconds", int, 604800, "bounce", "Window of bounce_soft_limit."),
+    _s("bounce_mark_seen", bool, False, "bounce",
+       "Flag processed bounce mail \\Seen (default: the mailbox is not modified)."),
+    _s("bounce_processed_folder", str, None, "bounce",
+       "Move processed bounce mail to this folder (default: left in place)."),
 )
 
 _BY_NAME = {s.name: s for s in SETTINGS}
@@ -187,6 +194,10 @@ class Settings:
     bounce_imap_ssl: bool | None
     bounce_poll_interval: int | None
     bounce_return_path: str | None
+    bounce_soft_limit: int
+    bounce_soft_window_seconds: int
+    bounce_mark_seen: bool
+    bounce_processed_folder: str | None
     api_token_source: str = "generated"
 
     @property
@@ -317,6 +328,9 @@ def _validate(values: dict[str, Any]) -> None:
             raise ConfigError(f"GMP_{name.upper()} must be at least 1")
     if values["retry_max"] < 0:
         raise ConfigError("GMP_RETRY_MAX must not be negative")
+    if values["bounce_soft_limit"] < 0 or values["bounce_soft_window_seconds"] < 1:
+        raise ConfigError("GMP_BOUNCE_SOFT_LIMIT must not be negative and "
+                          "GMP_BOUNCE_SOFT_WINDOW_SECONDS must be at least 1")
 
 
 def settings_table() -> str:

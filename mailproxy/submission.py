@@ -20,6 +20,7 @@ from typing import Any
 
 from mailproxy import compose
 from mailproxy.addresses import check_address
+from mailproxy.bounces.service import SuppressionCheck
 from mailproxy.errors import StoreError
 from mailproxy.model import NewMessage, Priority
 from mailproxy.policy import PRIORITY_LABELS
@@ -200,6 +201,7 @@ class SmtpSubmission:
     max_recipients: int
     default_priority: Priority
     waker: Waker | None = None
+    suppressions: SuppressionCheck | None = None
 
     async def login(self, username: str, password: str) -> Login | None:
         """`<tenant_id>/<account_id>` with the tenant's API token or the account's
@@ -246,6 +248,13 @@ class SmtpSubmission:
         if not envelope_address_ok(address, smtputf8):
             return RecipientVerdict.MALFORMED
         return RecipientVerdict.OK
+
+    async def suppressed(self, sender: Sender, address: str) -> bool:
+        """RCPT TO of an address on the tenant's suppression list (§12.3): refused."""
+        if self.suppressions is None:
+            return False
+        found = await self.suppressions.suppressed(sender.login.tenant_id, [address])
+        return bool(found)
 
     async def submit(self, sender: Sender, recipients: Sequence[str], raw: bytes) -> Submitted:
         """Store the message as received; QUEUED only once the row is committed."""

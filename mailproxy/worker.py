@@ -15,6 +15,7 @@ from typing import Protocol
 
 from mailproxy import compose, intake
 from mailproxy.addresses import needs_smtputf8, split_address
+from mailproxy.bounces.service import SuppressionCheck
 from mailproxy.errors import PermanentFailure, RecipientFailure, StoreError, TemporaryFailure
 from mailproxy.model import Account, Attachment, Claimed, Deferred, Failed, Outcome, Sent
 from mailproxy.policy import RetryPolicy, retry_error_text
@@ -99,6 +100,9 @@ class Worker:
         self.active = False
         # Called when stored outcomes created reportable events (the reporter's wake).
         self.on_events: Callable[[], None] | None = None
+        self.suppressions: SuppressionCheck | None = None
+        # Envelope sender of REST messages without their own (the bounce poller sets it).
+        self.bounce_return_path = settings.bounce_return_path
 
     # -- control -----------------------------------------------------------------------------
 
@@ -307,6 +311,11 @@ class Worker:
             sender, recipients, data = self._build(message)
         except (intake.Rejected, ValueError) as exc:
             return Failed(str(exc))
+        dropped: tuple[dict[str, str | None], ...] = ()
+        if self.suppressions is not None:
+            recipients, dropped = await self._drop_suppressed(message.tenant_id, recipients)
+            if not recipients:
+                return Failed("suppressed", suppressed=True)
         utf8 = needs_smtputf8(sender) or any(needs_smtputf8(r) for r in recipients)
         # 8-bit bytes (raw or SMTP-submitted content) go out with BODY=8BITMIME (§9.6).
         eightbit = not data.isascii()
@@ -324,7 +333,19 @@ class Worker:
         failed = tuple(
             {"address": r.address, "code": r.code, "reason": r.reason} for r in refused
         )
-        return Sent(failed_recipients=failed)
+        return Sent(failed_recipients=dropped + failed)
+
+    async def _drop_suppressed(self, tenant_id: str, recipients: list[str]
+                               ) -> tuple[list[str], tuple[dict[str, str | None], ...]]:
+        """Recipients left to mail, and the suppressed ones as failed_recipients (§12.3)."""
+        assert self.suppressions is not None
+        banned = await self.suppressions.suppressed(tenant_id, recipients)
+        if not banned:
+            return recipients, ()
+        kept = [r for r in recipients if r.lower() not in banned]
+        dropped = tuple({"address": r, "code": None, "reason": "suppressed"}
+                        for r in recipients if r.lower() in banned)
+        return kept, dropped
 
     def _temporary(self, message: Claimed, error: str) -> Outcome:
         retry = self._s.retry
@@ -339,7 +360,7 @@ class Worker:
         if message.raw is not None and message.envelope_from is not None:
             return self._build_submitted(message, message.raw)
         content = intake.content_of(message.payload)
-        sender = _addr(content.return_path or self._s.bounce_return_path or content.from_addr)
+        sender = _addr(content.return_path or self.bounce_return_path or content.from_addr)
         recipients = [_addr(a) for a in content.recipients]
         if message.raw is not None:
             data = compose.prepare_raw(

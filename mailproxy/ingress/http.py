@@ -12,6 +12,8 @@ from aiohttp import web
 from pydantic import BaseModel, TypeAdapter, ValidationError
 
 from mailproxy import __version__, resources
+from mailproxy.bounces.model import SuppressionView
+from mailproxy.bounces.service import BounceService
 from mailproxy.errors import (
     Forbidden,
     InvalidRequest,
@@ -50,6 +52,12 @@ from mailproxy.ingress.schemas import (
     TenantShape,
     TenantsResponse,
 )
+from mailproxy.ingress.suppression_schemas import (
+    SuppressionsAddedResponse,
+    SuppressionsRemovedResponse,
+    SuppressionsResponse,
+    SuppressionsShape,
+)
 from mailproxy.model import Account, InstanceConfig, Status, Tenant
 from mailproxy.service import Caller, MailService, SyncView
 from mailproxy.tokens import same
@@ -57,6 +65,7 @@ from mailproxy.tokens import same
 log = logging.getLogger("mailproxy.http")
 
 SERVICE = web.AppKey("service", MailService)
+BOUNCES = web.AppKey("bounces", BounceService)
 STATUS_INFO = web.AppKey("status_info", dict)
 CALLER = web.RequestKey("caller", Caller)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -471,6 +480,43 @@ async def reload_bounce(request: web.Request) -> web.Response:
     return _json({"ok": True, "bounce_enabled": enabled})
 
 
+_SUPPRESSION_QUERY = (Param("address"), Param("limit", "integer", minimum=0, maximum=_MAX_INT64),
+                      Param("offset", "integer", minimum=0, maximum=_MAX_INT64))
+
+
+@documented(Spec("List suppressed addresses (§12)", "tenant", response=SuppressionsResponse,
+                 query=_SUPPRESSION_QUERY))
+async def list_suppressions(request: web.Request) -> web.Response:
+    caller = await _caller(request)
+    page = await request.app[BOUNCES].list_suppressions(
+        caller, request.match_info["tenant_id"], address=_query_str(request, "address"),
+        limit=_query_int(request, "limit", 1000), offset=_query_int(request, "offset", 0))
+    return _json({"ok": True, "total": page.total,
+                  "suppressions": [suppression_info(s) for s in page.items]})
+
+
+@documented(Spec("Add suppressed addresses", "tenant", body=SuppressionsShape,
+                 response=SuppressionsAddedResponse))
+async def add_suppressions(request: web.Request) -> web.Response:
+    caller = await _caller(request)
+    shape = _shape(SuppressionsShape, await _object(request))
+    added = await request.app[BOUNCES].add_suppressions(
+        caller, request.match_info["tenant_id"], shape.addresses, shape.reason)
+    return _json({"ok": True, "added": added})
+
+
+@documented(Spec("Remove suppressed addresses", "tenant", body=SuppressionsShape,
+                 body_required=False, response=SuppressionsRemovedResponse,
+                 query=(Param("address"),)))
+async def remove_suppressions(request: web.Request) -> web.Response:
+    caller = await _caller(request)
+    shape = _shape(SuppressionsShape, await _object(request, optional=True))
+    addresses = list(shape.addresses) + request.query.getall("address", [])
+    removed = await request.app[BOUNCES].remove_suppressions(
+        caller, request.match_info["tenant_id"], addresses)
+    return _json({"ok": True, "removed": removed})
+
+
 def _optional_int(request: web.Request, name: str) -> int | None:
     if not request.query.get(name):
         return None
@@ -666,6 +712,14 @@ def instance_info(c: InstanceConfig) -> dict[str, Any]:
     }
 
 
+def suppression_info(s: SuppressionView) -> dict[str, Any]:
+    bounce_type = {"hard_bounce": "hard", "soft_bounce": "soft"}.get(s.source.value)
+    return {"address": s.address, "reason": s.reason,
+            "source": "manual" if bounce_type is None else "bounce", "bounce_type": bounce_type,
+            "bounce_code": s.bounce_code, "message_id": s.message_id,
+            "created_ts": s.created_ts}
+
+
 def account_info(a: Account) -> dict[str, Any]:
     return {
         "id": a.id, "tenant_id": a.tenant_id, "host": a.host, "port": a.port, "user": a.user,
@@ -704,6 +758,9 @@ ROUTES: tuple[tuple[str, str, Handler], ...] = (
     ("DELETE", "/tenant/{tenant_id}", delete_tenant),
     ("POST", "/tenant/{tenant_id}/api-key", issue_key),
     ("DELETE", "/tenant/{tenant_id}/api-key", revoke_key),
+    ("GET", "/tenant/{tenant_id}/suppressions", list_suppressions),
+    ("POST", "/tenant/{tenant_id}/suppressions", add_suppressions),
+    ("DELETE", "/tenant/{tenant_id}/suppressions", remove_suppressions),
     ("GET", "/instance", get_instance),
     ("PUT", "/instance", put_instance),
     ("POST", "/instance/reload-bounce", reload_bounce),

@@ -37,6 +37,7 @@ STORAGE_ERROR = "451 4.3.0 Storage unavailable, message not queued; try again la
 AUTH_UNAVAILABLE = "454 4.7.0 Temporary authentication failure"
 AUTH_REQUIRED = "530 5.7.0 Authentication required"
 AUTH_INVALID = "535 5.7.8 Authentication credentials invalid"
+SUPPRESSED = "550 5.1.1 Recipient address is on the suppression list"
 
 # aiosmtpd answers these itself, without enhanced codes (or, for a path it cannot parse,
 # with 553 where §13 asks for 501).
@@ -157,6 +158,13 @@ class _Handler:
         options: list[str],
     ) -> str:
         verdict = self.submission.recipient(address, envelope.smtp_utf8, len(envelope.rcpt_tos))
+        if verdict is RecipientVerdict.OK and envelope.sender is not None:
+            try:
+                if await self.submission.suppressed(envelope.sender, address):
+                    return SUPPRESSED
+            except StoreError as exc:
+                log.error("SMTP RCPT TO: storage failure: %s", exc)
+                return STORAGE_ERROR
         if verdict is RecipientVerdict.OK:
             envelope.rcpt_tos.append(address)
             envelope.rcpt_options.extend(options)

@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING
 from mailproxy.errors import ConfigError
 
 if TYPE_CHECKING:
+    from mailproxy.bounces.service import BounceStore
     from mailproxy.config import Settings
     from mailproxy.dashboard.port import DashboardStore
     from mailproxy.service import Store
@@ -40,3 +41,18 @@ def open_dashboard_store(store: Store) -> DashboardStore:
 
     assert isinstance(store, PostgresStore)
     return PostgresDashboard(store)
+
+
+def open_bounce_store(store: Store) -> BounceStore:
+    """The bounce and suppression tables (§12) of an opened store, on the same connections."""
+    from mailproxy.store.sqlite import SqliteStore
+
+    if isinstance(store, SqliteStore):
+        from mailproxy.store.sqlite_bounces import SqliteBounces
+
+        return SqliteBounces(store)
+    from mailproxy.store.postgres import PostgresStore
+    from mailproxy.store.postgres_bounces import PostgresBounces
+
+    assert isinstance(store, PostgresStore)
+    return PostgresBounces(store)

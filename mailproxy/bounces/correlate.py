@@ -1,0 +1,130 @@
+"""Pure rules that tie a parsed bounce to the message that caused it (§12.2).
+
+Rules 1 and 2 use the message `pk` (a UUID we generated and stamped in X-Mail-Proxy-ID and
+in our Message-ID), so they are exact across tenants. Rules 3 and 4 rest on values an
+outsider can guess (a client id) and are accepted only when exactly one message fits.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from typing import Any
+
+from mailproxy.addresses import parse_address_list, split_address
+from mailproxy.bounces.model import (
+    BounceRecord,
+    BounceType,
+    MessageRef,
+    NewSuppression,
+    ParsedBounce,
+    SoftRule,
+    SuppressionSource,
+    normal_address,
+)
+
+_PK = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
+_OUR_MESSAGE_ID = re.compile(
+    r"<?([0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12})@[^>]*>?")
+
+
+def valid_pk(value: str | None) -> str | None:
+    """The pk when value has the shape of one (we never look up anything else)."""
+    if value is None:
+        return None
+    text = value.strip().lower()
+    return text if _PK.match(text) else None
+
+
+def pk_of_message_id(message_id: str | None) -> str | None:
+    """The pk inside a Message-ID of our generated form `<pk@domain>`."""
+    if not message_id:
+        return None
+    match = _OUR_MESSAGE_ID.fullmatch(message_id.strip().lower())
+    return match.group(1) if match else None
+
+
+def digits(code: str | None) -> str | None:
+    """`5.1.1` -> `511`: the form of bounce_code in reports (§8.2)."""
+    if code is None:
+        return None
+    joined = "".join(ch for ch in code if ch.isdigit())
+    return joined or None
+
+
+def _addr(item: str) -> str | None:
+    try:
+        return normal_address(split_address(item)[1])
+    except ValueError:
+        return None
+
+
+def _list(value: Any) -> list[str]:
+    if value is None or value == "":
+        return []
+    try:
+        return parse_address_list(value)
+    except (ValueError, TypeError):
+        return []
+
+
+def addresses_of(payload: Mapping[str, Any], envelope_from: str | None
+                 ) -> tuple[str | None, tuple[str, ...]]:
+    """(from address, recipients) of a stored payload, all normalised."""
+    sender = payload.get("from") or payload.get("from_addr") or envelope_from
+    from_addr = _addr(sender) if isinstance(sender, str) and sender else None
+    found: list[str] = []
+    for key in ("to", "cc", "bcc"):
+        for item in _list(payload.get(key)):
+            addr = _addr(item)
+            if addr is not None:
+                found.append(addr)
+    return from_addr, tuple(found)
+
+
+def choose(candidates: list[MessageRef], bounce: ParsedBounce) -> MessageRef | None:
+    """Rule 3: among messages with the returned client id, the single one that fits."""
+    if len(candidates) > 1 and bounce.original_from:
+        sender = _addr(bounce.original_from)
+        candidates = [m for m in candidates if m.from_addr == sender]
+    if len(candidates) > 1:
+        candidates = [m for m in candidates if bounce.recipient in m.recipients]
+    return candidates[0] if len(candidates) == 1 else None
+
+
+def record_args(record: BounceRecord, now: int) -> dict[str, Any]:
+    """Named parameters of the bounce queries, shared by both SQL backends."""
+    m, b = record.message, record.bounce
+    return {"tenant_id": m.tenant_id, "seq": m.seq, "pk": m.pk, "client_id": m.client_id,
+            "recipient": b.recipient, "type": b.type.value, "code": b.code,
+            "digits": digits(b.code), "reason": b.reason, "fingerprint": b.fingerprint,
+            "now": now}
+
+
+def suppression_for(record: BounceRecord, source: SuppressionSource) -> NewSuppression:
+    b = record.bounce
+    return NewSuppression(address=b.recipient, reason=b.reason, source=source,
+                          bounce_code=digits(b.code), message_id=record.message.client_id)
+
+
+def suppression_args(tenant_id: str, e: NewSuppression, now: int) -> dict[str, Any]:
+    """Named parameters of add_suppression, shared by both SQL backends."""
+    return {"tenant_id": tenant_id, "address": e.address, "reason": e.reason,
+            "source": e.source.value, "bounce_code": e.bounce_code,
+            "message_id": e.message_id, "now": now}
+
+
+def needs_soft_count(record: BounceRecord, rule: SoftRule) -> bool:
+    return record.suppress and record.bounce.type is BounceType.SOFT and rule.limit > 0
+
+
+def suppression_source(record: BounceRecord, rule: SoftRule, soft_count: int
+                       ) -> SuppressionSource | None:
+    """Hard bounces matched exactly suppress; soft ones after rule.limit in the window."""
+    if not record.suppress:
+        return None
+    if record.bounce.type is BounceType.HARD:
+        return SuppressionSource.HARD_BOUNCE
+    if rule.limit > 0 and soft_count >= rule.limit:
+        return SuppressionSource.SOFT_BOUNCE
+    return None
