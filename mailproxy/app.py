@@ -20,7 +20,8 @@ from mailproxy.bounces.model import SoftRule
 from mailproxy.bounces.service import BounceService, SuppressionCheck, SuppressionFilter
 from mailproxy.config import Settings
 from mailproxy.dashboard import views as dashboard_views
-from mailproxy.dashboard.port import NoBounces
+from mailproxy.dashboard.bounce_source import ServiceBounces
+from mailproxy.dashboard.port import BounceSource, NoBounces
 from mailproxy.dashboard.usecases import Dashboard, Listener
 from mailproxy.delivery import SmtpPool
 from mailproxy.errors import ConfigError
@@ -251,7 +252,9 @@ def _dashboard(parts: Parts) -> Dashboard:
                               if settings.smtp_port else "disabled", smtp_on))
         return found
 
-    return Dashboard(open_dashboard_store(parts.store), parts.service, NoBounces(),
+    bounces: BounceSource = NoBounces() if parts.bounces is None else ServiceBounces(
+        parts.bounces)
+    return Dashboard(open_dashboard_store(parts.store), parts.service, bounces,
                      listeners=listeners, worker_active=lambda: bool(parts.worker.active))
 
 

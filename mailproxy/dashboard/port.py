@@ -10,6 +10,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from mailproxy.bounces.model import BounceView, SuppressionView
+from mailproxy.service import Caller
+
 STATUSES = ("pending", "scheduled", "deferred", "sending", "sent", "error", "bounced",
             "suppressed")
 # Statuses in which an operator may still retry or cancel a message.
@@ -149,51 +152,36 @@ class DashboardStore(Protocol):
     async def close(self) -> None: ...
 
 
-@dataclass(frozen=True, slots=True)
-class Bounce:
-    tenant_id: str
-    message_id: str | None
-    recipient: str
-    bounce_type: str
-    code: str | None
-    reason: str | None
-    ts: int
-
-
-@dataclass(frozen=True, slots=True)
-class Suppression:
-    tenant_id: str
-    address: str
-    reason: str | None
-    source: str
-    created_ts: int
-
-
 class BounceSource(Protocol):
-    """Bounces and suppressions (issue 14). Until that lands, NoBounces answers empty."""
+    """Bounces and suppressions (§12), as the caller may see them. ServiceBounces reads
+    them through the bounce use cases; NoBounces is the empty state of a build without."""
 
     available: bool
 
-    async def recent_bounces(self, tenant_id: str | None, limit: int) -> list[Bounce]: ...
-    async def suppressions(self, tenant_id: str | None, limit: int) -> list[Suppression]: ...
-    async def add_suppression(self, tenant_id: str, address: str, reason: str | None
-                              ) -> int: ...
-    async def remove_suppression(self, tenant_id: str, address: str) -> int: ...
+    async def recent_bounces(self, caller: Caller, limit: int) -> list[BounceView]: ...
+    async def suppressions(self, caller: Caller, tenant_ids: Sequence[str], limit: int
+                           ) -> list[SuppressionView]: ...
+    async def add_suppression(self, caller: Caller, tenant_id: str, address: str,
+                              reason: str | None) -> int: ...
+    async def remove_suppression(self, caller: Caller, tenant_id: str, address: str
+                                 ) -> int: ...
 
 
 class NoBounces:
-    """The empty state of the bounce page while bounce storage is not part of this build."""
+    """The empty state of the bounce page when bounce storage is not wired in."""
 
     available = False
 
-    async def recent_bounces(self, tenant_id: str | None, limit: int) -> list[Bounce]:
+    async def recent_bounces(self, caller: Caller, limit: int) -> list[BounceView]:
         return []
 
-    async def suppressions(self, tenant_id: str | None, limit: int) -> list[Suppression]:
+    async def suppressions(self, caller: Caller, tenant_ids: Sequence[str], limit: int
+                           ) -> list[SuppressionView]:
         return []
 
-    async def add_suppression(self, tenant_id: str, address: str, reason: str | None) -> int:
+    async def add_suppression(self, caller: Caller, tenant_id: str, address: str,
+                              reason: str | None) -> int:
         return 0
 
-    async def remove_suppression(self, tenant_id: str, address: str) -> int:
+    async def remove_suppression(self, caller: Caller, tenant_id: str, address: str) -> int:
         return 0

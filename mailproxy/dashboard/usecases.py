@@ -11,22 +11,21 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
+from mailproxy.bounces.model import BounceView, SuppressionView
 from mailproxy.dashboard.port import (
     CANCELLABLE,
     RETRYABLE,
     STATUSES,
     ActionResult,
-    Bounce,
     BounceSource,
     Cursor,
     DashboardStore,
     Filter,
     MessageDetail,
     Page,
-    Suppression,
 )
 from mailproxy.dashboard.query import QueryError, parse
-from mailproxy.errors import Conflict, Forbidden, InvalidRequest, NotFound
+from mailproxy.errors import Conflict, InvalidRequest, NotFound
 from mailproxy.model import RateLimits, Tenant
 from mailproxy.service import Caller, MailService
 
@@ -253,30 +252,26 @@ class Dashboard:
 
     # -- bounces -----------------------------------------------------------------------------
 
-    async def bounce_page(self, caller: Caller) -> tuple[list[Bounce], list[Suppression]]:
-        return (await self.bounces.recent_bounces(caller.tenant_id, 100),
-                await self.bounces.suppressions(caller.tenant_id, 200))
+    async def bounce_page(self, caller: Caller
+                          ) -> tuple[list[BounceView], list[SuppressionView]]:
+        tenants = [t.id for t in await self._tenants(caller)]
+        return (await self.bounces.recent_bounces(caller, 100),
+                await self.bounces.suppressions(caller, tenants, 200))
 
     async def change_suppression(self, caller: Caller, tenant_id: str, address: str,
                                  add: bool, reason: str | None = None) -> int:
-        await self.service.tenant_in_scope(caller, tenant_id)
+        """Add or remove one address; the bounce use case checks scope and the address."""
         if not self.bounces.available:
             raise InvalidRequest("suppressions are not available in this build")
-        address = address.strip().lower()
-        if "@" not in address:
-            raise InvalidRequest("address must be an email address")
         if add:
-            changed = await self.bounces.add_suppression(tenant_id, address, reason)
+            changed = await self.bounces.add_suppression(caller, tenant_id, address, reason)
         else:
-            changed = await self.bounces.remove_suppression(tenant_id, address)
+            changed = await self.bounces.remove_suppression(caller, tenant_id, address)
         verb = "POST" if add else "DELETE"
-        await self.service.record_command(verb, f"/tenant/{tenant_id}/suppressions", tenant_id,
-                                          {"addresses": [address], "via": "dashboard"}, 200)
+        await self.service.record_command(
+            verb, f"/tenant/{tenant_id}/suppressions", tenant_id,
+            {"addresses": [address], "reason": reason, "via": "dashboard"}, 200)
         return changed
-
-    def require_tenant_scope(self, caller: Caller, tenant_id: str) -> None:
-        if not self._sees(caller, tenant_id):
-            raise Forbidden("Token not authorized for this tenant")
 
 
 def _check_action(action: str) -> None:

@@ -14,6 +14,7 @@ from aiohttp import ClientSession
 from aiohttp.test_utils import TestServer
 
 from mailproxy.app import build, make_app
+from mailproxy.bounces.model import BounceType, MailboxCursor, ParsedBounce
 from tests.conftest import ADMIN, make_settings, message
 from tests.dashboard.browser import browser, shot
 from tests.relay import Relay
@@ -23,8 +24,9 @@ WAIT = 20_000  # ms: the machine is shared; polls run every 3 s
 
 
 class Server:
-    def __init__(self, server: TestServer) -> None:
+    def __init__(self, server: TestServer, parts: Any) -> None:
         self.server = server
+        self.parts = parts
         self.url = str(server.make_url("/")).rstrip("/")
 
     async def api(self, method: str, path: str, *, token: str = ADMIN, **kw: Any) -> Any:
@@ -39,7 +41,7 @@ class Server:
 async def server(tmp_path: Path, relay: Relay,
                  aiohttp_server: Callable[..., Awaitable[TestServer]]) -> AsyncIterator[Server]:
     parts = await build(make_settings(tmp_path / "data", retry_base_seconds=1))
-    running = Server(await aiohttp_server(make_app(parts)))
+    running = Server(await aiohttp_server(make_app(parts)), parts)
     yield running
 
 
@@ -117,8 +119,26 @@ async def test_operator_journey(browser: Any, server: Server, relay: Relay) -> N
     await page.goto(server.url + "/ui/rates")
     assert await page.locator("#rates svg.bar").count() >= 2
     await page.screenshot(path=shot("rates-light"), full_page=True)
+    # a hard bounce, as the bounce poller records it, and the suppression it adds
+    m1 = await server.api("GET", "/messages", params={"tenant_id": "acme"})
+    m1_pk = next(m["pk"] for m in m1["messages"] if m["id"] == "m1")
+    await server.parts.bounces.record(MailboxCursor("INBOX", 1, 1), [ParsedBounce(
+        recipient="rcpt@example.org", type=BounceType.HARD, code="5.1.1",
+        reason="550 5.1.1 user unknown", fingerprint="dsn-1", pk=m1_pk)])
     await page.goto(server.url + "/ui/bounces")
-    assert await page.is_visible("#bounces-empty")
+    row = page.locator('#bounces tr[data-recipient="rcpt@example.org"]')
+    assert "550 5.1.1 user unknown" in (await row.text_content() or "")
+    assert await page.locator('#suppressions tr[data-address="rcpt@example.org"]').count() == 1
+    await page.fill('input[name="tenant_id"]', "acme")
+    await page.fill('input[name="address"]', "Unsub@Example.org")
+    await page.fill('input[name="reason"]', "unsubscribed")
+    await page.click("#suppress-add")
+    await page.wait_for_selector('#suppressions tr[data-address="unsub@example.org"]')
+    await page.screenshot(path=shot("bounces-light"), full_page=True)
+    await page.locator('#suppressions tr[data-address="rcpt@example.org"] button').click()
+    await page.wait_for_selector("text=Suppression removed")
+    listed = await server.api("GET", "/tenant/acme/suppressions")
+    assert [s["address"] for s in listed["suppressions"]] == ["unsub@example.org"]
 
     # UTC / local toggle rewrites the times in place
     await page.goto(server.url + "/ui/queue")
@@ -152,6 +172,9 @@ async def test_dark_mode_and_tenant_isolation(browser: Any, server: Server,
     assert await page.locator("#messages a.mono").all_text_contents() == ["m2"]
     assert "acme private" not in await page.content()
     await page.screenshot(path=shot("queue-dark"), full_page=True)
+    await page.goto(server.url + "/ui/bounces")
+    assert await page.locator('input[name="tenant_id"]').count() == 0  # its own tenant only
+    await page.screenshot(path=shot("bounces-dark"), full_page=True)
     response = await page.goto(server.url + f"/ui/messages/{acme_pk}")
     assert response is not None and response.status == 404
     await page.goto(server.url + "/ui/queue?q=tenant:acme")

@@ -4,11 +4,16 @@ pagination, actions and tenant isolation, against the real app (worker and relay
 from __future__ import annotations
 
 import re
+from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 from aiohttp import ClientSession, CookieJar
+from aiohttp.test_utils import TestClient
 
-from tests.conftest import ADMIN, Api, eventually, message
+from mailproxy.app import build, make_app
+from mailproxy.bounces.model import BounceType, MailboxCursor, ParsedBounce
+from tests.conftest import ADMIN, Api, eventually, make_settings, message
 from tests.dashboard.ui import csrf_of, sign_in
 from tests.relay import Relay
 
@@ -211,3 +216,45 @@ async def test_a_tenant_session_sees_and_touches_only_its_tenant(api: Api, relay
         await sign_in(browser, acme_key)
         await api.ok("DELETE", "/tenant/acme/api-key")
         assert (await _texts(browser, "/ui/"))[0] == 303
+
+
+async def test_bounces_and_suppressions_stay_in_their_tenant(api: Api, relay: Relay) -> None:
+    acme_key = await api.tenant("acme")
+    await api.tenant("beta")
+    await api.account(relay)
+    await api.account(relay, "beta")
+    await api.send(message(1, tenant_id="beta", to=["gone@beta.example"]))
+    await relay.wait_for(1)
+    pk = (await api.messages("beta"))[0]["pk"]
+    parts = api.parts  # type: ignore[attr-defined]
+    await parts.bounces.record(MailboxCursor("INBOX", 1, 1), [ParsedBounce(
+        recipient="gone@beta.example", type=BounceType.HARD, code="5.1.1",
+        reason="550 user unknown", fingerprint="fp-1", pk=pk)])
+    await sign_in(api.client, ADMIN)
+    assert "gone@beta.example" in (await _texts(api.client, "/ui/bounces"))[1]
+    async with await _new_client(api) as browser:
+        csrf = await sign_in(browser, acme_key)
+        status, page = await _texts(browser, "/ui/bounces")
+        assert status == 200 and "gone@beta.example" not in page
+        async with browser.post("/ui/suppressions", data={
+                "csrf": csrf, "tenant_id": "beta", "mode": "remove",
+                "address": "gone@beta.example"}) as resp:
+            assert resp.status == 403
+        async with browser.post("/ui/suppressions", data={
+                "csrf": csrf, "mode": "add", "address": "no-mail@acme.example"},
+                allow_redirects=False) as resp:
+            assert resp.status == 303
+    beta = await api.ok("GET", "/tenant/beta/suppressions")
+    assert [s["address"] for s in beta["suppressions"]] == ["gone@beta.example"]
+    acme = await api.ok("GET", "/tenant/acme/suppressions")
+    assert [s["address"] for s in acme["suppressions"]] == ["no-mail@acme.example"]
+
+
+async def test_without_bounce_storage_the_page_is_an_empty_state(
+        tmp_path: Path, aiohttp_client: Callable[..., Awaitable[TestClient[Any, Any]]]) -> None:
+    parts = await build(make_settings(tmp_path / "data"))
+    parts.bounces = None
+    client = await aiohttp_client(make_app(parts))
+    await sign_in(client, ADMIN)
+    status, page = await _texts(client, "/ui/bounces")
+    assert status == 200 and 'id="bounces-empty"' in page
