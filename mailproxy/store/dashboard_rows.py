@@ -41,11 +41,31 @@ def match_args(flt: Filter, now: int) -> dict[str, Any]:
     }
 
 
+SCANS = ("tenant", "all", "unusual")
+
+
 def scan_name(flt: Filter) -> str:
     """Which ordered index the page walks: the rare statuses have their own."""
     if flt.status in UNUSUAL:
-        return "scan_unusual"
-    return "scan_tenant" if flt.tenant_id is not None else "scan_all"
+        return "unusual"
+    return "tenant" if flt.tenant_id is not None else "all"
+
+
+def compose(raw: dict[str, str]) -> dict[str, str]:
+    """The named queries with the page fragments filled in."""
+    texts = dict(raw)
+    for scan in SCANS:
+        texts[f"page:{scan}"] = raw[f"page_{scan}"].replace("{match}", raw["match"])
+        texts[f"bound:{scan}"] = raw["bound"].replace("{window}", raw[f"window_{scan}"])
+    texts["actionable"] = raw["actionable"].replace("{match}", raw["match"])
+    return texts
+
+
+def end_args(end: Sequence[Any] | None) -> dict[str, Any]:
+    """The window's oldest position (inclusive) for the page query."""
+    if end is None:
+        return {"end_ts": FAR_FUTURE, "end_seq": 0}  # an empty window: nothing matches
+    return {"end_ts": float(end[1]), "end_seq": int(end[2])}
 
 
 def scan_args(flt: Filter, cursor: Cursor | None, scan: int) -> dict[str, Any]:
@@ -120,11 +140,12 @@ def display_counts(counts: Sequence[Sequence[Any]], due: Sequence[Sequence[Any]]
     return out
 
 
-def page(found: Sequence[Sequence[Any]], end: Any, limit: int, scan: int, now: int) -> Page:
+def page(found: Sequence[Sequence[Any]], end: Sequence[Any] | None, limit: int, scan: int,
+         now: int) -> Page:
     rows = tuple(message_row(r, now) for r in found[:limit])
     if len(found) > limit:
         last = rows[-1]
         return Page(rows, Cursor(last.created_ts, last.seq), scan, partial=False)
-    if end is None or end[0] < scan:  # the window reached the oldest message
+    if end is None or int(end[0]) < scan:  # the window reached the oldest message
         return Page(rows, None, 0 if end is None else int(end[0]), partial=False)
-    return Page(rows, Cursor(float(end[1]), int(end[2])), int(end[0]), partial=True)
+    return Page(rows, Cursor(float(end[1]), int(end[2])), scan, partial=True)

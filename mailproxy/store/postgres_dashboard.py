@@ -7,29 +7,11 @@ from typing import Any
 
 from mailproxy.dashboard.port import ActionResult, Cursor, Filter, MessageDetail, MinuteCount, Page
 from mailproxy.store import dashboard_rows as dr
-from mailproxy.store.postgres import Conn, PostgresStore, _compile, _Sql
+from mailproxy.store.postgres import Conn, PostgresStore, _compile
 from mailproxy.store.queries import load_queries
 
-_RAW = load_queries("postgres", "dashboard.sql")
-
-
-def _compose(name: str, scan: str | None = None) -> str:
-    sql = _RAW[name].replace("{match}", _RAW["match"])
-    if scan is not None:
-        sql = sql.replace("{scan}", _RAW[scan])
-    return sql
-
-
-def _queries() -> dict[str, _Sql]:
-    texts = dict(_RAW)
-    for scan in ("scan_tenant", "scan_all", "scan_unusual"):
-        texts[f"page:{scan}"] = _compose("page", scan)
-        texts[f"end:{scan}"] = f"WITH w AS ({_RAW[scan]}) {_RAW['window_end']}"
-    texts["actionable"] = _compose("actionable")
-    return {name: _compile(sql) for name, sql in texts.items()}
-
-
-Q = _queries()
+_TEXTS = dr.compose(load_queries("postgres", "dashboard.sql"))
+Q = {name: _compile(sql) for name, sql in _TEXTS.items()}
 MINUTES_KEPT = 172800
 
 
@@ -74,11 +56,9 @@ class PostgresDashboard:
         args = {**dr.match_args(flt, now), **dr.scan_args(flt, cursor, scan), "limit": limit + 1}
 
         async def op(c: Conn) -> tuple[list[Any], Any]:
-            found = await _fetch(c, f"page:{name}", args)
-            if len(found) > limit:
-                return found, None
-            end = await _fetch(c, f"end:{name}", args)
-            return found, end[0] if end else None
+            bound = await _fetch(c, f"bound:{name}", args)
+            end = bound[0] if bound else None
+            return await _fetch(c, f"page:{name}", {**args, **dr.end_args(end)}), end
 
         found, end = await self._store.run_read(op)
         return dr.page(found, end, limit, scan, now)

@@ -12,21 +12,7 @@ from mailproxy.store.queries import load_queries
 from mailproxy.store.rows import dumps
 from mailproxy.store.sqlite import SqliteStore
 
-_RAW = load_queries("sqlite", "dashboard.sql")
-
-
-def _compose(name: str, scan: str | None = None) -> str:
-    sql = _RAW[name].replace("{match}", _RAW["match"])
-    if scan is not None:
-        sql = sql.replace("{scan}", _RAW[scan])
-    return sql
-
-
-Q = dict(_RAW)
-for _scan in ("scan_tenant", "scan_all", "scan_unusual"):
-    Q[f"page:{_scan}"] = _compose("page", _scan)
-    Q[f"end:{_scan}"] = f"WITH w AS ({_RAW[_scan]}) {_RAW['window_end']}"
-Q["actionable"] = _compose("actionable")
+Q = dr.compose(load_queries("sqlite", "dashboard.sql"))
 MINUTES_KEPT = 172800
 
 
@@ -68,8 +54,8 @@ class SqliteDashboard:
         args = {**dr.match_args(flt, now), **dr.scan_args(flt, cursor, scan), "limit": limit + 1}
 
         def op(c: sqlite3.Connection) -> tuple[list[Any], Any]:
-            found = c.execute(Q[f"page:{name}"], args).fetchall()
-            end = None if len(found) > limit else c.execute(Q[f"end:{name}"], args).fetchone()
+            end = c.execute(Q[f"bound:{name}"], args).fetchone()
+            found = c.execute(Q[f"page:{name}"], {**args, **dr.end_args(end)}).fetchall()
             return found, end
 
         found, end = await self._store.run_read(op)

@@ -1,5 +1,5 @@
--- Dashboard queries (issue 15). A queue page scans a bounded window of the listing order
--- ({scan}) and filters it ({match}); both fragments are composed by postgres_dashboard.py.
+-- Dashboard queries (issue 15). A queue page finds the end of a bounded window of the
+-- listing order (bound over window_*), then filters the rows in it (page_* with {match}).
 -- Counter tables are sharded per backend (005_dashboard.sql): readers sum the shards.
 
 -- name: status_counts
@@ -35,28 +35,60 @@ SELECT min(created_ts) FROM (
     WHERE queued = 2 AND due_ts <= :now AND (:tenant_id::text IS NULL OR tenant_id = :tenant_id)
 ) AS heads;
 
--- name: scan_tenant
-SELECT seq, pk, client_id, tenant_id, account_id, status, deferred_ts, priority, batch_code,
-       payload, created_ts, retry_count, error
-FROM messages
-WHERE tenant_id = :tenant_id AND (created_ts, seq) < (:c_ts::float8, :c_seq::bigint)
-  AND created_ts >= :after::float8
+-- name: window_tenant
+-- The scan window: the next :scan positions in listing order (an index-only scan).
+SELECT created_ts, seq FROM messages 
+WHERE tenant_id = :tenant_id AND (created_ts, seq) < (:c_ts::float8, :c_seq::bigint) AND created_ts >= :after::float8
 ORDER BY created_ts DESC, seq DESC LIMIT :scan
 
--- name: scan_all
+-- name: page_tenant
+-- Matching rows between the cursor and the end of the window, newest first.
 SELECT seq, pk, client_id, tenant_id, account_id, status, deferred_ts, priority, batch_code,
-       payload, created_ts, retry_count, error
-FROM messages
+       payload::jsonb ->> 'subject', payload::jsonb ->> 'from', (payload::jsonb -> 'to')::text,
+       created_ts, retry_count, error
+FROM messages 
+WHERE tenant_id = :tenant_id AND (created_ts, seq) < (:c_ts::float8, :c_seq::bigint)
+  AND (created_ts, seq) >= (:end_ts::float8, :end_seq::bigint) AND {match}
+ORDER BY created_ts DESC, seq DESC LIMIT :limit
+
+-- name: window_all
+-- The scan window: the next :scan positions in listing order (an index-only scan).
+SELECT created_ts, seq FROM messages 
 WHERE (created_ts, seq) < (:c_ts::float8, :c_seq::bigint) AND created_ts >= :after::float8
 ORDER BY created_ts DESC, seq DESC LIMIT :scan
 
--- name: scan_unusual
+-- name: page_all
+-- Matching rows between the cursor and the end of the window, newest first.
 SELECT seq, pk, client_id, tenant_id, account_id, status, deferred_ts, priority, batch_code,
-       payload, created_ts, retry_count, error
-FROM messages
+       payload::jsonb ->> 'subject', payload::jsonb ->> 'from', (payload::jsonb -> 'to')::text,
+       created_ts, retry_count, error
+FROM messages 
+WHERE (created_ts, seq) < (:c_ts::float8, :c_seq::bigint)
+  AND (created_ts, seq) >= (:end_ts::float8, :end_seq::bigint) AND {match}
+ORDER BY created_ts DESC, seq DESC LIMIT :limit
+
+-- name: window_unusual
+-- The scan window: the next :scan positions in listing order (an index-only scan).
+SELECT created_ts, seq FROM messages 
 WHERE status IN ('scheduled', 'deferred', 'error', 'bounced', 'suppressed')
   AND (created_ts, seq) < (:c_ts::float8, :c_seq::bigint) AND created_ts >= :after::float8
 ORDER BY created_ts DESC, seq DESC LIMIT :scan
+
+-- name: page_unusual
+-- Matching rows between the cursor and the end of the window, newest first.
+SELECT seq, pk, client_id, tenant_id, account_id, status, deferred_ts, priority, batch_code,
+       payload::jsonb ->> 'subject', payload::jsonb ->> 'from', (payload::jsonb -> 'to')::text,
+       created_ts, retry_count, error
+FROM messages 
+WHERE status IN ('scheduled', 'deferred', 'error', 'bounced', 'suppressed')
+  AND (created_ts, seq) < (:c_ts::float8, :c_seq::bigint)
+  AND (created_ts, seq) >= (:end_ts::float8, :end_seq::bigint) AND {match}
+ORDER BY created_ts DESC, seq DESC LIMIT :limit
+
+-- name: bound
+-- How many positions the window holds and the oldest of them.
+WITH w AS ({window})
+SELECT (SELECT count(*) FROM w), created_ts, seq FROM w ORDER BY created_ts, seq LIMIT 1
 
 -- name: match
 (:tenant_id::text IS NULL OR tenant_id = :tenant_id)
@@ -74,16 +106,6 @@ AND (:sender::text IS NULL OR lower(payload::jsonb ->> 'from') LIKE :sender)
 AND (:text::text IS NULL OR pk = :text_exact OR lower(client_id) LIKE :text
      OR lower(payload::jsonb ->> 'subject') LIKE :text
      OR lower((payload::jsonb -> 'to')::text) LIKE :text)
-
--- name: page
-SELECT seq, pk, client_id, tenant_id, account_id, status, deferred_ts, priority, batch_code,
-       payload::jsonb ->> 'subject', payload::jsonb ->> 'from', (payload::jsonb -> 'to')::text,
-       created_ts, retry_count, error
-FROM ({scan}) AS w WHERE {match}
-ORDER BY created_ts DESC, seq DESC LIMIT :limit
-
--- name: window_end
-SELECT (SELECT count(*) FROM w), created_ts, seq FROM w ORDER BY created_ts, seq LIMIT 1
 
 -- name: actionable
 SELECT seq, tenant_id FROM messages

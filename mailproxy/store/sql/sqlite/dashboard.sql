@@ -1,5 +1,5 @@
--- Dashboard queries (issue 15). A queue page scans a bounded window of the listing order
--- ({scan}) and filters it ({match}); both fragments are composed by sqlite_dashboard.py.
+-- Dashboard queries (issue 15). A queue page finds the end of a bounded window of the
+-- listing order (bound over window_*), then filters the rows in it (page_* with {match}).
 
 -- name: status_counts
 SELECT tenant_id, status, n FROM status_counts
@@ -8,12 +8,12 @@ WHERE (:tenant_id IS NULL OR tenant_id = :tenant_id) AND n <> 0;
 -- name: due_counts
 -- Scheduled and deferred rows whose time has come read as pending (§5.1): the promoted ones
 -- (messages_due_waiting) and those the next claim cycle will promote (messages_waiting).
-SELECT tenant_id, status, COUNT(*) FROM messages
+SELECT tenant_id, status, COUNT(*) FROM messages INDEXED BY messages_due_waiting
 WHERE queued = 1 AND status <> 'pending' AND deferred_ts <= :now
   AND (:tenant_id IS NULL OR tenant_id = :tenant_id)
 GROUP BY tenant_id, status
 UNION ALL
-SELECT tenant_id, status, COUNT(*) FROM messages
+SELECT tenant_id, status, COUNT(*) FROM messages INDEXED BY messages_waiting
 WHERE queued = 2 AND due_ts <= :now AND (:tenant_id IS NULL OR tenant_id = :tenant_id)
 GROUP BY tenant_id, status;
 
@@ -33,31 +33,67 @@ SELECT MIN(created_ts) FROM (
         FROM accounts a, json_each('[0,1,2,3]') p
         WHERE :tenant_id IS NULL OR a.tenant_id = :tenant_id)
     UNION ALL
-    SELECT MIN(created_ts) FROM messages
+    SELECT MIN(created_ts) FROM messages INDEXED BY messages_waiting
     WHERE queued = 2 AND due_ts <= :now AND (:tenant_id IS NULL OR tenant_id = :tenant_id)
 );
 
--- name: scan_tenant
-SELECT seq, pk, client_id, tenant_id, account_id, status, deferred_ts, priority, batch_code,
-       payload, created_ts, retry_count, error
-FROM messages
+-- name: window_tenant
+-- The scan window: the next :scan positions in listing order (an index-only scan).
+SELECT created_ts, seq FROM messages INDEXED BY messages_listing
 WHERE tenant_id = :tenant_id AND (created_ts, seq) < (:c_ts, :c_seq) AND created_ts >= :after
 ORDER BY created_ts DESC, seq DESC LIMIT :scan
 
--- name: scan_all
+-- name: page_tenant
+-- Matching rows between the cursor and the end of the window, newest first.
 SELECT seq, pk, client_id, tenant_id, account_id, status, deferred_ts, priority, batch_code,
-       payload, created_ts, retry_count, error
-FROM messages INDEXED BY messages_recent
+       json_extract(payload, '$.subject'), json_extract(payload, '$.from'),
+       json_extract(payload, '$.to'),
+       created_ts, retry_count, error
+FROM messages INDEXED BY messages_listing
+WHERE tenant_id = :tenant_id AND (created_ts, seq) < (:c_ts, :c_seq)
+  AND (created_ts, seq) >= (:end_ts, :end_seq) AND {match}
+ORDER BY created_ts DESC, seq DESC LIMIT :limit
+
+-- name: window_all
+-- The scan window: the next :scan positions in listing order (an index-only scan).
+SELECT created_ts, seq FROM messages INDEXED BY messages_recent
 WHERE (created_ts, seq) < (:c_ts, :c_seq) AND created_ts >= :after
 ORDER BY created_ts DESC, seq DESC LIMIT :scan
 
--- name: scan_unusual
+-- name: page_all
+-- Matching rows between the cursor and the end of the window, newest first.
 SELECT seq, pk, client_id, tenant_id, account_id, status, deferred_ts, priority, batch_code,
-       payload, created_ts, retry_count, error
-FROM messages INDEXED BY messages_unusual
+       json_extract(payload, '$.subject'), json_extract(payload, '$.from'),
+       json_extract(payload, '$.to'),
+       created_ts, retry_count, error
+FROM messages INDEXED BY messages_recent
+WHERE (created_ts, seq) < (:c_ts, :c_seq)
+  AND (created_ts, seq) >= (:end_ts, :end_seq) AND {match}
+ORDER BY created_ts DESC, seq DESC LIMIT :limit
+
+-- name: window_unusual
+-- The scan window: the next :scan positions in listing order (an index-only scan).
+SELECT created_ts, seq FROM messages INDEXED BY messages_unusual
 WHERE status IN ('scheduled', 'deferred', 'error', 'bounced', 'suppressed')
   AND (created_ts, seq) < (:c_ts, :c_seq) AND created_ts >= :after
 ORDER BY created_ts DESC, seq DESC LIMIT :scan
+
+-- name: page_unusual
+-- Matching rows between the cursor and the end of the window, newest first.
+SELECT seq, pk, client_id, tenant_id, account_id, status, deferred_ts, priority, batch_code,
+       json_extract(payload, '$.subject'), json_extract(payload, '$.from'),
+       json_extract(payload, '$.to'),
+       created_ts, retry_count, error
+FROM messages INDEXED BY messages_unusual
+WHERE status IN ('scheduled', 'deferred', 'error', 'bounced', 'suppressed')
+  AND (created_ts, seq) < (:c_ts, :c_seq)
+  AND (created_ts, seq) >= (:end_ts, :end_seq) AND {match}
+ORDER BY created_ts DESC, seq DESC LIMIT :limit
+
+-- name: bound
+-- How many positions the window holds and the oldest of them.
+WITH w AS ({window})
+SELECT (SELECT count(*) FROM w), created_ts, seq FROM w ORDER BY created_ts, seq LIMIT 1
 
 -- name: match
 (:tenant_id IS NULL OR tenant_id = :tenant_id)
@@ -75,16 +111,6 @@ AND (:sender IS NULL OR lower(json_extract(payload, '$.from')) LIKE :sender ESCA
 AND (:text IS NULL OR pk = :text_exact OR lower(client_id) LIKE :text ESCAPE '\'
      OR lower(json_extract(payload, '$.subject')) LIKE :text ESCAPE '\'
      OR lower(json_extract(payload, '$.to')) LIKE :text ESCAPE '\')
-
--- name: page
-SELECT seq, pk, client_id, tenant_id, account_id, status, deferred_ts, priority, batch_code,
-       json_extract(payload, '$.subject'), json_extract(payload, '$.from'),
-       json_extract(payload, '$.to'), created_ts, retry_count, error
-FROM ({scan}) AS w WHERE {match}
-ORDER BY created_ts DESC, seq DESC LIMIT :limit
-
--- name: window_end
-SELECT (SELECT COUNT(*) FROM w), created_ts, seq FROM w ORDER BY created_ts, seq LIMIT 1
 
 -- name: actionable
 SELECT seq, tenant_id FROM messages
