@@ -31,7 +31,8 @@ from mailproxy.service import Caller, MailService
 
 ACTIONS = ("retry", "cancel")
 PAGE_SIZE = 50
-SCAN_WINDOW = 5000
+SCAN_WINDOW = 5000  # messages one page request may look at (column filters only)
+TEXT_SCAN_WINDOW = 1000  # the same when it must read payloads (to:, from:, free text)
 MAINTAIN_EVERY = 600  # seconds between counter folds / rollup pruning
 WINDOWS = (("minute", 60), ("hour", 3600), ("day", 86400))
 
@@ -159,8 +160,9 @@ class Dashboard:
 
     async def queue(self, caller: Caller, text: str, cursor: str | None) -> tuple[Filter, Page]:
         flt = self.filter_for(caller, text)
+        reads_payload = bool(flt.to or flt.sender or flt.text)
         page = await self.store.page(flt, self.now(), Cursor.decode(cursor), PAGE_SIZE,
-                                     SCAN_WINDOW)
+                                     TEXT_SCAN_WINDOW if reads_payload else SCAN_WINDOW)
         return flt, page
 
     async def message(self, caller: Caller, pk: str) -> MessageDetail:
