@@ -55,8 +55,11 @@ def compose(raw: dict[str, str]) -> dict[str, str]:
     """The named queries with the page fragments filled in."""
     texts = dict(raw)
     for scan in SCANS:
-        texts[f"page:{scan}"] = raw[f"page_{scan}"].replace("{match}", raw["match"])
-        texts[f"bound:{scan}"] = raw["bound"].replace("{window}", raw[f"window_{scan}"])
+        source = raw[f"source_{scan}"]
+        page = raw["page"].replace("{source}", source).replace("{match}", raw["match"])
+        window = raw["window"].replace("{source}", source)
+        texts[f"page:{scan}"] = page
+        texts[f"bound:{scan}"] = raw["bound"].replace("{window}", window)
     texts["actionable"] = raw["actionable"].replace("{match}", raw["match"])
     return texts
 

@@ -1,5 +1,6 @@
 -- Dashboard queries (issue 15). A queue page finds the end of a bounded window of the
--- listing order (bound over window_*), then filters the rows in it (page_* with {match}).
+-- listing order (bound over window), then filters the rows in it (page); {source} is one
+-- of the source_* fragments (which index is walked), {match} the filter.
 -- Counter tables are sharded per backend (005_dashboard.sql): readers sum the shards.
 
 -- name: status_counts
@@ -35,55 +36,28 @@ SELECT min(created_ts) FROM (
     WHERE queued = 2 AND due_ts <= :now AND (:tenant_id::text IS NULL OR tenant_id = :tenant_id)
 ) AS heads;
 
--- name: window_tenant
+-- name: window
 -- The scan window: the next :scan positions in listing order (an index-only scan).
-SELECT created_ts, seq FROM messages 
+SELECT created_ts, seq FROM messages {source}
+ORDER BY created_ts DESC, seq DESC LIMIT :scan
+
+-- name: page
+-- Matching rows between the cursor and the end of the window, newest first.
+SELECT seq, pk, client_id, tenant_id, account_id, status, deferred_ts, priority, batch_code,
+       payload::jsonb ->> 'subject', payload::jsonb ->> 'from', (payload::jsonb -> 'to')::text,
+       created_ts, retry_count, error
+FROM messages {source} AND (created_ts, seq) >= (:end_ts::float8, :end_seq::bigint) AND {match}
+ORDER BY created_ts DESC, seq DESC LIMIT :limit
+
+-- name: source_tenant
 WHERE tenant_id = :tenant_id AND (created_ts, seq) < (:c_ts::float8, :c_seq::bigint) AND created_ts >= :after::float8
-ORDER BY created_ts DESC, seq DESC LIMIT :scan
 
--- name: page_tenant
--- Matching rows between the cursor and the end of the window, newest first.
-SELECT seq, pk, client_id, tenant_id, account_id, status, deferred_ts, priority, batch_code,
-       payload::jsonb ->> 'subject', payload::jsonb ->> 'from', (payload::jsonb -> 'to')::text,
-       created_ts, retry_count, error
-FROM messages 
-WHERE tenant_id = :tenant_id AND (created_ts, seq) < (:c_ts::float8, :c_seq::bigint)
-  AND (created_ts, seq) >= (:end_ts::float8, :end_seq::bigint) AND {match}
-ORDER BY created_ts DESC, seq DESC LIMIT :limit
-
--- name: window_all
--- The scan window: the next :scan positions in listing order (an index-only scan).
-SELECT created_ts, seq FROM messages 
+-- name: source_all
 WHERE (created_ts, seq) < (:c_ts::float8, :c_seq::bigint) AND created_ts >= :after::float8
-ORDER BY created_ts DESC, seq DESC LIMIT :scan
 
--- name: page_all
--- Matching rows between the cursor and the end of the window, newest first.
-SELECT seq, pk, client_id, tenant_id, account_id, status, deferred_ts, priority, batch_code,
-       payload::jsonb ->> 'subject', payload::jsonb ->> 'from', (payload::jsonb -> 'to')::text,
-       created_ts, retry_count, error
-FROM messages 
-WHERE (created_ts, seq) < (:c_ts::float8, :c_seq::bigint)
-  AND (created_ts, seq) >= (:end_ts::float8, :end_seq::bigint) AND {match}
-ORDER BY created_ts DESC, seq DESC LIMIT :limit
-
--- name: window_unusual
--- The scan window: the next :scan positions in listing order (an index-only scan).
-SELECT created_ts, seq FROM messages 
+-- name: source_unusual
 WHERE status IN ('scheduled', 'deferred', 'error', 'bounced', 'suppressed')
   AND (created_ts, seq) < (:c_ts::float8, :c_seq::bigint) AND created_ts >= :after::float8
-ORDER BY created_ts DESC, seq DESC LIMIT :scan
-
--- name: page_unusual
--- Matching rows between the cursor and the end of the window, newest first.
-SELECT seq, pk, client_id, tenant_id, account_id, status, deferred_ts, priority, batch_code,
-       payload::jsonb ->> 'subject', payload::jsonb ->> 'from', (payload::jsonb -> 'to')::text,
-       created_ts, retry_count, error
-FROM messages 
-WHERE status IN ('scheduled', 'deferred', 'error', 'bounced', 'suppressed')
-  AND (created_ts, seq) < (:c_ts::float8, :c_seq::bigint)
-  AND (created_ts, seq) >= (:end_ts::float8, :end_seq::bigint) AND {match}
-ORDER BY created_ts DESC, seq DESC LIMIT :limit
 
 -- name: bound
 -- How many positions the window holds and the oldest of them.

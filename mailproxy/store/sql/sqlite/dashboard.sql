@@ -1,5 +1,6 @@
 -- Dashboard queries (issue 15). A queue page finds the end of a bounded window of the
--- listing order (bound over window_*), then filters the rows in it (page_* with {match}).
+-- listing order (bound over window), then filters the rows in it (page); {source} is one
+-- of the source_* fragments (which index is walked), {match} the filter.
 
 -- name: status_counts
 SELECT tenant_id, status, n FROM status_counts
@@ -37,58 +38,32 @@ SELECT MIN(created_ts) FROM (
     WHERE queued = 2 AND due_ts <= :now AND (:tenant_id IS NULL OR tenant_id = :tenant_id)
 );
 
--- name: window_tenant
+-- name: window
 -- The scan window: the next :scan positions in listing order (an index-only scan).
-SELECT created_ts, seq FROM messages INDEXED BY messages_listing
+SELECT created_ts, seq FROM messages {source}
+ORDER BY created_ts DESC, seq DESC LIMIT :scan
+
+-- name: page
+-- Matching rows between the cursor and the end of the window, newest first.
+SELECT seq, pk, client_id, tenant_id, account_id, status, deferred_ts, priority, batch_code,
+       json_extract(payload, '$.subject'), json_extract(payload, '$.from'),
+       json_extract(payload, '$.to'),
+       created_ts, retry_count, error
+FROM messages {source} AND (created_ts, seq) >= (:end_ts, :end_seq) AND {match}
+ORDER BY created_ts DESC, seq DESC LIMIT :limit
+
+-- name: source_tenant
+INDEXED BY messages_listing
 WHERE tenant_id = :tenant_id AND (created_ts, seq) < (:c_ts, :c_seq) AND created_ts >= :after
-ORDER BY created_ts DESC, seq DESC LIMIT :scan
 
--- name: page_tenant
--- Matching rows between the cursor and the end of the window, newest first.
-SELECT seq, pk, client_id, tenant_id, account_id, status, deferred_ts, priority, batch_code,
-       json_extract(payload, '$.subject'), json_extract(payload, '$.from'),
-       json_extract(payload, '$.to'),
-       created_ts, retry_count, error
-FROM messages INDEXED BY messages_listing
-WHERE tenant_id = :tenant_id AND (created_ts, seq) < (:c_ts, :c_seq)
-  AND (created_ts, seq) >= (:end_ts, :end_seq) AND {match}
-ORDER BY created_ts DESC, seq DESC LIMIT :limit
-
--- name: window_all
--- The scan window: the next :scan positions in listing order (an index-only scan).
-SELECT created_ts, seq FROM messages INDEXED BY messages_recent
+-- name: source_all
+INDEXED BY messages_recent
 WHERE (created_ts, seq) < (:c_ts, :c_seq) AND created_ts >= :after
-ORDER BY created_ts DESC, seq DESC LIMIT :scan
 
--- name: page_all
--- Matching rows between the cursor and the end of the window, newest first.
-SELECT seq, pk, client_id, tenant_id, account_id, status, deferred_ts, priority, batch_code,
-       json_extract(payload, '$.subject'), json_extract(payload, '$.from'),
-       json_extract(payload, '$.to'),
-       created_ts, retry_count, error
-FROM messages INDEXED BY messages_recent
-WHERE (created_ts, seq) < (:c_ts, :c_seq)
-  AND (created_ts, seq) >= (:end_ts, :end_seq) AND {match}
-ORDER BY created_ts DESC, seq DESC LIMIT :limit
-
--- name: window_unusual
--- The scan window: the next :scan positions in listing order (an index-only scan).
-SELECT created_ts, seq FROM messages INDEXED BY messages_unusual
+-- name: source_unusual
+INDEXED BY messages_unusual
 WHERE status IN ('scheduled', 'deferred', 'error', 'bounced', 'suppressed')
   AND (created_ts, seq) < (:c_ts, :c_seq) AND created_ts >= :after
-ORDER BY created_ts DESC, seq DESC LIMIT :scan
-
--- name: page_unusual
--- Matching rows between the cursor and the end of the window, newest first.
-SELECT seq, pk, client_id, tenant_id, account_id, status, deferred_ts, priority, batch_code,
-       json_extract(payload, '$.subject'), json_extract(payload, '$.from'),
-       json_extract(payload, '$.to'),
-       created_ts, retry_count, error
-FROM messages INDEXED BY messages_unusual
-WHERE status IN ('scheduled', 'deferred', 'error', 'bounced', 'suppressed')
-  AND (created_ts, seq) < (:c_ts, :c_seq)
-  AND (created_ts, seq) >= (:end_ts, :end_seq) AND {match}
-ORDER BY created_ts DESC, seq DESC LIMIT :limit
 
 -- name: bound
 -- How many positions the window holds and the oldest of them.
