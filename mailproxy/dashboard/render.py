@@ -133,5 +133,6 @@ def message(detail: MessageDetail) -> dict[str, Any]:
 def rate_row(r: RateRow) -> dict[str, Any]:
     return {"tenant_id": r.tenant_id, "account_id": r.account_id, "waiting": r.waiting,
             "windows": [{"label": w.label, "used": w.used, "limit": w.limit, "full": w.full,
+                         "known": w.used is not None,
                          "width": round(200 * w.ratio, 1), "ratio": w.ratio}
                         for w in r.windows]}

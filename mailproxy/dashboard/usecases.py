@@ -66,18 +66,18 @@ class Overview:
 @dataclass(frozen=True, slots=True)
 class WindowUse:
     label: str
-    used: int
+    used: int | None  # None: not counted (an account without any limit)
     limit: int | None
 
     @property
     def full(self) -> bool:
-        return self.limit is not None and self.used >= self.limit
+        return self.limit is not None and (self.used or 0) >= self.limit
 
     @property
     def ratio(self) -> float:
         if not self.limit:
             return 0.0
-        return min(1.0, self.used / self.limit)
+        return min(1.0, (self.used or 0) / self.limit)
 
 
 @dataclass(frozen=True, slots=True)
@@ -232,6 +232,8 @@ class Dashboard:
     # -- rate usage --------------------------------------------------------------------------
 
     async def rates(self, caller: Caller) -> list[RateRow]:
+        """Sliding-window use (§9.5) where a limit is set; a tenant without limits shows
+        its sends from the per-minute counts instead (whole minutes, so approximate)."""
         now = self.now()
         plan: list[tuple[str, str | None, RateLimits]] = []
         for tenant in await self._tenants(caller):
@@ -242,7 +244,10 @@ class Dashboard:
         used = await self.store.rate_use(scopes, now)
         rows = []
         for (tenant_id, account_id, limits), scope in zip(plan, scopes, strict=True):
-            counts = used.get(scope, (0, 0, 0))
+            counts: tuple[int | None, ...] = used.get(scope, (0, 0, 0))
+            if not limits.windows():
+                counts = (await self._sent_by_minute(tenant_id, now) if account_id is None
+                          else (None, None, None))
             windows = tuple(WindowUse(label, n, _limit(limits, seconds))
                             for (label, seconds), n in zip(WINDOWS, counts, strict=True))
             waiting = 0
@@ -251,6 +256,15 @@ class Dashboard:
             rows.append(RateRow(tenant_id, account_id, windows, waiting))
         _sum_tenant_waiting(rows)
         return rows
+
+    async def _sent_by_minute(self, tenant_id: str, now: int) -> tuple[int, int, int]:
+        found = await self.store.minute_counts(tenant_id, now - 86400)
+        sent = [m for m in found if m.kind == "sent"]
+
+        def within(seconds: int) -> int:
+            return sum(m.n for m in sent if m.minute > now - seconds - 60)
+
+        return within(60), within(3600), within(86400)
 
     # -- bounces -----------------------------------------------------------------------------
 

@@ -172,7 +172,7 @@ async def login_form(request: web.Request) -> web.Response:
     nonce = session.new_login_nonce()
     response = _page("ui/login.html", request, login_csrf=_login_token(request, nonce),
                      problem=None)
-    _set_cookie(response, session.LOGIN_COOKIE, nonce, max_age=1800)
+    _set_cookie(request, response, session.LOGIN_COOKIE, nonce, max_age=1800)
     return response
 
 
@@ -198,7 +198,7 @@ async def login(request: web.Request) -> web.Response:
     cookie = session.issue(dash.service.admin_token, caller.tenant_id,
                            None if caller.admin else hash_token(token), dash.now())
     response = _see_other(f"{PREFIX}/")
-    _set_cookie(response, session.COOKIE, cookie, max_age=session.LIFETIME)
+    _set_cookie(request, response, session.COOKIE, cookie, max_age=session.LIFETIME)
     response.del_cookie(session.LOGIN_COOKIE, path=PREFIX)
     return response
 
@@ -209,9 +209,11 @@ async def logout(request: web.Request) -> web.Response:
     return response
 
 
-def _set_cookie(response: web.Response, name: str, value: str, *, max_age: int) -> None:
+def _set_cookie(request: web.Request, response: web.Response, name: str, value: str, *,
+                max_age: int) -> None:
+    """HttpOnly and SameSite=Strict always; Secure when the dashboard is served over TLS."""
     response.set_cookie(name, value, path=PREFIX, max_age=max_age, httponly=True,
-                        samesite="Strict")
+                        samesite="Strict", secure=request.secure or None)
 
 
 def _text(value: Any) -> str | None:

@@ -258,3 +258,23 @@ async def test_without_bounce_storage_the_page_is_an_empty_state(
     await sign_in(client, ADMIN)
     status, page = await _texts(client, "/ui/bounces")
     assert status == 200 and 'id="bounces-empty"' in page
+
+
+async def test_rate_usage_shows_a_full_window_and_who_waits(api: Api, relay: Relay) -> None:
+    await api.tenant("acme")
+    await api.account(relay, limit_per_minute=2)
+    await api.send(*[message(i) for i in range(3)])
+    await relay.wait_for(2)
+    await sign_in(api.client, ADMIN)
+
+    async def waiting() -> bool:
+        page = (await _texts(api.client, "/ui/rates"))[1]
+        row = re.search(r'data-scope="acme/main">(.*?)</tr>', page, re.S)
+        assert row is not None
+        return "2 / 2" in row.group(1) and 'class="bar full"' in row.group(1) and re.search(
+            r'<td class="num">1</td>', row.group(1)) is not None
+    await eventually(waiting, timeout=10)
+    page = (await _texts(api.client, "/ui/rates"))[1]
+    tenant_row = re.search(r'data-scope="acme/\*">(.*?)</tr>', page, re.S)
+    assert tenant_row is not None and "no limit" in tenant_row.group(1)
+    assert re.search(r'<span class="small">2</span>', tenant_row.group(1))
