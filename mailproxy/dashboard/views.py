@@ -224,7 +224,8 @@ def _text(value: Any) -> str | None:
 
 async def overview(request: web.Request) -> web.Response:
     data = await _dash(request).overview(_caller(request))
-    return _page("ui/overview.html", request, o=render.overview(data))
+    return _page("ui/overview.html", request, o=render.overview(data),
+                 notice=request.query.get("done"))
 
 
 async def overview_fragment(request: web.Request) -> web.Response:
@@ -236,18 +237,21 @@ async def _queue_values(request: web.Request) -> dict[str, Any]:
     text = request.query.get("q", "")
     cursor = request.query.get("after")
     try:
-        _flt, page = await _dash(request).queue(_caller(request), text, cursor)
+        flt, page = await _dash(request).queue(_caller(request), text, cursor)
     except QueryError as exc:
-        return {"q": text, "problem": str(exc), "page": None, "first": cursor is None}
+        return {"q": text, "problem": str(exc), "page": None, "first": cursor is None,
+                "flt": None}
     more = None
     if page.next_cursor is not None:
         more = f"{PREFIX}/queue?" + urlencode({"q": text, "after": page.next_cursor.encode()})
     return {"q": text, "problem": None, "page": page, "more": more, "first": cursor is None,
+            "flt": flt,
             "fragment_url": f"{PREFIX}/fragments/queue?" + urlencode({"q": text})}
 
 
 async def queue(request: web.Request) -> web.Response:
-    return _page("ui/queue.html", request, **await _queue_values(request))
+    return _page("ui/queue.html", request, notice=request.query.get("done"),
+                 here=request.path_qs, **await _queue_values(request))
 
 
 async def queue_fragment(request: web.Request) -> web.Response:
@@ -298,10 +302,10 @@ async def suspension(request: web.Request) -> web.Response:
         raise InvalidRequest("mode must be suspend or activate")
     await _dash(request).suspend(_caller(request), tenant_id, batch, mode == "suspend")
     back = _text(form.get("next")) or f"{PREFIX}/"
-    if not back.startswith(f"{PREFIX}/") or "?" in back:
+    if not back.startswith(f"{PREFIX}/") or "\n" in back or "\r" in back:
         back = f"{PREFIX}/"
     what = f"{mode}d batch {batch}" if batch else f"{mode}d tenant {tenant_id}"
-    return _see_other(back + "?" + urlencode({"done": what}))
+    return _see_other(back + ("&" if "?" in back else "?") + urlencode({"done": what}))
 
 
 async def rates(request: web.Request) -> web.Response:

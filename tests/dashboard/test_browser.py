@@ -98,6 +98,10 @@ async def test_operator_journey(browser: Any, server: Server, relay: Relay) -> N
     ids = await page.locator("#messages a.mono").all_text_contents()
     assert sorted(ids) == ["m2", "mlive"]
     await page.screenshot(path=shot("queue-light"), full_page=True)
+    await page.click("#queue-activate-batch")
+    await page.wait_for_selector("#notice")
+    assert (await server.api("GET", "/tenant/acme"))["suspended_batches"] == []
+    assert "batch%3Aspring" in page.url  # back on the same filtered page
 
     # a message page with its attempts (451 from the relay, retried)
     await page.click("text=m2")
