@@ -167,7 +167,8 @@ async def drop_schema(db: str, schema: str) -> None:
 async def main(args: argparse.Namespace) -> None:
     print("host: shared (other engineers' tests may run at the same time)", flush=True)
     with running_sink() as sink:
-        await renders(args, sink.port, "sqlite")
+        if not args.only_pg:
+            await renders(args, sink.port, "sqlite")
         if not args.no_pg:
             schema = "bench_dash_" + uuid.uuid4().hex[:8]
             try:
@@ -177,7 +178,8 @@ async def main(args: argparse.Namespace) -> None:
                                "GMP_ENCRYPTION_KEY": key})
             finally:
                 await drop_schema(args.pg, schema)
-        await polling_cost(args, sink, sink.port)
+        if not args.only_pg:
+            await polling_cost(args, sink, sink.port)
 
 
 if __name__ == "__main__":
@@ -188,4 +190,5 @@ if __name__ == "__main__":
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--pg", default="postgresql://postgres@127.0.0.1:5432/test")
     parser.add_argument("--no-pg", action="store_true")
+    parser.add_argument("--only-pg", action="store_true", help="PostgreSQL render times only")
     asyncio.run(main(parser.parse_args()))

@@ -102,11 +102,16 @@ class Dashboard:
 
     # -- overview ----------------------------------------------------------------------------
 
-    async def overview(self, caller: Caller) -> Overview:
-        now = self.now()
+    async def _maintain(self, now: int) -> None:
+        """Fold counter shards, prune old minutes (and analyze a fresh database), at most
+        every MAINTAIN_EVERY seconds, on the first page of a session onwards."""
         if now - self._maintained >= MAINTAIN_EVERY:
             self._maintained = now
             await self.store.maintain(now)
+
+    async def overview(self, caller: Caller) -> Overview:
+        now = self.now()
+        await self._maintain(now)
         per_tenant = await self.store.status_counts(caller.tenant_id, now)
         totals = dict.fromkeys(STATUSES, 0)
         for counts in per_tenant.values():
@@ -160,6 +165,7 @@ class Dashboard:
 
     async def queue(self, caller: Caller, text: str, cursor: str | None) -> tuple[Filter, Page]:
         flt = self.filter_for(caller, text)
+        await self._maintain(self.now())
         reads_payload = bool(flt.to or flt.sender or flt.text)
         page = await self.store.page(flt, self.now(), Cursor.decode(cursor), PAGE_SIZE,
                                      TEXT_SCAN_WINDOW if reads_payload else SCAN_WINDOW)

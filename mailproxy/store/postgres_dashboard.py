@@ -119,6 +119,12 @@ class PostgresDashboard:
         return int(found[0][0])
 
     async def maintain(self, now: int) -> None:
+        async def analyze(c: Conn) -> None:
+            if await c.fetchval(Q["never_analyzed"].text):
+                await c.execute("ANALYZE messages")
+
+        await self._store.run_read(analyze)
+
         async def op(c: Conn) -> None:
             if not await c.fetchval(Q["fold_lock"].text):
                 return
