@@ -25,10 +25,12 @@ GROUP BY minute, kind;
 
 -- name: oldest_waiting
 SELECT min(created_ts) FROM (
+    -- A range on priority, not an equality: with priority pinned the planner reads the
+    -- ORDER BY as seq alone and walks the primary key; this way only messages_ready serves it.
     SELECT (SELECT m.created_ts FROM messages m
             WHERE m.queued = 1 AND m.tenant_id = a.tenant_id AND m.account_id = a.id
-              AND m.priority = p
-            ORDER BY m.seq LIMIT 1) AS created_ts
+              AND m.priority BETWEEN p AND p
+            ORDER BY m.priority, m.seq LIMIT 1) AS created_ts
     FROM accounts a CROSS JOIN generate_series(0, 3) AS p
     WHERE :tenant_id::text IS NULL OR a.tenant_id = :tenant_id
     UNION ALL
