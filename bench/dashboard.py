@@ -6,7 +6,7 @@ Usage: python bench/dashboard.py [--queued 100000] [--loads 50] [--messages 1000
 
 Render time is measured by a client on loopback from request to last byte, so it is an upper
 bound of the server-side time. The polling figure alternates rounds without and with the 5
-pollers (medians), each poller fetching the overview and queue fragments every 3 s with
+pollers (medians), each poller fetching the overview and queue fragments every 5 s with
 If-None-Match, as the browser page does.
 """
 
@@ -114,25 +114,36 @@ async def poller(url: str, stop: asyncio.Event) -> None:
                     if resp.status == 200:
                         etags[path] = resp.headers["ETag"]
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), 3)
+                await asyncio.wait_for(stop.wait(), 5)
     finally:
         await session.close()
 
 
-async def send_rate(url: str, sink: object, start: int, count: int, pollers: int) -> float:
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU of a process so far (less disturbed by a busy host than a rate)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+async def send_rate(url: str, sink: object, start: int, count: int, pollers: int,
+                    pid: int) -> tuple[float, float]:
+    """(messages per second, server CPU milliseconds per message) of one round."""
     stop = asyncio.Event()
     await asyncio.sleep(2)  # the previous round's tail (outcomes, reports) settles first
     tasks = [asyncio.create_task(poller(url, stop)) for _ in range(pollers)]
     await asyncio.sleep(0.5)
     base = sink.received  # type: ignore[attr-defined]
+    cpu = cpu_seconds(pid)
     async with aiohttp.ClientSession() as session:
         began = time.perf_counter()
         await post_batches(session, url, start, count, batch=500)
         await wait_received(sink, base + count)
         rate = count / (time.perf_counter() - began)
+    cpu_ms = (cpu_seconds(pid) - cpu) * 1000 / count
     stop.set()
     await asyncio.gather(*tasks)
-    return rate
+    print(f"  round: {pollers} pollers, {rate:,.0f} msgs/s, {cpu_ms:.3f} ms CPU/msg", flush=True)
+    return rate, cpu_ms
 
 
 async def polling_cost(args: argparse.Namespace, sink: object, sink_port: int) -> None:
@@ -140,18 +151,26 @@ async def polling_cost(args: argparse.Namespace, sink: object, sink_port: int) -
     try:
         async with aiohttp.ClientSession() as session:
             await setup_tenant(session, server.url, sink_port)
-        quiet: list[float] = []
-        polled: list[float] = []
+        quiet: list[tuple[float, float]] = []
+        polled: list[tuple[float, float]] = []
+        assert server.proc is not None
         start = 1_000_000
         for round_ in range(args.rounds):
             order = ((0, quiet), (5, polled)) if round_ % 2 == 0 else ((5, polled), (0, quiet))
             for pollers, into in order:
-                into.append(await send_rate(server.url, sink, start, args.messages, pollers))
+                into.append(await send_rate(server.url, sink, start, args.messages, pollers,
+                                            server.proc.pid))
                 start += args.messages
-        base, with_ui = statistics.median(quiet), statistics.median(polled)
+        base = statistics.median(r for r, _ in quiet)
+        with_ui = statistics.median(r for r, _ in polled)
         figure("e2e send rate, no dashboard (median)", base, "msgs/s")
         figure("e2e send rate, 5 dashboards polling", with_ui, "msgs/s",
                f"ratio {with_ui / base:.3f}; limit >= 0.95")
+        cpu_base = statistics.median(c for _, c in quiet)
+        cpu_ui = statistics.median(c for _, c in polled)
+        figure("server CPU per message, no dashboard", cpu_base, "ms")
+        figure("server CPU per message, 5 dashboards", cpu_ui, "ms",
+               f"ratio {cpu_ui / cpu_base:.3f}")
     finally:
         server.stop()
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 import re
 import secrets
 from collections.abc import Awaitable, Callable
@@ -156,13 +157,20 @@ def _page(template: str, request: web.Request, **values: Any) -> web.Response:
 
 
 def _fragment(template: str, request: web.Request, **values: Any) -> web.Response:
-    """A polled fragment with an ETag: 304 when the client already has this content."""
+    """A polled fragment with an ETag: 304 when the client already has this content.
+
+    The tag is a digest of the values the template shows (and of the session it renders
+    for), so an unchanged fragment is answered before any rendering.
+    """
     env = aiohttp_jinja2.get_env(request.app)
-    body = env.get_template(template).render(_context(request, **values)).encode()
-    etag = '"' + hashlib.sha256(body).hexdigest()[:32] + '"'
+    compiled = env.get_template(template)  # cached; its file's mtime marks a new template
+    stamp = os.stat(compiled.filename).st_mtime_ns if compiled.filename else 0
+    seed = repr((template, stamp, sorted(values.items()), request.get(SESSION)))
+    etag = '"' + hashlib.sha256(seed.encode()).hexdigest()[:32] + '"'
     headers = {"ETag": etag, "Cache-Control": "no-cache, private", "Vary": "Cookie"}
     if request.headers.get("If-None-Match") == etag:
         return web.Response(status=304, headers=headers)
+    body = compiled.render(_context(request, **values)).encode()
     return web.Response(body=body, content_type="text/html", charset="utf-8", headers=headers)
 
 

@@ -64,11 +64,21 @@ def compose(raw: dict[str, str]) -> dict[str, str]:
     return texts
 
 
-def end_args(end: Sequence[Any] | None) -> dict[str, Any]:
+def end_args(end: Sequence[Any] | None, bounded: bool = True) -> dict[str, Any]:
     """The window's oldest position (inclusive) for the page query."""
+    if not bounded:
+        return {"end_ts": -1.0, "end_seq": 0}
     if end is None:
         return {"end_ts": FAR_FUTURE, "end_seq": 0}  # an empty window: nothing matches
     return {"end_ts": float(end[1]), "end_seq": int(end[2])}
+
+
+def needs_bound(flt: Filter) -> bool:
+    """Whether rows of the walked index may fail the filter (then the scan is bounded);
+    a tenant's or everyone's listing without other terms takes the first rows as they come."""
+    rest = (flt.pk, flt.to, flt.sender, flt.account_id, flt.status, flt.batch_code,
+            flt.priority, flt.text)
+    return any(v is not None for v in rest)
 
 
 def scan_args(flt: Filter, cursor: Cursor | None, scan: int) -> dict[str, Any]:
@@ -145,10 +155,12 @@ def display_counts(counts: Sequence[Sequence[Any]], due: Sequence[Sequence[Any]]
 
 def page(found: Sequence[Sequence[Any]], end: Sequence[Any] | None, limit: int, scan: int,
          now: int) -> Page:
+    """end is None for an unbounded scan: every row matched, so fewer than the limit means
+    the listing ended."""
     rows = tuple(message_row(r, now) for r in found[:limit])
     if len(found) > limit:
         last = rows[-1]
-        return Page(rows, Cursor(last.created_ts, last.seq), scan, partial=False)
+        return Page(rows, Cursor(last.created_ts, last.seq), len(found), partial=False)
     if end is None or int(end[0]) < scan:  # the window reached the oldest message
         return Page(rows, None, 0 if end is None else int(end[0]), partial=False)
     return Page(rows, Cursor(float(end[1]), int(end[2])), scan, partial=True)

@@ -55,10 +55,12 @@ class PostgresDashboard:
         name = dr.scan_name(flt)
         args = {**dr.match_args(flt, now), **dr.scan_args(flt, cursor, scan), "limit": limit + 1}
 
+        bounded = dr.needs_bound(flt)
+
         async def op(c: Conn) -> tuple[list[Any], Any]:
-            bound = await _fetch(c, f"bound:{name}", args)
+            bound = await _fetch(c, f"bound:{name}", args) if bounded else []
             end = bound[0] if bound else None
-            return await _fetch(c, f"page:{name}", {**args, **dr.end_args(end)}), end
+            return await _fetch(c, f"page:{name}", {**args, **dr.end_args(end, bounded)}), end
 
         found, end = await self._store.run_read(op)
         return dr.page(found, end, limit, scan, now)

@@ -53,9 +53,12 @@ class SqliteDashboard:
         name = dr.scan_name(flt)
         args = {**dr.match_args(flt, now), **dr.scan_args(flt, cursor, scan), "limit": limit + 1}
 
+        bounded = dr.needs_bound(flt)
+
         def op(c: sqlite3.Connection) -> tuple[list[Any], Any]:
-            end = c.execute(Q[f"bound:{name}"], args).fetchone()
-            found = c.execute(Q[f"page:{name}"], {**args, **dr.end_args(end)}).fetchall()
+            end = c.execute(Q[f"bound:{name}"], args).fetchone() if bounded else None
+            found = c.execute(Q[f"page:{name}"], {**args, **dr.end_args(end, bounded)}
+                              ).fetchall()
             return found, end
 
         found, end = await self._store.run_read(op)

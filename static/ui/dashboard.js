@@ -2,7 +2,7 @@
 // Loaded from 'self' under a strict CSP: no inline script, no eval.
 (function () {
   "use strict";
-  var POLL_MS = 3000;
+  var POLL_MS = 5000;
   var etags = new WeakMap();
   var chart = null;
 

@@ -278,3 +278,30 @@ async def test_rate_usage_shows_a_full_window_and_who_waits(api: Api, relay: Rel
     tenant_row = re.search(r'data-scope="acme/\*">(.*?)</tr>', page, re.S)
     assert tenant_row is not None and "no limit" in tenant_row.group(1)
     assert re.search(r'<span class="small">2</span>', tenant_row.group(1))
+
+
+async def test_retry_now_makes_a_deferred_message_due(api: Api, relay: Relay) -> None:
+    await api.tenant("acme")
+    await api.account(relay)
+    relay.rcpt_replies["slow@example.org"] = "451 4.7.1 try later"
+    await api.send(message(1, to=["slow@example.org"]))
+
+    async def deferred() -> bool:
+        return (await api.messages())[0]["status"] == "deferred"
+    await eventually(deferred)
+    pk = (await api.messages())[0]["pk"]
+    relay.rcpt_replies.clear()
+    csrf = await sign_in(api.client, ADMIN)
+    _status, page = await _texts(api.client, f"/ui/messages/{pk}")
+    assert 'id="retry"' in page and 'data-countdown="' in page
+    async with api.client.post(f"/ui/messages/{pk}/retry", data={"csrf": csrf},
+                               allow_redirects=False) as resp:
+        assert resp.status == 303 and resp.headers["Location"].endswith("?done=retry")
+
+    async def sent() -> bool:
+        return (await api.messages())[0]["status"] == "sent"
+    await eventually(sent, timeout=10)
+    async with api.client.post(f"/ui/messages/{pk}/retry", data={"csrf": csrf}) as resp:
+        assert resp.status == 400 and "cannot retry a message that is sent" in await resp.text()
+    log = await api.ok("GET", "/command-log", params={"endpoint_filter": "/retry"})
+    assert log["commands"][0]["payload"] == {"pk": pk, "action": "retry", "via": "dashboard"}
