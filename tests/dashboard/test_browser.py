@@ -172,6 +172,23 @@ async def test_dark_mode_and_tenant_isolation(browser: Any, server: Server,
     await page.wait_for_function(
         "Number(document.querySelector('#count-sent .n').textContent) === 1", timeout=WAIT)
     await page.screenshot(path=shot("overview-dark"), full_page=True)
+
+    # polling stops while the tab is hidden and resumes when it is shown again
+    polls: list[str] = []
+    page.on("request", lambda r: polls.append(r.url) if "/fragments/" in r.url else None)
+    await page.wait_for_timeout(5500)
+    assert polls, "the overview polls while visible"
+    await page.evaluate("""Object.defineProperty(document, 'visibilityState',
+                           {configurable: true, get: () => 'hidden'})""")
+    await page.wait_for_timeout(200)
+    polls.clear()
+    await page.wait_for_timeout(11_000)
+    assert polls == []
+    await page.evaluate("""Object.defineProperty(document, 'visibilityState',
+                           {configurable: true, get: () => 'visible'});
+                           document.dispatchEvent(new Event('visibilitychange'))""")
+    await page.wait_for_timeout(1000)
+    assert len(polls) == 1
     await page.goto(server.url + "/ui/queue")
     assert await page.locator("#messages a.mono").all_text_contents() == ["m2"]
     assert "acme private" not in await page.content()
