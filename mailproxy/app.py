@@ -25,6 +25,10 @@ from mailproxy.bounces.pec_runner import PecRunner
 from mailproxy.bounces.runner import BounceRunner, Handling
 from mailproxy.bounces.service import BounceService, SuppressionCheck, SuppressionFilter
 from mailproxy.config import Settings
+from mailproxy.dashboard import views as dashboard_views
+from mailproxy.dashboard.bounce_source import ServiceBounces
+from mailproxy.dashboard.port import BounceSource, NoBounces
+from mailproxy.dashboard.usecases import Dashboard, Listener
 from mailproxy.delivery import SmtpPool
 from mailproxy.errors import ConfigError
 from mailproxy.ingress import http, smtp
@@ -37,7 +41,7 @@ from mailproxy.offload.service import Offloader
 from mailproxy.policy import RetryPolicy
 from mailproxy.reports import Reporter, ReporterSettings
 from mailproxy.service import Clock, MailService, Store, SystemClock, WakeSource
-from mailproxy.store import open_bounce_store, open_store, rows
+from mailproxy.store import open_bounce_store, open_dashboard_store, open_store, rows
 from mailproxy.store.offload_index import offload_index
 from mailproxy.submission import AuthThrottle, SmtpSubmission
 from mailproxy.tokens import new_token
@@ -273,6 +277,7 @@ def make_app(parts: Parts) -> web.Application:
     app[http.METRICS] = parts.metrics
     app[OFFLOADER] = parts.offloader
     http.add_routes(app)
+    dashboard_views.setup(app, _dashboard(parts))
 
     async def lifetime(_app: web.Application) -> AsyncIterator[None]:
         await parts.fetcher.start()
@@ -315,6 +320,22 @@ def make_app(parts: Parts) -> web.Application:
     return app
 
 
+def _dashboard(parts: Parts) -> Dashboard:
+    settings = parts.settings
+
+    def listeners() -> list[Listener]:
+        found = [Listener("HTTP", f"{settings.host}:{settings.port}", True)]
+        smtp_on = parts.listener is not None and parts.listener.serving
+        found.append(Listener("SMTP", f"{settings.smtp_host}:{settings.smtp_port}"
+                              if settings.smtp_port else "disabled", smtp_on))
+        return found
+
+    bounces: BounceSource = NoBounces() if parts.bounces is None else ServiceBounces(
+        parts.bounces)
+    return Dashboard(open_dashboard_store(parts.store), parts.service, bounces,
+                     listeners=listeners, worker_active=lambda: bool(parts.worker.active))
+
+
 async def serve(settings: Settings) -> None:
     """Run until SIGTERM/SIGINT, then shut down gracefully."""
     parts = await build(settings)
@@ -330,8 +351,8 @@ async def serve(settings: Settings) -> None:
     log.info("mail-proxy %s listening on http://%s:%d (instance %s, database %s)",
              parts.instance_id, settings.host, settings.port, parts.instance_id,
              _db_label(settings))
-    log.info("API reference: http://%s:%d%s", _browsable(settings.host), settings.port,
-             http.HOME)
+    log.info("API reference: http://%s:%d/docs", _browsable(settings.host), settings.port)
+    log.info("dashboard: http://%s:%d/ui/", _browsable(settings.host), settings.port)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -654,8 +654,8 @@ async def _may_scrape(request: web.Request, token: str) -> bool:
         return False
 
 
-# Where a browser opening the server's root is sent.
-HOME = "/docs"
+# Where a browser opening the server's root is sent: the dashboard (its sign-in when signed out).
+HOME = "/ui/"
 
 
 @documented(Spec("302 to the human API reference (a browser lands on HTML)", "public",

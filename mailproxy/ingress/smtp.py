@@ -289,6 +289,11 @@ class SmtpListener:
         self.sessions: set[SubmissionSMTP] = set()
         self._servers: list[asyncio.Server] = []
 
+    @property
+    def serving(self) -> bool:
+        """Whether a listening socket is open (the dashboard shows it)."""
+        return any(server.is_serving() for server in self._servers)
+
     async def start(self) -> None:
         _quiet_protocol_logger()
         config = self.config

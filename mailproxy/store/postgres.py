@@ -353,6 +353,14 @@ class PostgresStore:
         atomic by itself, and a read is safe to repeat after a lost connection."""
         return await self._run(fn, transaction=False)
 
+    async def run_read(self, fn: Callable[[Conn], Awaitable[T]]) -> T:
+        """For companion stores (the dashboard): one read on a pooled connection."""
+        return await self._read(fn)
+
+    async def run_write(self, fn: Callable[[Conn], Awaitable[T]]) -> T:
+        """For companion stores: fn in one transaction, retried like the store's own."""
+        return await self._run(fn)
+
     async def _attempt(self, fn: Callable[[Conn], Awaitable[T]], transaction: bool) -> T:
         pool = self._pool
         if pool is None:

@@ -220,6 +220,14 @@ class SqliteStore:
             raise
         return out
 
+    async def run_read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """For companion stores (the dashboard): fn on the reader connection."""
+        return await self._read(fn)
+
+    async def run_write(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """For companion stores: fn in the group-committed write transaction."""
+        return await self._write(fn)
+
     # -- meta --------------------------------------------------------------------------------
 
     async def ping(self) -> None:

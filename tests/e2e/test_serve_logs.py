@@ -63,7 +63,7 @@ async def test_json_log_lines_carry_the_delivery_fields(tmp_path: Path, relay: R
     assert any(f"http://127.0.0.1:{server.port}/docs" in r["message"] for r in records)
 
 
-async def test_start_up_names_the_docs_url_and_the_root_redirects_there(
+async def test_start_up_names_the_urls_and_the_root_redirects_to_the_dashboard(
         tmp_path: Path) -> None:
     server = ServeProcess(tmp_path / "data", GMP_LOG_LEVEL="INFO")
     server.start()
@@ -72,9 +72,9 @@ async def test_start_up_names_the_docs_url_and_the_root_redirects_there(
             await server.ready(session)
             async with session.get(server.url + "/", allow_redirects=False) as resp:
                 assert resp.status == 302
-                assert resp.headers["Location"] == "/docs"
+                assert resp.headers["Location"] == "/ui/"
             async with session.get(server.url + "/", headers={"X-API-Token": TOKEN}) as resp:
-                assert resp.status == 200  # followed to the docs page
+                assert resp.status == 200  # followed to the dashboard sign-in page
                 assert resp.content_type == "text/html"
     finally:
         assert server.stop() == 0
