@@ -92,8 +92,9 @@ class _LeanSmtp(asyncio.Protocol):
     EHLO = (b"250-sink\r\n250-SIZE 52428800\r\n250-8BITMIME\r\n250-SMTPUTF8\r\n"
             b"250-PIPELINING\r\n250 ENHANCEDSTATUSCODES\r\n")
 
-    def __init__(self, accept: Any) -> None:
+    def __init__(self, accept: Any, delay: float = 0.0) -> None:
         self.accept = accept  # called with each message's content
+        self.delay = delay  # seconds before each batch of replies leaves: a relay's distance
         self.buffer = bytearray()
         self.in_data = False
         self.scanned = 0  # how much of the content was searched for its end already
@@ -141,16 +142,24 @@ class _LeanSmtp(asyncio.Protocol):
                 return
             else:
                 replies.append(b"502 5.5.2 Command not implemented\r\n")
-        if replies:
+        if replies and self.delay:
+            asyncio.get_running_loop().call_later(self.delay, self._send, b"".join(replies))
+        elif replies:
             self.transport.write(b"".join(replies))
 
+    def _send(self, data: bytes) -> None:
+        if not self.transport.is_closing():
+            self.transport.write(data)
 
-def _lean_sink_main(port: int, counter: Any, ready: Any, distinct: Any = None) -> None:
+
+def _lean_sink_main(port: int, counter: Any, ready: Any, distinct: Any = None,
+                    delay: float = 0.0) -> None:
     accept = _counting(counter, distinct)
 
     async def serve() -> None:
         loop = asyncio.get_running_loop()
-        server = await loop.create_server(lambda: _LeanSmtp(accept), "127.0.0.1", port)
+        server = await loop.create_server(lambda: _LeanSmtp(accept, delay), "127.0.0.1",
+                                          port)
         ready.set()
         stop = asyncio.Event()
         loop.add_signal_handler(signal.SIGTERM, stop.set)
@@ -179,12 +188,14 @@ class Sink:
     count_ids: bool = False
     seen: Any = field(default_factory=lambda: mp.Value("q", 0))
     lean: bool = False
+    delay: float = 0.0  # lean only: seconds each reply is held back, as by a network RTT
 
     def start(self) -> Sink:
         ready = mp.Event()
         distinct = self.seen if self.count_ids else None
+        args = (self.port, self.counter, ready, distinct, *((self.delay,) if self.lean else ()))
         self.proc = mp.Process(target=_lean_sink_main if self.lean else _sink_main,
-                               args=(self.port, self.counter, ready, distinct), daemon=True)
+                               args=args, daemon=True)
         self.proc.start()
         ready.wait(10)
         return self
@@ -290,8 +301,9 @@ class Server:
 
 
 @contextlib.contextmanager
-def running_sink(count_ids: bool = False, lean: bool = False) -> Iterator[Sink]:
-    sink = Sink(count_ids=count_ids, lean=lean).start()
+def running_sink(count_ids: bool = False, lean: bool = False, delay: float = 0.0
+                 ) -> Iterator[Sink]:
+    sink = Sink(count_ids=count_ids, lean=lean, delay=delay).start()
     try:
         yield sink
     finally:
