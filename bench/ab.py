@@ -59,7 +59,7 @@ async def one(checkout: str, sink: object, messages: int) -> dict[str, float]:
 
 
 async def main(args: argparse.Namespace) -> None:
-    checkouts = {"base": str(Path(args.base).resolve()), "new": str(Path(args.new).resolve())}
+    checkouts = {"base": args.base, "new": args.new}  # PYTHONPATH values
     results: dict[str, list[dict[str, float]]] = {name: [] for name in checkouts}
     raws: list[float] = []
     delay = args.rtt_ms / 1000
@@ -88,7 +88,8 @@ async def main(args: argparse.Namespace) -> None:
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser()
-    parser.add_argument("--base", required=True, help="the checkout to compare against")
+    parser.add_argument("--base", required=True,
+                        help="PYTHONPATH of the checkout to compare against")
     parser.add_argument("--new", default=str(HERE), help="the checkout under test")
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--messages", type=int, default=10_000)
