@@ -362,3 +362,82 @@ async def single_latency(session: aiohttp.ClientSession, urls: Sequence[str], pr
 def pct(values: list[float], p: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(len(ordered) * p))]
+
+
+# -- the limits of the building blocks, measured in the same run ---------------------------
+
+SCHEMA = Path(__file__).resolve().parents[1] / "mailproxy" / "store" / "sql" / "sqlite"
+
+
+def raw_sqlite_insert_rate(rows: int = 20_000, batch: int = 1000) -> float:
+    """Rows/s of plain sqlite3 inserting the REST bench's rows into mail-proxy's own schema
+    (same indexes), WAL with synchronous=FULL, `batch` rows per transaction: what batched
+    ingest would cost with nothing but the database."""
+    import json
+    import sqlite3
+    import uuid
+
+    with tempfile.TemporaryDirectory(prefix="mailproxy-rawsql-") as tmp:
+        conn = sqlite3.connect(Path(tmp) / "raw.db", isolation_level=None)
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA synchronous=FULL")
+        for migration in sorted(SCHEMA.glob("[0-9][0-9][0-9]_*.sql")):
+            conn.executescript(migration.read_text())
+        sql = ("INSERT INTO messages (pk, tenant_id, client_id, account_id, status, queued, "
+               "priority, payload, created_ts, updated_ts) "
+               "VALUES (?, 'bench', ?, 'main', 'pending', 1, 2, ?, ?, ?)")
+        payloads = [(f"r{i}", json.dumps(rest_message(i))) for i in range(rows)]
+        began = time.perf_counter()
+        for first in range(0, rows, batch):
+            conn.execute("BEGIN IMMEDIATE")
+            now = time.time()
+            conn.executemany(sql, [(uuid.uuid4().hex, cid, body, now, now)
+                                   for cid, body in payloads[first:first + batch]])
+            conn.execute("COMMIT")
+        elapsed = time.perf_counter() - began
+        conn.close()
+    return rows / elapsed
+
+
+def _bare_http_main(port: int, ready: Any) -> None:
+    from aiohttp import web
+
+    async def add(request: web.Request) -> web.Response:
+        body = await request.json()
+        return web.json_response({"ok": True, "queued": [m["id"] for m in body["messages"]]})
+
+    async def serve() -> None:
+        app = web.Application()
+        app.router.add_post("/commands/add-messages", add)
+        runner = web.AppRunner(app, access_log=None)
+        await runner.setup()
+        await web.TCPSite(runner, "127.0.0.1", port).start()
+        ready.set()
+        stop = asyncio.Event()
+        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
+        await stop.wait()
+        await runner.cleanup()
+
+    try:
+        import uvloop
+    except ImportError:
+        asyncio.run(serve())
+    else:
+        uvloop.run(serve())
+
+
+async def bare_json_latency(session: aiohttp.ClientSession, total: int = 4000
+                            ) -> list[float]:
+    """single_latency against a bare aiohttp JSON endpoint (parse, answer, nothing else) in
+    its own process: the floor of one enqueue's latency on this machine."""
+    port = free_port()
+    ready = mp.Event()
+    proc = mp.Process(target=_bare_http_main, args=(port, ready), daemon=True)
+    proc.start()
+    try:
+        ready.wait(10)
+        return await single_latency(session, [f"http://127.0.0.1:{port}"], "bare", total)
+    finally:
+        if proc.pid is not None:
+            os.kill(proc.pid, signal.SIGTERM)
+        proc.join(5)
