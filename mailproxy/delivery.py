@@ -166,8 +166,8 @@ async def _login(smtp: aiosmtplib.SMTP, account: Account) -> None:
 class _Conn:
     """One pooled connection and what its relay advertised."""
 
-    __slots__ = ("broken", "eightbit", "last_used", "pipelining", "size", "smtp", "smtputf8",
-                 "uses")
+    __slots__ = ("broken", "chunking", "eightbit", "last_used", "pipelining", "size", "smtp",
+                 "smtputf8", "uses")
 
     def __init__(self, smtp: aiosmtplib.SMTP, now: float) -> None:
         self.smtp = smtp
@@ -178,6 +178,7 @@ class _Conn:
         self.eightbit = smtp.supports_extension("8bitmime")
         self.size = smtp.supports_extension("size")
         self.pipelining = smtp.supports_extension("pipelining")
+        self.chunking = smtp.supports_extension("chunking")
 
 
 class _AccountPool:
@@ -246,12 +247,11 @@ class SmtpPool:
         """
         _check_addresses(sender, recipients, smtputf8)
         payload = _normalise(data)
-        size, content = len(payload), _data_content(payload)
         retried = False
         while True:
             pool, conn = await self._acquire(account)
             try:
-                return await self._deliver(conn, sender, recipients, size, content, smtputf8,
+                return await self._deliver(conn, sender, recipients, payload, smtputf8,
                                            eightbit)
             except _StaleConnection as stale:
                 # A reused connection died before the relay answered anything: nothing was
@@ -459,8 +459,7 @@ class SmtpPool:
         conn: _Conn,
         sender: str,
         recipients: Sequence[str],
-        size: int,
-        content: bytes,
+        payload: bytes,
         smtputf8: bool,
         eightbit: bool,
     ) -> tuple[RecipientFailure, ...]:
@@ -468,14 +467,14 @@ class SmtpPool:
             raise PermanentFailure("relay does not support SMTPUTF8")
         if eightbit and not conn.eightbit:
             raise PermanentFailure("relay does not support 8BITMIME")
-        options = [f"SIZE={size}"] if conn.size else []
+        options = [f"SIZE={len(payload)}"] if conn.size else []
         if eightbit:
             options.append("BODY=8BITMIME")
         if smtputf8:
             options.append("SMTPUTF8")
         progress = _Progress()
         try:
-            return await self._transfer(conn, sender, recipients, content, options, progress)
+            return await self._transfer(conn, sender, recipients, payload, options, progress)
         except DeliveryError:
             await self._reset(conn, progress)
             raise
@@ -497,7 +496,7 @@ class SmtpPool:
         conn: _Conn,
         sender: str,
         recipients: Sequence[str],
-        content: bytes,
+        payload: bytes,
         options: list[str],
         progress: _Progress,
     ) -> tuple[RecipientFailure, ...]:
@@ -508,21 +507,27 @@ class SmtpPool:
         mail = b" ".join([b"MAIL FROM:<" + sender.encode(encoding) + b">",
                           *(option.encode("ascii") for option in options)])
         rcpts = [b"RCPT TO:<" + address.encode(encoding) + b">" for address in recipients]
+        # With CHUNKING (RFC 3030) the content goes out in the same write as the commands,
+        # length-delimited by BDAT: one round trip. Otherwise it follows DATA's 354.
+        chunked = conn.pipelining and conn.chunking
+        last, tail = (b"BDAT %d LAST" % len(payload), payload) if chunked else (b"DATA", b"")
         async with asyncio.timeout(self._send_timeout):
             exchange = open_exchange(conn.smtp, conn.pipelining)
             try:
-                exchange.send([mail, *rcpts, b"DATA"])
+                exchange.send([mail, *rcpts, last], tail)
                 try:
-                    refused = await _envelope(exchange, conn.smtp, recipients, progress)
+                    refused = await _envelope(exchange, conn.smtp, recipients, progress,
+                                              250 if chunked else 354)
                 except (DeliveryError, aiosmtplib.SMTPResponseException):
                     if not await exchange.settle():
                         conn.broken = True
                     raise
-                reply = await exchange.content(content)
+                if not chunked:
+                    reply = await exchange.content(_data_content(payload))
+                    if reply.code != 250:
+                        raise _reply_failure(reply.code, reply.message)
             finally:
                 exchange.release()
-            if reply.code != 250:
-                raise _reply_failure(reply.code, reply.message)
         progress.mail_accepted = False
         return refused
 
@@ -542,8 +547,10 @@ class SmtpPool:
 
 async def _envelope(
     exchange: Exchange, smtp: aiosmtplib.SMTP, recipients: Sequence[str], progress: _Progress,
+    last_code: int,
 ) -> tuple[RecipientFailure, ...]:
-    """The replies to MAIL, each RCPT and DATA, in order; the refused recipients."""
+    """The replies to MAIL, each RCPT and the last command (DATA: 354, BDAT LAST: 250), in
+    order; the refused recipients."""
     reply = await exchange.reply()
     if reply.code != 250:
         raise _reply_failure(reply.code, reply.message)
@@ -560,7 +567,7 @@ async def _envelope(
     if len(refused) == len(recipients):
         raise _all_refused(refused)
     reply = await exchange.reply()
-    if reply.code != 354:
+    if reply.code != last_code:
         raise _reply_failure(reply.code, reply.message)
     return tuple(refused)
 

@@ -7,8 +7,10 @@ which parses every reply in the order it arrives, and hands it back afterwards: 
 keeps connecting, TLS, STARTTLS, AUTH, EHLO parsing, NOOP, RSET and QUIT.
 
 MAIL, every RCPT and DATA go out in one write and their replies are read in order; the
-content follows the 354 (RFC 2920 §3.1: DATA ends a group). Both exchanges raise
-aiosmtplib's own exceptions, so that delivery.py classifies failures the same either way.
+content follows the 354 (RFC 2920 §3.1: DATA ends a group). With CHUNKING (RFC 3030) the
+group ends with BDAT <size> LAST and the content itself, so one write carries it all.
+Both exchanges raise aiosmtplib's own exceptions, so that delivery.py classifies failures
+the same either way.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ MAX_REPLY = MAX_LINE * 4  # a reply with all its continuation lines
 class Exchange(Protocol):
     """Commands of one transaction and their replies, in order."""
 
-    def send(self, commands: Sequence[bytes]) -> None: ...
+    def send(self, commands: Sequence[bytes], tail: bytes = b"") -> None: ...
 
     async def reply(self) -> aiosmtplib.SMTPResponse: ...
 
@@ -52,7 +54,9 @@ class OneByOne:
         self._smtp = smtp
         self._commands: collections.deque[bytes] = collections.deque()
 
-    def send(self, commands: Sequence[bytes]) -> None:
+    def send(self, commands: Sequence[bytes], tail: bytes = b"") -> None:
+        if tail:
+            raise ValueError("content after the commands needs PIPELINING")
         self._commands.extend(commands)
 
     async def reply(self) -> aiosmtplib.SMTPResponse:
@@ -89,8 +93,10 @@ class Pipeline:
         self._due = 0
         transport.set_protocol(self._replies)
 
-    def send(self, commands: Sequence[bytes]) -> None:
-        self._write(b"".join(command + b"\r\n" for command in commands), len(commands))
+    def send(self, commands: Sequence[bytes], tail: bytes = b"") -> None:
+        """One write: the commands, then `tail` (the content of a BDAT among them)."""
+        self._write(b"".join([*(command + b"\r\n" for command in commands), tail]),
+                    len(commands))
 
     async def reply(self) -> aiosmtplib.SMTPResponse:
         self._due -= 1

@@ -1,9 +1,10 @@
-"""Every reply class at every step of a transaction, pipelined and one by one.
+"""Every reply class at every step of a transaction: pipelined, one by one, and chunked.
 
 aiosmtpd cannot refuse the DATA command itself nor misbehave, so these tests use a scripted
 relay on loopback: it answers each command from a table, follows RFC 2920 (after a refused
 MAIL every later command gets 503, DATA after no accepted RCPT gets 554) unless told to
-misbehave, and records how the commands arrived.
+misbehave, and records how the commands arrived. In "chunked" mode it also offers
+CHUNKING (RFC 3030) and takes BDAT.
 """
 
 from __future__ import annotations
@@ -29,6 +30,8 @@ class Scripted(asyncio.Protocol):
         self.relay = relay
         self.buffer = b""
         self.in_data = False
+        self.bdat: int | None = None  # bytes of a BDAT chunk still to come
+        self.chunk = b""
         self.mail_ok = False
         self.rcpts = 0
         self.transport: Any = None
@@ -42,6 +45,10 @@ class Scripted(asyncio.Protocol):
         self.relay.chunks.append(data)
         self.buffer += data
         while not self.transport.is_closing():
+            if self.bdat is not None:
+                if not self.take_chunk():
+                    return
+                continue
             if self.in_data:
                 end = self.buffer.find(b"\r\n.\r\n")
                 if end < 0:
@@ -57,12 +64,32 @@ class Scripted(asyncio.Protocol):
             self.buffer = rest
             self.command(line.decode())
 
+    def take_chunk(self) -> bool:
+        """Consume BDAT content; True once the chunk is complete and answered."""
+        assert self.bdat is not None
+        part, self.buffer = self.buffer[:self.bdat], self.buffer[self.bdat:]
+        self.chunk += part
+        self.bdat -= len(part)
+        if self.bdat:
+            return False
+        self.bdat = None
+        if not self.mail_ok:
+            self.answer("503 5.5.1 need MAIL")
+        elif not self.rcpts:
+            self.answer("554 5.5.1 no valid recipients")
+        else:
+            self.relay.contents.append(self.chunk)
+            self.answer(self.relay.replies.get("END", "250 2.0.0 queued"))
+        self.chunk, self.mail_ok = b"", False
+        return True
+
     def command(self, line: str) -> None:
         verb = line[:4].upper()
         replies = self.relay.replies
         if verb == "EHLO":
-            pipelining = "250-PIPELINING\r\n" if self.relay.pipelining else ""
-            self.answer(f"250-scripted\r\n{pipelining}250 SIZE 1000000")
+            pipelining = "250-PIPELINING\r\n" if self.relay.mode != "one-by-one" else ""
+            chunking = "250-CHUNKING\r\n" if self.relay.mode == "chunked" else ""
+            self.answer(f"250-scripted\r\n{pipelining}{chunking}250 SIZE 1000000")
         elif verb == "MAIL":
             reply = replies.get("MAIL", "250 2.1.0 ok")
             self.mail_ok, self.rcpts = reply.startswith("2"), 0
@@ -80,6 +107,8 @@ class Scripted(asyncio.Protocol):
                 reply = "554 5.5.1 no valid recipients" if self.mail_ok else "503 5.5.1 need MAIL"
             self.in_data = reply.startswith("354")
             self.answer(reply)
+        elif verb == "BDAT" and self.relay.mode == "chunked":
+            self.bdat = int(line.split()[1])
         elif verb == "RSET":
             self.mail_ok = False
             self.relay.rsets += 1
@@ -97,7 +126,7 @@ class Scripted(asyncio.Protocol):
 
 class ScriptedRelay:
     def __init__(self) -> None:
-        self.pipelining = True
+        self.mode = "pipelined"
         self.misbehave = False
         self.replies: dict[str, str] = {}
         self.rcpt: dict[str, str] = {}
@@ -111,10 +140,10 @@ class ScriptedRelay:
         return Account("t1", "a1", "127.0.0.1", self.port, use_tls=False)
 
 
-@pytest.fixture(params=[True, False], ids=["pipelined", "one-by-one"])
+@pytest.fixture(params=["pipelined", "one-by-one", "chunked"])
 async def scripted(request: pytest.FixtureRequest) -> AsyncIterator[ScriptedRelay]:
     relay = ScriptedRelay()
-    relay.pipelining = bool(request.param)
+    relay.mode = request.param
     loop = asyncio.get_running_loop()
     server = await loop.create_server(lambda: Scripted(relay), "127.0.0.1", 0)
     relay.port = server.sockets[0].getsockname()[1]
@@ -159,6 +188,8 @@ async def test_reply_class_at_each_step(
     scripted: ScriptedRelay, pool: SmtpPool, step: str, reply: str, kind: type[DeliveryError],
     kept: bool,
 ) -> None:
+    if step == "DATA" and scripted.mode == "chunked":
+        pytest.skip("BDAT replaces DATA")
     scripted.replies[step] = reply
 
     with pytest.raises(kind) as info:
@@ -166,8 +197,8 @@ async def test_reply_class_at_each_step(
 
     assert str(info.value) == reply
     assert info.value.code == int(reply[:3])
-    assert scripted.contents == ([MESSAGE.replace(b"\r\n.", b"\r\n..")] if step == "END"
-                                 else [])
+    on_wire = MESSAGE if scripted.mode == "chunked" else MESSAGE.replace(b"\r\n.", b"\r\n..")
+    assert scripted.contents == ([on_wire] if step == "END" else [])
     scripted.replies.clear()
     assert await send(pool, scripted) == ()
     assert scripted.connections == (1 if kept else 2)
@@ -205,11 +236,14 @@ async def test_commands_go_in_one_write_only_when_pipelining(
     await send(pool, scripted, ["b@example.org", "c@example.org"])
 
     envelope = (f"MAIL FROM:<a@example.com> SIZE={len(MESSAGE)}\r\nRCPT TO:<b@example.org>\r\n"
-                "RCPT TO:<c@example.org>\r\nDATA\r\n").encode()
-    if scripted.pipelining:
-        assert scripted.chunks[0] == envelope
+                "RCPT TO:<c@example.org>\r\n").encode()
+    if scripted.mode == "chunked":  # content and all, unstuffed
+        assert scripted.chunks[0] == envelope + f"BDAT {len(MESSAGE)} LAST\r\n".encode() + MESSAGE
+    elif scripted.mode == "pipelined":
+        assert scripted.chunks[0] == envelope + b"DATA\r\n"
     else:
-        assert scripted.chunks[:4] == envelope.splitlines(keepends=True)
+        assert scripted.chunks[:4] == [*envelope.splitlines(keepends=True), b"DATA\r\n"]
+    assert scripted.contents[-1].replace(b"\r\n..", b"\r\n.") == MESSAGE
 
 
 async def test_354_after_every_recipient_was_refused_drops_the_connection(
@@ -223,7 +257,7 @@ async def test_354_after_every_recipient_was_refused_drops_the_connection(
 
     assert await send(pool, scripted) == ()
     assert len(scripted.contents) == 1  # only the second message; nothing sent after the 354
-    assert scripted.connections == (2 if scripted.pipelining else 1)
+    assert scripted.connections == (2 if scripted.mode == "pipelined" else 1)
 
 
 # -- the reply parser on its own --------------------------------------------------------------

@@ -4,8 +4,10 @@ Postfix listens on 127.0.0.1 and relays to an aiosmtpd sink on loopback (tests/p
 Its restrictions are set to refuse chosen senders and recipients at each step, so that
 every reply class is Postfix's own: with the default smtpd_delay_reject, sender refusals
 arrive at RCPT; a too large SIZE is refused at MAIL; smtpd_data_restrictions answer DATA;
-smtpd_end_of_data_restrictions answer the content. Skipped when Postfix is not installed,
-failed under CI=true.
+smtpd_end_of_data_restrictions answer the content. Every test runs twice: with Postfix's
+CHUNKING on (MAIL, RCPT, BDAT and the content in one write) and off (smtpd_discard_ehlo_keywords;
+MAIL, RCPT and DATA in one write, the content after the 354). Skipped when Postfix is not
+installed, failed under CI=true.
 """
 
 from __future__ import annotations
@@ -54,12 +56,16 @@ def sink() -> Iterator[Relay]:
         yield relay
 
 
-@pytest.fixture(scope="module")
-def relay_postfix(sink: Relay) -> Iterator[postfix.PrivatePostfix]:
+@pytest.fixture(scope="module", params=["chunking", "no-chunking"])
+def relay_postfix(request: pytest.FixtureRequest, sink: Relay
+                  ) -> Iterator[postfix.PrivatePostfix]:
+    settings = dict(RESTRICTIONS)
+    if request.param == "no-chunking":
+        settings["smtpd_discard_ehlo_keywords"] = "chunking"
     try:
         if not postfix.available():
             raise RuntimeError("postfix is not installed (apt-get install postfix)")
-        started = postfix.PrivatePostfix(sink.port, RESTRICTIONS).start()
+        started = postfix.PrivatePostfix(sink.port, settings).start()
     except Exception as exc:
         if os.environ.get("CI") == "true":
             pytest.fail(f"Postfix is required under CI=true: {exc}")
@@ -82,7 +88,7 @@ def account(relay_postfix: postfix.PrivatePostfix, sink: Relay) -> Account:
 
 
 async def test_postfix_offers_pipelining_and_relays_byte_for_byte(
-    pool: SmtpPool, account: Account, sink: Relay
+    pool: SmtpPool, account: Account, sink: Relay, relay_postfix: postfix.PrivatePostfix
 ) -> None:
     refused = await pool.send(account, "a@example.com", ["b@example.org", "c@example.org"],
                               MESSAGE)
@@ -94,6 +100,7 @@ async def test_postfix_offers_pipelining_and_relays_byte_for_byte(
     assert b"\r\nSubject: via postfix\r\n" in got.content
     [conn] = next(iter(pool._pools.values())).idle  # the pooled connection
     assert conn.pipelining
+    assert conn.chunking == ("smtpd_discard_ehlo_keywords" not in relay_postfix.extra_main)
 
 
 async def test_partial_refusal(pool: SmtpPool, account: Account, sink: Relay) -> None:
@@ -160,7 +167,8 @@ async def test_one_connection_carries_every_transaction(
 
     await sink.wait_for(5, timeout=30)
     deadline = time.monotonic() + 10
-    pattern = re.compile(r"disconnect from \S+ ehlo=1 mail=6 rcpt=5/6 data=5/6 rset=1 quit=1")
+    data = "data" if "smtpd_discard_ehlo_keywords" in relay_postfix.extra_main else "bdat"
+    pattern = re.compile(rf"disconnect from \S+ ehlo=1 mail=6 rcpt=5/6 {data}=5/6 rset=1 quit=1")
     while not pattern.search(relay_postfix.log_text()):
         assert time.monotonic() < deadline, relay_postfix.log_text()[-1500:]
         time.sleep(0.1)
