@@ -90,13 +90,14 @@ class _LeanSmtp(asyncio.Protocol):
     without parsing arguments, so that it takes little CPU, as an MTA written in C would."""
 
     EHLO = (b"250-sink\r\n250-SIZE 52428800\r\n250-8BITMIME\r\n250-SMTPUTF8\r\n"
-            b"250-PIPELINING\r\n250 ENHANCEDSTATUSCODES\r\n")
+            b"250-PIPELINING\r\n250-CHUNKING\r\n250 ENHANCEDSTATUSCODES\r\n")
 
     def __init__(self, accept: Any, delay: float = 0.0) -> None:
         self.accept = accept  # called with each message's content
         self.delay = delay  # seconds before each batch of replies leaves: a relay's distance
         self.buffer = bytearray()
         self.in_data = False
+        self.chunk = 0  # bytes of a BDAT LAST chunk still to come
         self.scanned = 0  # how much of the content was searched for its end already
         self.transport: Any = None  # uvloop's transports are not asyncio.Transport instances
 
@@ -107,45 +108,71 @@ class _LeanSmtp(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         buffer = self.buffer
         buffer += data
-        replies = []
+        replies: list[bytes] = []
         while buffer:
-            if self.in_data:
-                if buffer.startswith(b".\r\n"):
-                    end, skip = 0, 3
-                else:
-                    end = buffer.find(b"\r\n.\r\n", self.scanned)
-                    skip = 5
+            if self.chunk or self.in_data:
+                reply = self._content()
+            else:
+                end = buffer.find(b"\r\n")
                 if end < 0:
-                    self.scanned = max(0, len(buffer) - 4)
                     break
-                self.accept(bytes(buffer[:end]))
-                del buffer[:end + skip]
-                self.in_data, self.scanned = False, 0
-                replies.append(b"250 2.0.0 OK\r\n")
-                continue
-            end = buffer.find(b"\r\n")
-            if end < 0:
+                line = bytes(buffer[:end])
+                del buffer[:end + 2]
+                reply = self._command(line)
+            if reply is None:
                 break
-            verb = bytes(buffer[:4]).upper()
-            del buffer[:end + 2]
-            if verb in (b"MAIL", b"RCPT", b"RSET", b"NOOP", b"HELO"):
-                replies.append(b"250 2.0.0 OK\r\n")
-            elif verb == b"EHLO":
-                replies.append(self.EHLO)
-            elif verb == b"DATA":
-                self.in_data = True
-                replies.append(b"354 End data with <CR><LF>.<CR><LF>\r\n")
-            elif verb == b"QUIT":
-                replies.append(b"221 2.0.0 Bye\r\n")
+            replies.append(reply)
+            if reply.startswith(b"221"):
                 self.transport.write(b"".join(replies))
                 self.transport.close()
                 return
-            else:
-                replies.append(b"502 5.5.2 Command not implemented\r\n")
         if replies and self.delay:
             asyncio.get_running_loop().call_later(self.delay, self._send, b"".join(replies))
         elif replies:
             self.transport.write(b"".join(replies))
+
+    def _content(self) -> bytes | None:
+        """The reply once a whole message (DATA up to its dot, or a BDAT chunk) is in."""
+        buffer = self.buffer
+        if self.chunk:
+            if len(buffer) < self.chunk:
+                return None
+            return self._chunk_done()
+        if buffer.startswith(b".\r\n"):
+            end, skip = 0, 3
+        else:
+            end = buffer.find(b"\r\n.\r\n", self.scanned)
+            skip = 5
+        if end < 0:
+            self.scanned = max(0, len(buffer) - 4)
+            return None
+        self.accept(bytes(buffer[:end]))
+        del buffer[:end + skip]
+        self.in_data, self.scanned = False, 0
+        return b"250 2.0.0 OK\r\n"
+
+    def _command(self, line: bytes) -> bytes:
+        verb = line[:4].upper()
+        if verb in (b"MAIL", b"RCPT", b"RSET", b"NOOP", b"HELO"):
+            return b"250 2.0.0 OK\r\n"
+        if verb == b"EHLO":
+            return self.EHLO
+        if verb == b"BDAT":  # BDAT <size> LAST; the chunk follows at once, no reply yet
+            self.chunk = int(line.split()[1])
+            content = self._content()
+            return content if content is not None else b""
+        if verb == b"DATA":
+            self.in_data = True
+            return b"354 End data with <CR><LF>.<CR><LF>\r\n"
+        if verb == b"QUIT":
+            return b"221 2.0.0 Bye\r\n"
+        return b"502 5.5.2 Command not implemented\r\n"
+
+    def _chunk_done(self) -> bytes:
+        self.accept(bytes(self.buffer[:self.chunk]))
+        del self.buffer[:self.chunk]
+        self.chunk = 0
+        return b"250 2.0.0 OK\r\n"
 
     def _send(self, data: bytes) -> None:
         if not self.transport.is_closing():
