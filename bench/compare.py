@@ -156,7 +156,7 @@ async def raw_row(sink: Sink, args: argparse.Namespace, first: int) -> Row:
 
 # -- the report ---------------------------------------------------------------------------
 
-def machine() -> list[str]:
+def machine(load: list[float]) -> list[str]:
     cpu = "unknown"
     for line in Path("/proc/cpuinfo").read_text().splitlines():
         if line.startswith("model name"):
@@ -172,11 +172,14 @@ def machine() -> list[str]:
         f"{platform.system()} {platform.release()} {platform.machine()}",
         f"- Python {platform.python_version()}; aiosmtplib {aiosmtplib.__version__}; "
         f"Postfix {done.stdout.strip() or 'unknown'}; mail-proxy commit {version or 'unknown'}",
-        f"- run {datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC",
+        f"- run {datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC; 1-minute load "
+        f"average {min(load):.1f} to {max(load):.1f} during the run (sampled before each "
+        f"path; {os.cpu_count()} cores)",
     ]
 
 
-def write_report(rows: list[Row], args: argparse.Namespace, out: Path) -> None:
+def write_report(rows: list[Row], args: argparse.Namespace, out: Path, load: list[float]
+                 ) -> None:
     out.mkdir(parents=True, exist_ok=True)
     chart = out / "benchmarks.png"
     draw(rows, chart)
@@ -203,7 +206,8 @@ def write_report(rows: list[Row], args: argparse.Namespace, out: Path) -> None:
                      f"{row.raw:,.0f} | {row.e2e / row.raw:.0%} |")
     notes = [f"- {row.path}: {row.note}" for row in rows if row.note]
     lines += ["", *notes, "", f"![msgs/s and p99 per path]({chart.name})", "",
-              "## Machine", "", *machine(), *([f"- {args.host_note}"] if args.host_note else []),
+              "## Machine", "", *machine(load),
+              *([f"- {args.host_note}"] if args.host_note else []),
               "", "Settings of mail-proxy: " + ", ".join(
                   f"`{k}={v}`" for k, v in sorted(Server().settings().items())
                   if k not in ("GMP_DATA_DIR", "GMP_PORT", "GMP_SMTP_PORT")), ""]
@@ -238,10 +242,12 @@ def draw(rows: list[Row], path: Path) -> None:
 
 async def main(args: argparse.Namespace) -> None:
     rows: list[Row] = []
+    load = [os.getloadavg()[0]]
     with running_sink() as sink:
         raws = [await raw_row(sink, args, 0)]
         print(raws[-1], flush=True)
         for step in (mailproxy_smtp_row, mailproxy_rest_row, postfix_row):
+            load.append(os.getloadavg()[0])
             row = await step(sink, args)
             raws.append(await raw_row(sink, args, 10_000_000 * len(raws)))
             row.raw = statistics.mean([raws[-2].e2e, raws[-1].e2e])
@@ -252,7 +258,8 @@ async def main(args: argparse.Namespace) -> None:
               max(r.p99_ms or 0 for r in raws), statistics.mean(e2e),
               f"{len(raws)} runs, end to end {min(e2e):,.0f} to {max(e2e):,.0f} msgs/s; "
               "rates are their mean, p99 the worst", statistics.mean(e2e))
-    write_report([raw, *rows], args, Path(args.out))
+    load.append(os.getloadavg()[0])
+    write_report([raw, *rows], args, Path(args.out), load)
     print(f"wrote {Path(args.out) / 'benchmarks.md'}")
 
 
