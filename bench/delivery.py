@@ -1,7 +1,7 @@
 """The delivery layer alone: SmtpPool, 8 concurrent senders, into the lean sink.
 
     python bench/delivery.py [--base /other/checkout] [--rtt-ms 0] [--messages 6000]
-                             [--rounds 2]
+                             [--rounds 2] [--sink lean|aiosmtpd]
 
 Prints msgs/s and the client's CPU microseconds per message. --rtt-ms makes the sink hold
 each batch of replies back that long, as a relay on another machine would; with --base the
@@ -61,6 +61,7 @@ def main() -> None:
     parser.add_argument("--rtt-ms", type=float, default=0.0)
     parser.add_argument("--messages", type=int, default=6000)
     parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--sink", choices=("aiosmtpd", "lean"), default="lean")
     parser.add_argument("--child", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     sys.path.insert(0, str(HERE.parent))
@@ -73,7 +74,8 @@ def main() -> None:
     if args.base:
         checkouts = {"base": args.base, **checkouts}  # a PYTHONPATH value
     results: dict[str, list[tuple[float, float]]] = {name: [] for name in checkouts}
-    with running_sink(lean=True, delay=args.rtt_ms / 1000) as sink:
+    lean = args.sink == "lean" or args.rtt_ms > 0
+    with running_sink(lean=lean, delay=args.rtt_ms / 1000) as sink:
         for r in range(args.rounds):
             names = list(checkouts) if r % 2 == 0 else list(reversed(checkouts))
             for name in names:
