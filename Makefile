@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 export GMP_DATA_DIR ?= $(CURDIR)/data
 
-.PHONY: serve test lint bench install clean
+.PHONY: serve test lint bench compare install clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -28,6 +28,11 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python bench/run.py
+
+# mail-proxy beside a raw aiosmtplib loop and Postfix; writes docs/benchmarks.md and .png
+compare: $(STAMP)
+	$(BIN)/pip install -q -e '.[test,dev,bench]'
+	$(BIN)/python bench/compare.py
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info

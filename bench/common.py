@@ -59,6 +59,13 @@ def _sink_main(port: int, counter: Any, ready: Any, distinct: Any = None) -> Non
     accept = _counting(counter, distinct)
 
     class Discard:
+        async def handle_EHLO(self, server: Any, session: Any, envelope: Any, hostname: str,
+                              responses: list[str]) -> list[str]:
+            # aiosmtpd reads commands one by one, so it can take them pipelined; it just
+            # does not say so. Relays such as Postfix do.
+            session.host_name = hostname
+            return [*responses[:-1], "250-PIPELINING", responses[-1]]
+
         async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
             accept(envelope.content)
             return "250 OK"
@@ -83,12 +90,14 @@ class _LeanSmtp(asyncio.Protocol):
     without parsing arguments, so that it takes little CPU, as an MTA written in C would."""
 
     EHLO = (b"250-sink\r\n250-SIZE 52428800\r\n250-8BITMIME\r\n250-SMTPUTF8\r\n"
-            b"250 ENHANCEDSTATUSCODES\r\n")
+            b"250-PIPELINING\r\n250-CHUNKING\r\n250 ENHANCEDSTATUSCODES\r\n")
 
-    def __init__(self, accept: Any) -> None:
+    def __init__(self, accept: Any, delay: float = 0.0) -> None:
         self.accept = accept  # called with each message's content
+        self.delay = delay  # seconds before each batch of replies leaves: a relay's distance
         self.buffer = bytearray()
         self.in_data = False
+        self.chunk = 0  # bytes of a BDAT LAST chunk still to come
         self.scanned = 0  # how much of the content was searched for its end already
         self.transport: Any = None  # uvloop's transports are not asyncio.Transport instances
 
@@ -99,51 +108,85 @@ class _LeanSmtp(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         buffer = self.buffer
         buffer += data
-        replies = []
+        replies: list[bytes] = []
         while buffer:
-            if self.in_data:
-                if buffer.startswith(b".\r\n"):
-                    end, skip = 0, 3
-                else:
-                    end = buffer.find(b"\r\n.\r\n", self.scanned)
-                    skip = 5
+            if self.chunk or self.in_data:
+                reply = self._content()
+            else:
+                end = buffer.find(b"\r\n")
                 if end < 0:
-                    self.scanned = max(0, len(buffer) - 4)
                     break
-                self.accept(bytes(buffer[:end]))
-                del buffer[:end + skip]
-                self.in_data, self.scanned = False, 0
-                replies.append(b"250 2.0.0 OK\r\n")
-                continue
-            end = buffer.find(b"\r\n")
-            if end < 0:
+                line = bytes(buffer[:end])
+                del buffer[:end + 2]
+                reply = self._command(line)
+            if reply is None:
                 break
-            verb = bytes(buffer[:4]).upper()
-            del buffer[:end + 2]
-            if verb in (b"MAIL", b"RCPT", b"RSET", b"NOOP", b"HELO"):
-                replies.append(b"250 2.0.0 OK\r\n")
-            elif verb == b"EHLO":
-                replies.append(self.EHLO)
-            elif verb == b"DATA":
-                self.in_data = True
-                replies.append(b"354 End data with <CR><LF>.<CR><LF>\r\n")
-            elif verb == b"QUIT":
-                replies.append(b"221 2.0.0 Bye\r\n")
+            replies.append(reply)
+            if reply.startswith(b"221"):
                 self.transport.write(b"".join(replies))
                 self.transport.close()
                 return
-            else:
-                replies.append(b"502 5.5.2 Command not implemented\r\n")
-        if replies:
+        if replies and self.delay:
+            asyncio.get_running_loop().call_later(self.delay, self._send, b"".join(replies))
+        elif replies:
             self.transport.write(b"".join(replies))
 
+    def _content(self) -> bytes | None:
+        """The reply once a whole message (DATA up to its dot, or a BDAT chunk) is in."""
+        buffer = self.buffer
+        if self.chunk:
+            if len(buffer) < self.chunk:
+                return None
+            return self._chunk_done()
+        if buffer.startswith(b".\r\n"):
+            end, skip = 0, 3
+        else:
+            end = buffer.find(b"\r\n.\r\n", self.scanned)
+            skip = 5
+        if end < 0:
+            self.scanned = max(0, len(buffer) - 4)
+            return None
+        self.accept(bytes(buffer[:end]))
+        del buffer[:end + skip]
+        self.in_data, self.scanned = False, 0
+        return b"250 2.0.0 OK\r\n"
 
-def _lean_sink_main(port: int, counter: Any, ready: Any, distinct: Any = None) -> None:
+    def _command(self, line: bytes) -> bytes:
+        verb = line[:4].upper()
+        if verb in (b"MAIL", b"RCPT", b"RSET", b"NOOP", b"HELO"):
+            return b"250 2.0.0 OK\r\n"
+        if verb == b"EHLO":
+            return self.EHLO
+        if verb == b"BDAT":  # BDAT <size> LAST; the chunk follows at once, no reply yet
+            self.chunk = int(line.split()[1])
+            content = self._content()
+            return content if content is not None else b""
+        if verb == b"DATA":
+            self.in_data = True
+            return b"354 End data with <CR><LF>.<CR><LF>\r\n"
+        if verb == b"QUIT":
+            return b"221 2.0.0 Bye\r\n"
+        return b"502 5.5.2 Command not implemented\r\n"
+
+    def _chunk_done(self) -> bytes:
+        self.accept(bytes(self.buffer[:self.chunk]))
+        del self.buffer[:self.chunk]
+        self.chunk = 0
+        return b"250 2.0.0 OK\r\n"
+
+    def _send(self, data: bytes) -> None:
+        if not self.transport.is_closing():
+            self.transport.write(data)
+
+
+def _lean_sink_main(port: int, counter: Any, ready: Any, distinct: Any = None,
+                    delay: float = 0.0) -> None:
     accept = _counting(counter, distinct)
 
     async def serve() -> None:
         loop = asyncio.get_running_loop()
-        server = await loop.create_server(lambda: _LeanSmtp(accept), "127.0.0.1", port)
+        server = await loop.create_server(lambda: _LeanSmtp(accept, delay), "127.0.0.1",
+                                          port)
         ready.set()
         stop = asyncio.Event()
         loop.add_signal_handler(signal.SIGTERM, stop.set)
@@ -172,12 +215,14 @@ class Sink:
     count_ids: bool = False
     seen: Any = field(default_factory=lambda: mp.Value("q", 0))
     lean: bool = False
+    delay: float = 0.0  # lean only: seconds each reply is held back, as by a network RTT
 
     def start(self) -> Sink:
         ready = mp.Event()
         distinct = self.seen if self.count_ids else None
+        args = (self.port, self.counter, ready, distinct, *((self.delay,) if self.lean else ()))
         self.proc = mp.Process(target=_lean_sink_main if self.lean else _sink_main,
-                               args=(self.port, self.counter, ready, distinct), daemon=True)
+                               args=args, daemon=True)
         self.proc.start()
         ready.wait(10)
         return self
@@ -285,8 +330,9 @@ class Server:
 
 
 @contextlib.contextmanager
-def running_sink(count_ids: bool = False, lean: bool = False) -> Iterator[Sink]:
-    sink = Sink(count_ids=count_ids, lean=lean).start()
+def running_sink(count_ids: bool = False, lean: bool = False, delay: float = 0.0
+                 ) -> Iterator[Sink]:
+    sink = Sink(count_ids=count_ids, lean=lean, delay=delay).start()
     try:
         yield sink
     finally:
@@ -345,3 +391,82 @@ async def single_latency(session: aiohttp.ClientSession, urls: Sequence[str], pr
 def pct(values: list[float], p: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(len(ordered) * p))]
+
+
+# -- the limits of the building blocks, measured in the same run ---------------------------
+
+SCHEMA = Path(__file__).resolve().parents[1] / "mailproxy" / "store" / "sql" / "sqlite"
+
+
+def raw_sqlite_insert_rate(rows: int = 20_000, batch: int = 1000) -> float:
+    """Rows/s of plain sqlite3 inserting the REST bench's rows into mail-proxy's own schema
+    (same indexes), WAL with synchronous=FULL, `batch` rows per transaction: what batched
+    ingest would cost with nothing but the database."""
+    import json
+    import sqlite3
+    import uuid
+
+    with tempfile.TemporaryDirectory(prefix="mailproxy-rawsql-") as tmp:
+        conn = sqlite3.connect(Path(tmp) / "raw.db", isolation_level=None)
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA synchronous=FULL")
+        for migration in sorted(SCHEMA.glob("[0-9][0-9][0-9]_*.sql")):
+            conn.executescript(migration.read_text())
+        sql = ("INSERT INTO messages (pk, tenant_id, client_id, account_id, status, queued, "
+               "priority, payload, created_ts, updated_ts) "
+               "VALUES (?, 'bench', ?, 'main', 'pending', 1, 2, ?, ?, ?)")
+        payloads = [(f"r{i}", json.dumps(rest_message(i))) for i in range(rows)]
+        began = time.perf_counter()
+        for first in range(0, rows, batch):
+            conn.execute("BEGIN IMMEDIATE")
+            now = time.time()
+            conn.executemany(sql, [(uuid.uuid4().hex, cid, body, now, now)
+                                   for cid, body in payloads[first:first + batch]])
+            conn.execute("COMMIT")
+        elapsed = time.perf_counter() - began
+        conn.close()
+    return rows / elapsed
+
+
+def _bare_http_main(port: int, ready: Any) -> None:
+    from aiohttp import web
+
+    async def add(request: web.Request) -> web.Response:
+        body = await request.json()
+        return web.json_response({"ok": True, "queued": [m["id"] for m in body["messages"]]})
+
+    async def serve() -> None:
+        app = web.Application()
+        app.router.add_post("/commands/add-messages", add)
+        runner = web.AppRunner(app, access_log=None)
+        await runner.setup()
+        await web.TCPSite(runner, "127.0.0.1", port).start()
+        ready.set()
+        stop = asyncio.Event()
+        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
+        await stop.wait()
+        await runner.cleanup()
+
+    try:
+        import uvloop
+    except ImportError:
+        asyncio.run(serve())
+    else:
+        uvloop.run(serve())
+
+
+async def bare_json_latency(session: aiohttp.ClientSession, total: int = 4000
+                            ) -> list[float]:
+    """single_latency against a bare aiohttp JSON endpoint (parse, answer, nothing else) in
+    its own process: the floor of one enqueue's latency on this machine."""
+    port = free_port()
+    ready = mp.Event()
+    proc = mp.Process(target=_bare_http_main, args=(port, ready), daemon=True)
+    proc.start()
+    try:
+        ready.wait(10)
+        return await single_latency(session, [f"http://127.0.0.1:{port}"], "bare", total)
+    finally:
+        if proc.pid is not None:
+            os.kill(proc.pid, signal.SIGTERM)
+        proc.join(5)

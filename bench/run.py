@@ -20,10 +20,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import (
     Server,
+    bare_json_latency,
     figure,
     headers,
     pct,
     raw_smtp_rate,
+    raw_sqlite_insert_rate,
     rest_message,
     running_sink,
     setup_tenant,
@@ -82,10 +84,18 @@ async def main(args: argparse.Namespace) -> None:
                 await setup_tenant(session, server.url, sink.port)
                 await command(session, server.url, "suspend")
                 elapsed = await post_batches(session, server.url, 0, args.ingest)
-                figure("batched ingest (1000/batch, paused)", args.ingest / elapsed, "msgs/s")
+                ingest = args.ingest / elapsed
+                sqlite_raw = raw_sqlite_insert_rate(args.ingest)
+                figure("batched ingest (1000/batch, paused)", ingest, "msgs/s")
+                figure("raw sqlite3 insert, same rows (1000/txn)", sqlite_raw, "rows/s")
+                figure("batched ingest / raw sqlite3 insert", 100 * ingest / sqlite_raw, "%")
                 samples = await single_latency(session, [server.url], "lat", 4000)
+                bare = await bare_json_latency(session)
                 figure("enqueue p50 (concurrency 16)", pct(samples, 0.50), "ms")
                 figure("enqueue p99 (concurrency 16)", pct(samples, 0.99), "ms")
+                figure("bare aiohttp JSON endpoint p99 (conc. 16)", pct(bare, 0.99), "ms")
+                figure("enqueue p99 / bare aiohttp p99", pct(samples, 0.99) / pct(bare, 0.99),
+                       "x")
                 figure("enqueue throughput (single, conc. 16)",
                        len(samples) / (sum(samples) / 1000 / 16), "req/s")
                 # drain what ingest and latency queued, then measure end to end

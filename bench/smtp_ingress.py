@@ -50,6 +50,11 @@ class _Sink:
     async def handle_NOOP(self, server: Any, session: Any, envelope: Any, arg: str) -> str:
         return f"250 {self.accepted}"
 
+    async def handle_EHLO(self, server: Any, session: Any, envelope: Any, hostname: str,
+                          responses: list[str]) -> list[str]:
+        session.host_name = hostname  # aiosmtpd can take pipelined commands; say so
+        return [*responses[:-1], "250-PIPELINING", responses[-1]]
+
 
 async def _run_sink(port: int) -> None:
     from aiosmtpd.smtp import SMTP

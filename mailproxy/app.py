@@ -22,11 +22,18 @@ from mailproxy.attachments.fetch import Fetcher, FetchSettings
 from mailproxy.attachments.prepare import MessagePreparer
 from mailproxy.attachments.sources import parse_roots
 from mailproxy.bounces.model import SoftRule
+from mailproxy.bounces.pec_runner import PecRunner
+from mailproxy.bounces.runner import BounceRunner, Handling
 from mailproxy.bounces.service import BounceService, SuppressionCheck, SuppressionFilter
 from mailproxy.config import Settings
+from mailproxy.dashboard import views as dashboard_views
+from mailproxy.dashboard.bounce_source import ServiceBounces
+from mailproxy.dashboard.port import BounceSource, NoBounces
+from mailproxy.dashboard.usecases import Dashboard, Listener
 from mailproxy.delivery import Resolver, SmtpPool, system_resolver
 from mailproxy.errors import ConfigError
 from mailproxy.ingress import http, smtp
+from mailproxy.logs import DeliveryLog
 from mailproxy.metrics import Metrics
 from mailproxy.model import Priority
 from mailproxy.netguard import AllowList
@@ -35,7 +42,7 @@ from mailproxy.offload.service import Offloader
 from mailproxy.policy import RetryPolicy
 from mailproxy.reports import Reporter, ReporterSettings
 from mailproxy.service import Clock, MailService, Store, SystemClock, WakeSource
-from mailproxy.store import open_bounce_store, open_store, rows
+from mailproxy.store import open_bounce_store, open_dashboard_store, open_store, rows
 from mailproxy.store.offload_index import offload_index
 from mailproxy.submission import AuthThrottle, SmtpSubmission
 from mailproxy.tokens import new_token
@@ -61,6 +68,8 @@ class Parts:
     offloader: Offloader
     listener: smtp.SmtpListener | None = None
     bounces: BounceService | None = None
+    bounce_runner: BounceRunner | None = None
+    pec_runner: PecRunner | None = None
 
 
 def admin_token(settings: Settings) -> str:
@@ -99,6 +108,9 @@ async def build(
     except ConfigError:
         await store.close()
         raise
+    # Read by the store's event trigger (migration 006): without any report URL, events are
+    # reported when created.
+    await store.set_meta("report_fallback", "1" if settings.client_sync_url else "0")
     clock = clock or SystemClock()
     instance_id = secrets.token_hex(6)
     metrics = Metrics(store, settings.metrics_token)
@@ -127,7 +139,7 @@ async def build(
             genro_header=settings.compat_genro_header,
             unknown_host_grace=settings.smtp_unknown_host_grace_seconds,
         ),
-        observer or metrics, preparer,
+        observer or DeliveryLog(metrics), preparer,
     )
     service = MailService(
         store=store, clock=clock,
@@ -168,8 +180,18 @@ async def build(
             await store.close()
             raise
     service.account_listeners.append(metrics)
+    if listener is not None:
+        service.change_listeners.append(listener.submission.changed)
+    runner = BounceRunner(
+        store, bounces, bounces.store, clock, instance_id,
+        Handling(settings.bounce_mark_seen, settings.bounce_processed_folder),
+        return_path=worker.set_bounce_return_path, sending=worker.sending,
+    )
+    service.bounce_control = runner
+    pec = PecRunner(store, bounces, bounces.store, clock, instance_id,
+                    interval=settings.pec_poll_interval, timeout=settings.pec_timeout_seconds)
     return Parts(settings, store, service, worker, pool, instance_id, reporter, metrics,
-                 fetcher, offloader, listener, bounces)
+                 fetcher, offloader, listener, bounces, runner, pec)
 
 
 async def _download_secret(settings: Settings, store: Store, vault: Vault) -> bytes:
@@ -260,16 +282,25 @@ def make_app(parts: Parts) -> web.Application:
     app[http.METRICS] = parts.metrics
     app[OFFLOADER] = parts.offloader
     http.add_routes(app)
+    dashboard_views.setup(app, _dashboard(parts))
 
     async def lifetime(_app: web.Application) -> AsyncIterator[None]:
         await parts.fetcher.start()
         await parts.worker.start(recover_all=not parts.settings.is_postgres)
         await parts.reporter.start()
         if isinstance(parts.store, WakeSource):  # enqueues by other instances wake us
+            if parts.listener is not None:
+                parts.store.on_change(parts.listener.submission.changed)
             await parts.store.listen(parts.worker.wake)
         await parts.metrics.refresh()
         cleanup = asyncio.create_task(parts.offloader.run_cleanup(), name="offload-cleanup")
+        for runner in (parts.bounce_runner, parts.pec_runner):
+            if runner is not None:
+                await runner.start()
         yield
+        for runner in (parts.bounce_runner, parts.pec_runner):
+            if runner is not None:
+                await runner.stop()
         cleanup.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await cleanup
@@ -292,6 +323,22 @@ def make_app(parts: Parts) -> web.Application:
 
         app.cleanup_ctx.append(smtp_lifetime)
     return app
+
+
+def _dashboard(parts: Parts) -> Dashboard:
+    settings = parts.settings
+
+    def listeners() -> list[Listener]:
+        found = [Listener("HTTP", f"{settings.host}:{settings.port}", True)]
+        smtp_on = parts.listener is not None and parts.listener.serving
+        found.append(Listener("SMTP", f"{settings.smtp_host}:{settings.smtp_port}"
+                              if settings.smtp_port else "disabled", smtp_on))
+        return found
+
+    bounces: BounceSource = NoBounces() if parts.bounces is None else ServiceBounces(
+        parts.bounces)
+    return Dashboard(open_dashboard_store(parts.store), parts.service, bounces,
+                     listeners=listeners, worker_active=lambda: bool(parts.worker.active))
 
 
 async def serve(settings: Settings) -> None:
@@ -323,6 +370,8 @@ async def serve(settings: Settings) -> None:
         runstate.write(settings.data_dir, settings.instance, url, smtp_address)
     except OSError as exc:  # the CLI will not find it; serving goes on
         log.warning("cannot record the server in %s: %s", settings.data_dir, exc)
+    log.info("API reference: %s/docs", url)
+    log.info("dashboard: %s/ui/", url)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import logging
 import sys
 from collections.abc import Sequence
 
-from mailproxy import __version__
+from mailproxy import __version__, logs
 from mailproxy.admin import commands, lifecycle
 from mailproxy.admin.instances import Instance, all_instances
 from mailproxy.admin.ui import FAILED, NOT_RUNNING, OK, USAGE, CliError, Ctx
@@ -170,10 +169,7 @@ def _serve(argv: list[str]) -> int:
     except ConfigError as exc:
         print(f"mail-proxy: {exc}", file=sys.stderr)
         return 2
-    logging.basicConfig(
-        level=settings.log_level,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    logs.configure(settings.log_level, settings.log_format)
     from mailproxy.app import serve as run_serve
 
     try:

@@ -48,6 +48,9 @@ SETTINGS: tuple[Setting, ...] = (
     _s("host", str, "127.0.0.1", "server", "REST API bind address."),
     _s("port", int, 8000, "server", "REST API port."),
     _s("log_level", str, "INFO", "server", "DEBUG, INFO, WARNING or ERROR."),
+    _s("log_format", str, "text", "server",
+       "text, or json: one JSON object per line (delivery lines carry message_id, tenant_id, "
+       "account_id, outcome)."),
     _s("metrics_token", str, None, "server", "Protects /metrics when set."),
     _s("api_max_body_bytes", int, 67108864, "server", "Largest accepted REST request body."),
     _s("smtp_host", str, "127.0.0.1", "smtp", "SMTP submission listener address."),
@@ -128,6 +131,10 @@ SETTINGS: tuple[Setting, ...] = (
        "Flag processed bounce mail \\Seen (default: the mailbox is not modified)."),
     _s("bounce_processed_folder", str, None, "bounce",
        "Move processed bounce mail to this folder (default: left in place)."),
+    _s("pec_poll_interval", float, 60.0, "bounce",
+       "Seconds between polls of each PEC account's receipt mailbox."),
+    _s("pec_timeout_seconds", int, 1800, "bounce",
+       "No acceptance receipt within this many seconds of sending: pec_timeout."),
 )
 
 _BY_NAME = {s.name: s for s in SETTINGS}
@@ -145,6 +152,7 @@ class Settings:
     host: str
     port: int
     log_level: str
+    log_format: str
     metrics_token: str | None
     api_max_body_bytes: int
     smtp_host: str
@@ -209,6 +217,8 @@ class Settings:
     bounce_soft_window_seconds: int
     bounce_mark_seen: bool
     bounce_processed_folder: str | None
+    pec_poll_interval: float
+    pec_timeout_seconds: int
     api_token_source: str = "generated"
 
     @property
@@ -330,6 +340,9 @@ def _validate(values: dict[str, Any]) -> None:
     if level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
         raise ConfigError("GMP_LOG_LEVEL must be DEBUG, INFO, WARNING or ERROR")
     values["log_level"] = level
+    values["log_format"] = str(values["log_format"]).lower()
+    if values["log_format"] not in ("text", "json"):
+        raise ConfigError("GMP_LOG_FORMAT must be text or json")
     if not 0 <= values["default_priority"] <= 3:
         raise ConfigError("GMP_DEFAULT_PRIORITY must be between 0 and 3")
     positive = ("send_concurrency", "send_concurrency_per_account", "smtp_pool_size",

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Awaitable, Callable
 
 from aiohttp import web
@@ -35,6 +36,9 @@ disable_created_metrics()  # type: ignore[no-untyped-call]
 ACCOUNT_LABELS = ("tenant_id", "tenant_name", "account_id", "account_name")
 LATENCY_BUCKETS = (0.1, 0.5, 1, 5, 15, 60, 300, 900, 3600, 21600, 86400)
 SMTP_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
+HTTP_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
+# Any token is a valid HTTP method; other ones share a label so that series stay bounded.
+HTTP_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"})
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
@@ -73,6 +77,9 @@ class Metrics:
                                    ("outcome",), buckets=SMTP_BUCKETS, registry=reg)
         self.http_requests = Counter("gmp_http_requests_total", "REST requests answered.",
                                      ("method", "route", "status"), registry=reg)
+        self.http_seconds = Histogram("gmp_http_request_duration_seconds",
+                                      "REST request handling time, to the answer.",
+                                      ("method", "route"), buckets=HTTP_BUCKETS, registry=reg)
 
     # -- labels ------------------------------------------------------------------------------
 
@@ -152,22 +159,27 @@ class Metrics:
     # -- HTTP --------------------------------------------------------------------------------
 
     def middleware(self) -> Middleware:
-        """Counts every answered request by method, route template and status."""
+        """Counts and times every answered request by method and route template (and
+        status, for the count); the raw path never becomes a label."""
 
         @web.middleware
         async def count_requests(request: web.Request, handler: Handler) -> web.StreamResponse:
+            began = time.perf_counter()
             try:
                 response = await handler(request)
             except web.HTTPException as exc:
-                self._count(request, exc.status)
+                self._count(request, exc.status, began)
                 raise
-            self._count(request, response.status)
+            self._count(request, response.status, began)
             return response
 
         return count_requests
 
-    def _count(self, request: web.Request, status: int) -> None:
-        self.http_requests.labels(request.method, route_template(request), str(status)).inc()
+    def _count(self, request: web.Request, status: int, began: float) -> None:
+        method = request.method if request.method in HTTP_METHODS else "other"
+        route = route_template(request)
+        self.http_requests.labels(method, route, str(status)).inc()
+        self.http_seconds.labels(method, route).observe(time.perf_counter() - began)
 
     async def close(self) -> None:
         for task in list(self._tasks):

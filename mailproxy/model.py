@@ -38,6 +38,10 @@ class EventType(enum.StrEnum):
     ERROR = "error"
     DEFERRED = "deferred"
     BOUNCE = "bounce"
+    PEC_ACCEPTANCE = "pec_acceptance"
+    PEC_DELIVERY = "pec_delivery"
+    PEC_ERROR = "pec_error"
+    PEC_TIMEOUT = "pec_timeout"
 
 
 class LimitBehavior(enum.StrEnum):

@@ -8,7 +8,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, fields, replace
 from typing import Any, Protocol, runtime_checkable
 
-from mailproxy import audit, intake, sync
+from mailproxy import audit, intake, jsonsafe, sync
 from mailproxy.errors import Forbidden, InvalidRequest, NotFound, Unauthorized
 from mailproxy.model import (
     Account,
@@ -44,7 +44,13 @@ class SystemClock:
 
 
 class Waker(Protocol):
-    def wake(self) -> None: ...
+    def wake(self, urgent: bool = False) -> None: ...
+
+
+class BounceControl(Protocol):
+    """The bounce poller, as far as the service drives it."""
+
+    async def reload(self) -> None: ...
 
 
 class ReportControl(Protocol):
@@ -133,6 +139,8 @@ class WakeSource(Protocol):
 
     async def listen(self, callback: Callable[[], None]) -> None: ...
 
+    def on_change(self, callback: Callable[[], None]) -> None: ...
+
 
 @dataclass(frozen=True, slots=True)
 class Caller:
@@ -172,11 +180,14 @@ class MailService:
     admin_token: str
     waker: Waker | None = None
     account_listeners: list[Any] = field(default_factory=list)
+    # Called after any tenant or account change (the SMTP MAIL FROM check cache).
+    change_listeners: list[Callable[[], None]] = field(default_factory=list)
     reports: ReportControl | None = None
     sync_rules: sync.SyncRules = field(default_factory=sync.SyncRules)
     retention_seconds: int = 604800
     token_source: str = "generated"  # "env" / "file": the admin token is not ours to change
     token_writer: Callable[[str], None] | None = None
+    bounce_control: BounceControl | None = None
 
     # -- auth --------------------------------------------------------------------------------
 
@@ -220,8 +231,10 @@ class MailService:
     # -- intake ------------------------------------------------------------------------------
 
     async def submit(
-        self, caller: Caller, messages: Sequence[Mapping[str, Any]], default_priority: Any
+        self, caller: Caller, messages: Sequence[Mapping[str, Any]], default_priority: Any,
+        refused: Mapping[int, str] | None = None,
     ) -> SubmitResult:
+        """`refused`: items the edge found unstorable (index -> reason), rejected alone."""
         dp: Priority | None = None
         if default_priority is not None:
             dp = _default_priority(default_priority)
@@ -230,7 +243,7 @@ class MailService:
         rejected: list[Rejection] = []
         pending: list[tuple[int, NewMessage]] = []
         for index, item in enumerate(messages):
-            reason = self._early_reason(caller, item, tenants)
+            reason = (refused or {}).get(index) or self._early_reason(caller, item, tenants)
             if reason is not None:
                 rejected.append(Rejection(index, _str_or_none(item.get("id")), reason))
                 continue
@@ -250,14 +263,15 @@ class MailService:
             else:
                 rejected.append(Rejection(index, message.id, reason))
         if queued and self.waker is not None:
-            self.waker.wake()
+            self.waker.wake(urgent)
         if rejected:
             self.wake_reports()  # intake errors are stored as reportable error events
         rejected.sort(key=lambda r: r.index)
         return SubmitResult(queued, tuple(rejected))
 
     async def _tenants_named(self, messages: Sequence[Mapping[str, Any]]) -> list[Tenant]:
-        names = {m.get("tenant_id") for m in messages if isinstance(m.get("tenant_id"), str)}
+        names = {m.get("tenant_id") for m in messages
+                 if isinstance(m.get("tenant_id"), str) and jsonsafe.storable(m["tenant_id"])}
         found = []
         for name in names:
             tenant = await self.store.get_tenant(str(name))
@@ -302,6 +316,7 @@ class MailService:
         full = {name: body.get(name) for name in TENANT_FIELDS}
         tenant = apply_tenant_fields(base, full, admin=True, full_replace=True)
         created = await self.store.put_tenant(tenant)
+        self._changed()
         if not created:
             return None
         key = new_token()
@@ -318,6 +333,7 @@ class MailService:
         changes = {k: v for k, v in body.items() if k in TENANT_FIELDS}
         updated = apply_tenant_fields(tenant, changes, admin=caller.admin, full_replace=False)
         await self.store.put_tenant(updated)
+        self._changed()
         if caller.admin and "api_key_expires_at" in body:
             await self.store.set_api_key(tenant_id, tenant.api_key_hash,
                                          _seconds(body["api_key_expires_at"]))
@@ -326,6 +342,7 @@ class MailService:
         self.require_admin(caller)
         if not await self.store.delete_tenant(tenant_id):
             raise NotFound("tenant not found")
+        self._changed()
         for listener in self.account_listeners:
             listener.tenant_deleted(tenant_id)
 
@@ -350,6 +367,7 @@ class MailService:
         existing = await self.store.get_account(tenant.id, str(body["id"]))
         account = account_from_body(body, existing)
         await self.store.put_account(account)
+        self._changed()
         for listener in self.account_listeners:
             listener.account_changed(account.tenant_id, account.id)
 
@@ -357,9 +375,14 @@ class MailService:
         await self.tenant_in_scope(caller, tenant_id)
         if not await self.store.delete_account(tenant_id, account_id, int(self.clock.now())):
             raise NotFound("account not found or not owned by tenant")
+        self._changed()
         self.wake_reports()
         for listener in self.account_listeners:
             listener.account_changed(tenant_id, account_id)
+
+    def _changed(self) -> None:
+        for listener in self.change_listeners:
+            listener()
 
     # -- suspension --------------------------------------------------------------------------
 
@@ -470,12 +493,13 @@ class MailService:
         log.info("admin API token replaced through PUT /instance")
 
     async def reload_bounce(self, caller: Caller) -> bool:
-        """Re-read the bounce settings. There is no bounce poller in this build yet, so this
-        only validates them and reports whether bouncing is enabled."""
+        """Check the stored bounce settings and apply them to this process's poller now."""
         self.require_admin(caller)
         config = await self.store.get_instance()
         if config.bounce_enabled and not config.bounce_imap_host:
             raise InvalidRequest("bounce enabled but no IMAP host configured")
+        if self.bounce_control is not None:
+            await self.bounce_control.reload()
         return config.bounce_enabled
 
     # -- command log -------------------------------------------------------------------------

@@ -12,6 +12,7 @@ import asyncio
 import enum
 import functools
 import math
+import re
 import uuid
 from collections import deque
 from collections.abc import Mapping, Sequence
@@ -30,7 +31,8 @@ from mailproxy.tokens import check_password, hash_password
 
 AUTH_WINDOW_SECONDS = 600.0
 # Within one session, tenant and account state found at a MAIL FROM is trusted this long,
-# so that a client sending many messages does not pay two lookups per message.
+# so that a client sending many messages does not pay two lookups per message; any tenant or
+# account change (here, or on another instance through the store's notifications) ends it.
 SENDER_RECHECK_SECONDS = 1.0
 MAX_CLIENT_ID = 255
 MAX_BATCH_CODE = 64
@@ -57,6 +59,7 @@ class Sender:
     address: str
     is_pec: bool = False
     checked_at: float = 0.0
+    generation: int = 0  # SmtpSubmission.generation when checked
 
 
 class SenderVerdict(enum.Enum):
@@ -131,8 +134,18 @@ def _deferred_ts(value: str) -> int:
     return int(number)
 
 
+# NUL and other control characters, and U+FFFD (what invalid UTF-8 decodes to): a control
+# value holding one is refused rather than stored altered (PostgreSQL cannot store NUL).
+_UNCLEAN = re.compile(r"[\x00-\x08\x0a-\x1f\x7f\ufffd]")
+_CONTROL_NAMES = {CONTROL_ID: "X-Mail-Proxy-ID", CONTROL_PRIORITY: "X-Mail-Proxy-Priority",
+                  CONTROL_BATCH: "X-Mail-Proxy-Batch", CONTROL_DEFERRED: "X-Mail-Proxy-Deferred-Ts"}
+
+
 def read_control(values: Mapping[str, str], default_priority: Priority) -> Control:
     """Parse the control header values, by lower-case name (raises InvalidControl)."""
+    for key, name in _CONTROL_NAMES.items():
+        if _UNCLEAN.search(values.get(key, "")):
+            raise InvalidControl(f"{name} (not clean text)")
     client_id = values.get(CONTROL_ID) or None
     if client_id is not None and len(client_id) > MAX_CLIENT_ID:
         raise InvalidControl("X-Mail-Proxy-ID")
@@ -209,6 +222,11 @@ class SmtpSubmission:
     default_priority: Priority
     waker: Waker | None = None
     suppressions: SuppressionCheck | None = None
+    generation: int = 0  # bumped by every tenant or account change
+
+    def changed(self) -> None:
+        """A tenant or account changed: no session may reuse an earlier MAIL FROM check."""
+        self.generation += 1
 
     async def login(self, username: str, password: str) -> Login | None:
         """`<tenant_id>/<account_id>` with the tenant's API token or the account's
@@ -240,7 +258,9 @@ class SmtpSubmission:
         if address and not envelope_address_ok(address, smtputf8):
             return SenderVerdict.MALFORMED, None
         now = self.clock.now()
+        generation = self.generation  # as of before the lookups: a change during them counts
         if (previous is not None and previous.login == login
+                and previous.generation == self.generation
                 and 0 <= now - previous.checked_at < SENDER_RECHECK_SECONDS):
             return SenderVerdict.OK, replace(previous, address=address)
         tenant = await self.store.get_tenant(login.tenant_id)
@@ -249,7 +269,8 @@ class SmtpSubmission:
         account = await self.store.get_account(login.tenant_id, login.account_id)
         if account is None:
             return SenderVerdict.UNKNOWN_ACCOUNT, None
-        return SenderVerdict.OK, Sender(login, address, account.is_pec_account, now)
+        return SenderVerdict.OK, Sender(login, address, account.is_pec_account, now,
+                                        generation)
 
     def recipient(self, address: str, smtputf8: bool, accepted: int) -> RecipientVerdict:
         """RCPT TO, given how many recipients the transaction already has."""
@@ -295,7 +316,7 @@ class SmtpSubmission:
         [reason] = await self.store.enqueue([message], self.clock.now())
         if reason is None:
             if self.waker is not None:
-                self.waker.wake()
+                self.waker.wake(control.priority == Priority.IMMEDIATE)
             return Submitted(Acceptance.QUEUED, client_id)
         if reason == "message is being sent":
             return Submitted(Acceptance.BEING_SENT, client_id)

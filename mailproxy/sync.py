@@ -120,6 +120,9 @@ def report_item(event: Event) -> dict[str, Any]:
                     next_attempt_ts=meta.get("next_attempt_ts"))
         if "retry_count" in meta:
             item["retry_count"] = meta["retry_count"]
+    elif event.event_type.value.startswith("pec_"):
+        item.update(pec_event=event.event_type.value, pec_ts=event.event_ts,
+                    pec_details=event.description)
     else:
         item.update(bounce_ts=event.event_ts, bounce_type=meta.get("bounce_type"),
                     bounce_code=meta.get("bounce_code"),

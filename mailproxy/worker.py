@@ -24,6 +24,7 @@ from mailproxy.errors import (
     TemporaryFailure,
     UnknownHost,
 )
+from mailproxy.lane import PriorityLane
 from mailproxy.model import (
     Account,
     Attachment,
@@ -118,7 +119,8 @@ class Worker:
         self._unsent = 0  # of those, the ones whose attempt has not finished
         self._tasks: set[asyncio.Task[None]] = set()
         self._global = asyncio.Semaphore(settings.concurrency)
-        self._per_account: dict[tuple[str, str], asyncio.Semaphore] = {}
+        self._per_account: dict[tuple[str, str], PriorityLane] = {}
+        self._urgent = False  # an immediate message was enqueued: claim even when buffered
         self._accounts: dict[tuple[str, str], tuple[float, Account | None]] = {}
         self._blocked: dict[tuple[str, str], int] = {}
         self._unknown_hosts = UnknownHosts(settings.unknown_host_grace)
@@ -134,7 +136,11 @@ class Worker:
 
     # -- control -----------------------------------------------------------------------------
 
-    def wake(self) -> None:
+    def wake(self, urgent: bool = False) -> None:
+        """New work; `urgent` (an immediate message) claims even with a full claim buffer,
+        so that the message can take its account's next free connection (PriorityLane)."""
+        if urgent:
+            self._urgent = True
         self._wake.set()
 
     def account_changed(self, tenant_id: str, account_id: str) -> None:
@@ -143,6 +149,15 @@ class Worker:
         self._unknown_hosts.forget(tenant_id, account_id)
         self._sender.discard(tenant_id, account_id)
         self.wake()
+
+    def sending(self) -> bool:
+        """Whether messages are claimed and not finished (the bounce poller yields then)."""
+        return bool(self._inflight)
+
+    def set_bounce_return_path(self, address: str | None) -> None:
+        """Envelope sender of REST messages without their own (§4.2): the bounce mailbox
+        while bounces are enabled, else the From address."""
+        self.bounce_return_path = address
 
     def tenant_deleted(self, tenant_id: str) -> None:
         for key in [k for k in self._accounts if k[0] == tenant_id]:
@@ -198,7 +213,7 @@ class Worker:
                 productive = False
             if self._stopping:
                 break
-            if productive and self._claim_wanted():
+            if productive and (self._claim_wanted() or self._urgent):
                 continue
             # After a claim that found work, a freed slot may be worth the next claim; after
             # one that found none, only new work (wake) or the loop interval is.
@@ -237,9 +252,13 @@ class Worker:
 
     async def _cycle(self) -> bool:
         now = self._clock.now()
-        if not self._claim_wanted():
+        urgent, self._urgent = self._urgent, False
+        room = self._room() if self._claim_wanted() else 0
+        if urgent:  # past a full buffer, within the bound of all the worker may hold
+            room = max(room, min(self._s.concurrency,
+                                 2 * self._capacity() - len(self._inflight)))
+        if room <= 0:
             return True  # busy: wait for slots to free
-        room = self._room()
         self._blocked = {k: v for k, v in self._blocked.items() if v > now}
         batch = await self._store.claim(self._s.owner, now, self._s.lease_seconds, room,
                                         frozenset(self._blocked))
@@ -274,10 +293,13 @@ class Worker:
 
     async def _deliver(self, message: Claimed) -> None:
         key = (message.tenant_id, message.account_id)
-        account_sem = self._per_account.setdefault(key, asyncio.Semaphore(self._s.per_account))
+        lane = self._per_account.get(key)
+        if lane is None:
+            lane = self._per_account[key] = PriorityLane(self._s.per_account)
         try:
             try:
-                async with account_sem:
+                await lane.acquire(message.priority)
+                try:
                     # Fetching holds only the account's slot, never a global one: a slow
                     # attachment source delays its own account's mail, nobody else's.
                     prepared = await self._prepare(message)
@@ -286,6 +308,8 @@ class Worker:
                             outcome = await self._attempt(message, prepared)
                     else:
                         outcome = prepared
+                finally:
+                    lane.release()
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # a bug, not an SMTP failure: a counted, delayed retry
@@ -323,7 +347,6 @@ class Worker:
         self._inflight.pop(message.pk, None)
         if applied[0]:
             self._observer.outcome(message, outcome, now)
-            _log_failure(message, outcome, self._s.retry.max_retries)
             self._events_created()
 
     def _events_created(self) -> None:
@@ -457,26 +480,6 @@ class Worker:
             hostname=self._hostname, strip_headers=CONTROL_HEADERS,
         )
         return sender, list(message.payload.get("to") or []), data
-
-
-def _log_failure(message: Claimed, outcome: Outcome, max_retries: int) -> None:
-    """One INFO line per failed attempt: whose message, why, and what happens next (the same
-    facts as record attributes, for a structured log format)."""
-    fields = {"message_id": message.id, "tenant_id": message.tenant_id,
-              "account_id": message.account_id}
-    if isinstance(outcome, Deferred):
-        log.info("message %s (tenant %s, account %s) deferred: %s; next try %s (retry %d of %d)",
-                 message.id, message.tenant_id, message.account_id, _one_line(outcome.reason),
-                 iso(outcome.next_ts), outcome.retry_count, max_retries,
-                 extra={**fields, "outcome": "deferred"})
-    elif isinstance(outcome, Failed):
-        log.info("message %s (tenant %s, account %s) failed: %s; no further try",
-                 message.id, message.tenant_id, message.account_id, _one_line(outcome.error),
-                 extra={**fields, "outcome": "error"})
-
-
-def _one_line(text: str | None) -> str:
-    return " ".join((text or "unknown error").split())
 
 
 def _addr(item: str) -> str:

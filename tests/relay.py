@@ -9,6 +9,7 @@ effect at the next command (TLS offer, SMTPUTF8 and AUTH settings at the next co
     relay.stalls["DATA"] = 60                                  # sleep before answering
     relay.drop.add("DATA")                                     # close instead of answering
     relay.smtputf8 = False                                     # stop advertising SMTPUTF8
+    relay.pipelining = False                                   # stop advertising PIPELINING
 
 Use the `relay` fixture for a plain relay and `make_relay(...)` for TLS or AUTH variants.
 """
@@ -158,6 +159,8 @@ class _Handler:
             return [reply]
         if not self.relay.eightbit:
             responses = [line for line in responses if line[4:].upper() != "8BITMIME"]
+        if self.relay.pipelining:  # aiosmtpd reads commands one by one, so it can pipeline
+            responses = [*responses[:-1], "250-PIPELINING", responses[-1]]
         return responses
 
     async def handle_NOOP(
@@ -177,6 +180,8 @@ class _Handler:
     ) -> str:
         if self.relay.auth_required and not session.authenticated:
             return "530 5.7.0 Authentication required"
+        if server._reader._buffer:  # the next command came in the same write: pipelined
+            self.relay.pipelined += 1
         reply = await self.relay.intervene("MAIL", server)
         if reply is not None:
             return reply
@@ -188,11 +193,11 @@ class _Handler:
         self, server: SMTP, session: Session, envelope: Envelope, address: str, options: list[str]
     ) -> str:
         reply = await self.relay.intervene("RCPT", server, address)
-        if reply is not None:
+        if reply is not None and not reply.startswith("2"):
             return reply
         envelope.rcpt_tos.append(address)
         envelope.rcpt_options.extend(options)
-        return "250 OK"
+        return reply or "250 OK"
 
     async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
         reply = await self.relay.intervene("DATA", server) or "250 2.0.0 OK"
@@ -203,6 +208,8 @@ class _Handler:
 class Relay:
     """A relay sink with per-test behaviour. Start with start() or use as a context manager."""
 
+    pipelining_default = True  # a test module may flip it to run its relays without
+
     def __init__(
         self,
         *,
@@ -212,6 +219,7 @@ class Relay:
         require_starttls: bool = False,
         smtputf8: bool = True,
         eightbit: bool = True,
+        pipelining: bool | None = None,
         auth: tuple[str, str] | None = None,
         auth_required: bool | None = None,
         auth_require_tls: bool = True,
@@ -227,6 +235,7 @@ class Relay:
         self.require_starttls = require_starttls
         self.smtputf8 = smtputf8
         self.eightbit = eightbit
+        self.pipelining = self.pipelining_default if pipelining is None else pipelining
         self.auth = auth
         self.auth_required = auth is not None if auth_required is None else auth_required
         self.auth_require_tls = auth_require_tls
@@ -243,6 +252,7 @@ class Relay:
         self.refused: list[Received] = []
         self.accepted = 0
         self.connections = 0
+        self.pipelined = 0  # MAIL commands that arrived with the next command behind them
         self.commands: collections.Counter[str] = collections.Counter()
         self.logins: list[tuple[str, bool]] = []
         self.live: set[_RelaySMTP] = set()
@@ -333,6 +343,7 @@ class Relay:
         self.refused.clear()
         self.accepted = 0
         self.commands.clear()
+        self.pipelined = 0
         self.logins.clear()
 
     # -- called from the relay thread -------------------------------------------------------

@@ -15,9 +15,11 @@ from mailproxy.addresses import parse_address_list, split_address
 from mailproxy.bounces.model import (
     BounceRecord,
     BounceType,
+    MailboxCursor,
     MessageRef,
     NewSuppression,
     ParsedBounce,
+    PecRecord,
     SoftRule,
     SuppressionSource,
     normal_address,
@@ -128,3 +130,29 @@ def suppression_source(record: BounceRecord, rule: SoftRule, soft_count: int
     if rule.limit > 0 and soft_count >= rule.limit:
         return SuppressionSource.SOFT_BOUNCE
     return None
+
+
+PEC_TIMEOUT_BATCH = 500
+
+
+def pec_args(record: PecRecord, now: int) -> dict[str, Any]:
+    """Named parameters of the PEC receipt queries, shared by both SQL backends."""
+    r = record.receipt
+    return {"fingerprint": r.fingerprint, "seq": record.message.seq,
+            "tenant_id": record.message.tenant_id, "event_type": r.event_type, "now": now,
+            "details": r.details, "metadata": "{}"}
+
+
+def overdue_args(tenant_id: str, account_id: str, before: int) -> dict[str, Any]:
+    return {"tenant_id": tenant_id, "account_id": account_id, "before": before,
+            "limit": PEC_TIMEOUT_BATCH}
+
+
+def timeout_args(seq: int, tenant_id: str, now: int) -> dict[str, Any]:
+    return {"seq": seq, "tenant_id": tenant_id, "event_type": "pec_timeout", "now": now,
+            "details": "no acceptance receipt in time", "metadata": "{}"}
+
+
+def cursor_args(cursor: MailboxCursor, now: int) -> dict[str, Any]:
+    return {"mailbox": cursor.mailbox, "uidvalidity": cursor.uidvalidity,
+            "last_uid": cursor.last_uid, "now": now}

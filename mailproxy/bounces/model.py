@@ -158,3 +158,20 @@ class MailboxCursor:
     mailbox: str
     uidvalidity: int
     last_uid: int
+
+
+@dataclass(frozen=True, slots=True)
+class PecReceipt:
+    """A PEC receipt (§8.3): its event type and what ties it to the message we sent."""
+
+    event_type: str  # pec_acceptance | pec_delivery | pec_error
+    details: str | None
+    fingerprint: str
+    message_id: str | None = None  # X-Riferimento-Message-ID
+    client_id: str | None = None  # top-level X-Genro-Mail-ID
+
+
+@dataclass(frozen=True, slots=True)
+class PecRecord:
+    message: MessageRef
+    receipt: PecReceipt

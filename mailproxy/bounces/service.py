@@ -17,6 +17,8 @@ from mailproxy.bounces.model import (
     MessageRef,
     NewSuppression,
     ParsedBounce,
+    PecReceipt,
+    PecRecord,
     Recorded,
     SoftRule,
     SuppressionCursor,
@@ -56,6 +58,10 @@ class BounceStore(Protocol):
     async def get_cursor(self, mailbox: str) -> MailboxCursor | None: ...
     async def record_bounces(self, cursor: MailboxCursor, records: Sequence[BounceRecord],
                              rule: SoftRule, now: int) -> list[Recorded]: ...
+    async def record_pec(self, cursor: MailboxCursor, records: Sequence[PecRecord], now: int
+                         ) -> list[bool]: ...
+    async def pec_timeouts(self, tenant_id: str, account_id: str, before: int, now: int
+                           ) -> int: ...
     async def acquire_lease(self, name: str, owner: str, now: float, until: float
                             ) -> bool: ...
     async def release_lease(self, name: str, owner: str) -> None: ...
@@ -232,6 +238,49 @@ class BounceService:
         if any(not r.duplicate for r in results) and self.on_events is not None:
             self.on_events()
         return results
+
+    # -- PEC receipts (§8.3) -------------------------------------------------------------
+
+    async def receipt_message(self, receipt: PecReceipt, tenant_id: str, account_id: str
+                              ) -> MessageRef | None:
+        """The message of this PEC account a receipt is about, or None."""
+        pk = correlate.pk_of_message_id(receipt.message_id)
+        if pk is not None:
+            found = await self.store.message_by_pk(pk)
+            if found is not None and (found.tenant_id, found.account_id) == (tenant_id,
+                                                                             account_id):
+                return found
+        if receipt.client_id:
+            mine = [m for m in await self.store.messages_by_client_id(receipt.client_id)
+                    if m.tenant_id == tenant_id]
+            if len(mine) == 1:
+                return mine[0]
+        return None
+
+    async def record_receipts(self, cursor: MailboxCursor, tenant_id: str, account_id: str,
+                              receipts: Sequence[PecReceipt]) -> int:
+        """Correlate and store one poll's receipts with the cursor; events created."""
+        records: list[PecRecord] = []
+        for receipt in receipts:
+            found = await self.receipt_message(receipt, tenant_id, account_id)
+            if found is None:
+                log.info("unmatched PEC receipt %s (%s) on %s/%s", receipt.event_type,
+                         receipt.message_id, tenant_id, account_id)
+                continue
+            records.append(PecRecord(found, receipt))
+        done = await self.store.record_pec(cursor, records, int(self.clock.now()))
+        created = sum(done)
+        if created and self.on_events is not None:
+            self.on_events()
+        return created
+
+    async def pec_timeouts(self, tenant_id: str, account_id: str, timeout: int) -> int:
+        """pec_timeout for the account's messages sent `timeout` s ago without acceptance."""
+        now = int(self.clock.now())
+        created = await self.store.pec_timeouts(tenant_id, account_id, now - timeout, now)
+        if created and self.on_events is not None:
+            self.on_events()
+        return created
 
     def _count(self, tenant_id: str | None, bounce_type: str) -> None:
         if self.observer is not None:

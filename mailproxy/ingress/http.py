@@ -11,7 +11,7 @@ from typing import Any, Protocol, TypeVar
 from aiohttp import web
 from pydantic import BaseModel, TypeAdapter, ValidationError
 
-from mailproxy import __version__, resources
+from mailproxy import __version__, jsonsafe, resources
 from mailproxy.bounces.model import SuppressionView
 from mailproxy.bounces.service import BounceService
 from mailproxy.errors import (
@@ -22,6 +22,7 @@ from mailproxy.errors import (
     StoreError,
     Unauthorized,
 )
+from mailproxy.ingress import bodies
 from mailproxy.ingress.openapi import Param, Spec, build_openapi, documented, tenant_query
 from mailproxy.ingress.schemas import (
     AccountShape,
@@ -103,10 +104,13 @@ class Unprocessable(Exception):
 
 
 def _json(data: Any, status: int = 200) -> web.Response:
-    return web.Response(
-        body=json.dumps(data, separators=(",", ":"), ensure_ascii=False).encode("utf-8"),
-        status=status, content_type="application/json", charset="utf-8",
-    )
+    text = json.dumps(data, separators=(",", ":"), ensure_ascii=False)
+    try:
+        body = text.encode("utf-8")
+    except UnicodeEncodeError:  # a lone surrogate echoed back (a rejected id): escape it
+        body = json.dumps(data, separators=(",", ":")).encode("ascii")
+    return web.Response(body=body, status=status, content_type="application/json",
+                        charset="utf-8")
 
 
 def _error(status: int, detail: Any, headers: Mapping[str, str] | None = None) -> web.Response:
@@ -149,27 +153,48 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
 # -- request helpers ---------------------------------------------------------------------------
 
 async def _caller(request: web.Request) -> Caller:
+    """The authenticated caller; then the body guard, so that every authenticated route
+    answers a too-deep body with 400 (after 401, as §1 orders), read or not."""
     caller = await request.app[SERVICE].authenticate(request.headers.get("X-API-Token"))
     request[CALLER] = caller
+    unstorable = bodies.unstorable_param(request)
+    if unstorable is not None:
+        raise Unprocessable([{"loc": list(unstorable), "type": "string_unstorable",
+                              "msg": "text holds a NUL or a lone surrogate"}])
+    parsed = await bodies.parsed(request)
+    if isinstance(parsed.value, jsonsafe.TooDeep):
+        raise InvalidRequest(str(parsed.value))
     return caller
 
 
-async def _body(request: web.Request, *, optional: bool = False) -> Any:
-    raw = await request.read()
-    if not raw.strip():
+async def _body(request: web.Request, *, optional: bool = False, items: str | None = None
+                ) -> Any:
+    """The JSON body. Under the key `items` (add-messages' messages) unstorable text is
+    left to the caller, which rejects those items alone."""
+    parsed = await bodies.parsed(request)
+    body = parsed.value
+    if body is bodies.EMPTY:
         if optional:
             return {}
         raise Unprocessable([{"loc": ["body"], "msg": "Field required", "type": "missing"}])
-    try:
-        return json.loads(raw)
-    except (ValueError, UnicodeDecodeError) as exc:
+    if isinstance(body, jsonsafe.TooDeep):
+        raise InvalidRequest(str(body))
+    if isinstance(body, ValueError):
         raise Unprocessable(
-            [{"loc": ["body"], "msg": f"JSON decode error: {exc}", "type": "json_invalid"}]
-        ) from None
+            [{"loc": ["body"], "msg": f"JSON decode error: {body}", "type": "json_invalid"}])
+    if jsonsafe.may_hold_unstorable(parsed.raw):
+        checked = body
+        if items is not None and isinstance(body, dict):
+            checked = {k: v for k, v in body.items() if k != items}
+        path = jsonsafe.unstorable_path(checked)
+        if path is not None:
+            raise InvalidRequest(bodies.unstorable_reason(path))
+    return body
 
 
-async def _object(request: web.Request, *, optional: bool = False) -> dict[str, Any]:
-    body = await _body(request, optional=optional)
+async def _object(request: web.Request, *, optional: bool = False, items: str | None = None
+                  ) -> dict[str, Any]:
+    body = await _body(request, optional=optional, items=items)
     if not isinstance(body, dict):
         raise Unprocessable([{"loc": ["body"], "msg": "Input should be an object",
                               "type": "dict_type"}])
@@ -251,7 +276,7 @@ async def status(request: web.Request) -> web.Response:
                 response=AddMessagesResponse))
 async def add_messages(request: web.Request) -> web.Response:
     caller = await _caller(request)
-    body = await _object(request)
+    body = await _object(request, items="messages")
     messages = body.get("messages")
     if not isinstance(messages, list) or len(messages) > 1000:
         raise InvalidRequest("messages must be a list of at most 1000 items")
@@ -263,7 +288,11 @@ async def add_messages(request: web.Request) -> web.Response:
         _MESSAGES.validate_python(messages)
     except ValidationError as exc:
         raise Unprocessable(_pydantic_detail(exc, ("body", "messages"))) from None
-    result = await request.app[SERVICE].submit(caller, messages, body.get("default_priority"))
+    refused = None
+    if jsonsafe.may_hold_unstorable((await bodies.parsed(request)).raw):
+        refused = bodies.unstorable_items(messages)
+    result = await request.app[SERVICE].submit(caller, messages, body.get("default_priority"),
+                                               refused=refused)
     rejected = [{"id": r.id, "reason": r.reason, "index": r.index} for r in result.rejected]
     if result.failed:
         return _error(400, {"error": "no message queued", "rejected": rejected})
@@ -601,25 +630,15 @@ async def command_log_middleware(request: web.Request, handler: Handler) -> web.
             or request.path in _UNLOGGED_PATHS):
         return response
     try:
-        payload = await _logged_payload(request)
+        payload = await bodies.logged_payload(request)
         await request.app[SERVICE].record_command(
-            request.method, request.path, _logged_tenant(request, caller, payload), payload,
+            request.method, jsonsafe.scrub(request.path),
+            jsonsafe.scrub(_logged_tenant(request, caller, payload)), payload,
             response.status)
     except Exception as exc:  # the command itself is done; losing its log line is not fatal
         log.warning("command log write failed for %s %s: %s", request.method, request.path,
                     type(exc).__name__)
     return response
-
-
-async def _logged_payload(request: web.Request) -> Any:
-    try:
-        raw = await request.read()
-        body = json.loads(raw) if raw.strip() else {}
-    except (ValueError, UnicodeDecodeError, web.HTTPException):
-        body = {}
-    if isinstance(body, dict) and request.query:
-        return {**dict(request.query), **body}
-    return body
 
 
 def _logged_tenant(request: web.Request, caller: Caller, payload: Any) -> str | None:
@@ -661,6 +680,18 @@ async def _may_scrape(request: web.Request, token: str) -> bool:
         return (await _caller(request)).admin
     except Unauthorized:
         return False
+
+
+# Where a browser opening the server's root is sent: the dashboard (its sign-in when signed out).
+HOME = "/ui/"
+
+
+@documented(Spec("302 to the human API reference (a browser lands on HTML)", "public",
+                 media_type="text/html"))
+async def root(request: web.Request) -> web.Response:
+    response = _json({"detail": f"See {HOME}"}, 302)
+    response.headers["Location"] = HOME
+    return response
 
 
 @documented(Spec("OpenAPI 3.1 description of every route", "public"))
@@ -774,6 +805,7 @@ def _iso_stamps(row: Tenant | Account) -> dict[str, str | None]:
 # -- the route table ---------------------------------------------------------------------------
 
 ROUTES: tuple[tuple[str, str, Handler], ...] = (
+    ("GET", "/", root),
     ("GET", "/health", health),
     ("GET", "/status", status),
     ("POST", "/commands/add-messages", add_messages),

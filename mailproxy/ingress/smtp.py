@@ -38,7 +38,7 @@ STORAGE_ERROR = "451 4.3.0 Storage unavailable, message not queued; try again la
 AUTH_UNAVAILABLE = "454 4.7.0 Temporary authentication failure"
 AUTH_REQUIRED = "530 5.7.0 Authentication required"
 AUTH_INVALID = "535 5.7.8 Authentication credentials invalid"
-SUPPRESSED = "550 5.1.1 Recipient address is on the suppression list"
+SUPPRESSED = "550 5.7.1 Recipient address is on the suppression list"
 
 # aiosmtpd answers these itself, without enhanced codes (or, for a path it cannot parse,
 # with 553 where §13 asks for 501).
@@ -289,6 +289,11 @@ class SmtpListener:
         self.handler = _Handler(submission)
         self.sessions: set[SubmissionSMTP] = set()
         self._servers: list[asyncio.Server] = []
+
+    @property
+    def serving(self) -> bool:
+        """Whether a listening socket is open (the dashboard shows it)."""
+        return any(server.is_serving() for server in self._servers)
 
     async def start(self) -> None:
         _quiet_protocol_logger()

@@ -9,6 +9,7 @@ from mailproxy.errors import ConfigError
 if TYPE_CHECKING:
     from mailproxy.bounces.service import BounceStore
     from mailproxy.config import Settings
+    from mailproxy.dashboard.port import DashboardStore
     from mailproxy.service import Store
     from mailproxy.store.rows import Cipher
 
@@ -25,6 +26,21 @@ def open_store(settings: Settings, cipher: Cipher) -> Store:
     from mailproxy.store.sqlite import SqliteStore
 
     return SqliteStore(settings.db_path, cipher, synchronous=settings.sqlite_synchronous)
+
+
+def open_dashboard_store(store: Store) -> DashboardStore:
+    """The dashboard's queries on the same database as `store` (issue 15)."""
+    from mailproxy.store.sqlite import SqliteStore
+
+    if isinstance(store, SqliteStore):
+        from mailproxy.store.sqlite_dashboard import SqliteDashboard
+
+        return SqliteDashboard(store)
+    from mailproxy.store.postgres import PostgresStore
+    from mailproxy.store.postgres_dashboard import PostgresDashboard
+
+    assert isinstance(store, PostgresStore)
+    return PostgresDashboard(store)
 
 
 def open_bounce_store(store: Store) -> BounceStore:

@@ -260,6 +260,7 @@ class PostgresStore:
         self._listen_task: asyncio.Task[None] | None = None
         self._listen_lost = asyncio.Event()
         self._listen_callback: Callable[[], None] | None = None
+        self._change_callbacks: list[Callable[[], None]] = []
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -352,6 +353,14 @@ class PostgresStore:
         atomic by itself, and a read is safe to repeat after a lost connection."""
         return await self._run(fn, transaction=False)
 
+    async def run_read(self, fn: Callable[[Conn], Awaitable[T]]) -> T:
+        """For companion stores (the dashboard): one read on a pooled connection."""
+        return await self._read(fn)
+
+    async def run_write(self, fn: Callable[[Conn], Awaitable[T]]) -> T:
+        """For companion stores: fn in one transaction, retried like the store's own."""
+        return await self._run(fn)
+
     async def _attempt(self, fn: Callable[[Conn], Awaitable[T]], transaction: bool) -> T:
         pool = self._pool
         if pool is None:
@@ -408,7 +417,16 @@ class PostgresStore:
         self._listen_lost.clear()
         self._listen_con = con
 
-    def _notified(self, *_args: Any) -> None:
+    def on_change(self, callback: Callable[[], None]) -> None:
+        """Call callback when any instance changed a tenant or an account (migration 006's
+        triggers notify with payload 'changed'), and after a reconnect (one may be missed)."""
+        self._change_callbacks.append(callback)
+
+    def _notified(self, *args: Any) -> None:
+        payload = args[3] if len(args) > 3 else None
+        if payload is None or payload == "changed":
+            for callback in self._change_callbacks:
+                callback()
         if self._listen_callback is not None:
             self._listen_callback()
 

@@ -16,6 +16,7 @@ from mailproxy.bounces.model import (
     MailboxCursor,
     MessageRef,
     NewSuppression,
+    PecRecord,
     Recorded,
     SoftRule,
     SuppressionCursor,
@@ -129,8 +130,7 @@ class PostgresBounces:
 
         async def op(c: Conn) -> list[Recorded]:
             out = [await self._record_one(c, r, rule, now) for r in records]
-            await _ex(c, "put_cursor", mailbox=cursor.mailbox, uidvalidity=cursor.uidvalidity,
-                      last_uid=cursor.last_uid, now=now)
+            await _ex(c, "put_cursor", **correlate.cursor_args(cursor, now))
             return out
 
         return await self._store._run(op)
@@ -161,6 +161,34 @@ class PostgresBounces:
             count = await _val(c, "count_soft_bounces", tenant_id=record.message.tenant_id,
                                recipient=record.bounce.recipient, since=now - rule.window)
         return correlate.suppression_source(record, rule, int(count))
+
+    async def record_pec(self, cursor: MailboxCursor, records: Sequence[PecRecord], now: int
+                         ) -> list[bool]:
+        """Store the receipts as pec_* events (each once) and move the cursor."""
+
+        async def op(c: Conn) -> list[bool]:
+            out = []
+            for r in records:
+                args = correlate.pec_args(r, now)
+                fresh = await _ex(c, "insert_pec_receipt", **args) > 0
+                if fresh:
+                    await _ex(c, "insert_pec_event", **args)
+                out.append(fresh)
+            await _ex(c, "put_cursor", **correlate.cursor_args(cursor, now))
+            return out
+
+        return await self._store._run(op)
+
+    async def pec_timeouts(self, tenant_id: str, account_id: str, before: int, now: int
+                           ) -> int:
+        async def op(c: Conn) -> int:
+            found = await _q(c, "pec_overdue",
+                             **correlate.overdue_args(tenant_id, account_id, before))
+            for seq, tenant in found:
+                await _ex(c, "insert_pec_event", **correlate.timeout_args(seq, tenant, now))
+            return len(found)
+
+        return await self._store._run(op)
 
     async def acquire_lease(self, name: str, owner: str, now: float, until: float) -> bool:
         return bool(await self._store._run(lambda c: _ex(

@@ -139,9 +139,8 @@ class SqliteStore:
                 continue
             conn.execute("BEGIN IMMEDIATE")
             try:
-                for statement in script.split(";\n"):
-                    if statement.strip():
-                        conn.execute(statement)
+                for statement in _statements(script):
+                    conn.execute(statement)
                 conn.execute(f"PRAGMA user_version = {number}")
                 conn.execute("COMMIT")
             except BaseException:
@@ -235,6 +234,14 @@ class SqliteStore:
                 conn.execute("ROLLBACK")
             raise
         return out
+
+    async def run_read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """For companion stores (the dashboard): fn on the reader connection."""
+        return await self._read(fn)
+
+    async def run_write(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """For companion stores: fn in the group-committed write transaction."""
+        return await self._write(fn)
 
     # -- meta --------------------------------------------------------------------------------
 
@@ -779,3 +786,17 @@ class SqliteStore:
     async def prune_commands(self, before_ts: int) -> int:
         return int(await self._write(
             lambda c: c.execute(R["prune_commands"], (before_ts,)).rowcount))
+
+
+def _statements(script: str) -> list[str]:
+    """The statements of a migration script, split where sqlite3 finds one complete (a
+    trigger body holds semicolons of its own)."""
+    found, pending = [], ""
+    for line in script.splitlines(keepends=True):
+        pending += line
+        if sqlite3.complete_statement(pending):
+            found.append(pending)
+            pending = ""
+    if pending.strip():
+        found.append(pending)
+    return found

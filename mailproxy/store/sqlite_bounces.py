@@ -19,6 +19,7 @@ from mailproxy.bounces.model import (
     MailboxCursor,
     MessageRef,
     NewSuppression,
+    PecRecord,
     Recorded,
     SoftRule,
     SuppressionCursor,
@@ -141,9 +142,7 @@ class SqliteBounces:
 
         def op(c: sqlite3.Connection) -> list[Recorded]:
             out = [self._record_one(c, r, rule, now) for r in records]
-            c.execute(B["put_cursor"], {"mailbox": cursor.mailbox,
-                                        "uidvalidity": cursor.uidvalidity,
-                                        "last_uid": cursor.last_uid, "now": now})
+            c.execute(B["put_cursor"], correlate.cursor_args(cursor, now))
             return out
 
         return await self._store._write(op)
@@ -175,6 +174,34 @@ class SqliteBounces:
                 "tenant_id": record.message.tenant_id, "recipient": record.bounce.recipient,
                 "since": now - rule.window}).fetchone()[0]
         return correlate.suppression_source(record, rule, int(count))
+
+    async def record_pec(self, cursor: MailboxCursor, records: Sequence[PecRecord], now: int
+                         ) -> list[bool]:
+        """Store the receipts as pec_* events (each once) and move the cursor."""
+
+        def op(c: sqlite3.Connection) -> list[bool]:
+            out = []
+            for r in records:
+                args = correlate.pec_args(r, now)
+                fresh = c.execute(B["insert_pec_receipt"], args).rowcount > 0
+                if fresh:
+                    c.execute(B["insert_pec_event"], args)
+                out.append(fresh)
+            c.execute(B["put_cursor"], correlate.cursor_args(cursor, now))
+            return out
+
+        return await self._store._write(op)
+
+    async def pec_timeouts(self, tenant_id: str, account_id: str, before: int, now: int
+                           ) -> int:
+        def op(c: sqlite3.Connection) -> int:
+            found = c.execute(B["pec_overdue"], correlate.overdue_args(
+                tenant_id, account_id, before)).fetchall()
+            for seq, tenant in found:
+                c.execute(B["insert_pec_event"], correlate.timeout_args(seq, tenant, now))
+            return len(found)
+
+        return await self._store._write(op)
 
     async def acquire_lease(self, name: str, owner: str, now: float, until: float) -> bool:
         args = {"name": name, "owner": owner, "now": now, "until": until}

@@ -233,10 +233,10 @@ def test_why_a_message_waits_is_in_the_cli_table_and_the_server_log(
         assert history == [f"  inv-1: {_utc(event_ts)} deferred 451 4.3.0 try again later"]
         assert not re.search(r"\b1[7-9]\d{8}\b", table)  # never a raw epoch
         log = server.log.read_text()
-        assert (f"INFO mailproxy.worker: message {message_id} (tenant acme, account main) "
-                f"deferred: 451 4.3.0 try again later; next try "
+        assert (f"INFO mailproxy.delivery.outcome: deferred acme/main {message_id}: "
+                f"451 4.3.0 try again later; next try "
                 f"{time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime(record['deferred_ts']))} "
-                f"(retry 1 of 5)") in log
+                f"(retry 1)") in log
     finally:
         server.stop()
 

@@ -58,6 +58,12 @@ def test_wheel_installs_and_serves(tmp_path: Path) -> None:
     names = zipfile.ZipFile(wheel).namelist()
     assert "mailproxy/_data/templates/docs.html" in names
     assert "mailproxy/_data/static/docs/docs.js" in names
+    for shipped in ("templates/ui/base.html", "templates/ui/_overview.html",
+                    "static/ui/dashboard.js", "static/ui/dashboard.css",
+                    "static/vendor/htmx-2.0.11.min.js", "static/vendor/uPlot-1.6.32.iife.min.js",
+                    "static/vendor/README.md"):
+        assert f"mailproxy/_data/{shipped}" in names, shipped
+    assert "mailproxy/store/sql/sqlite/dashboard.sql" in names
     assert any(n.startswith("mailproxy/store/sql/") for n in names)
 
     venv = tmp_path / "venv"
@@ -92,6 +98,10 @@ def test_wheel_installs_and_serves(tmp_path: Path) -> None:
         status, page = _get(f"http://127.0.0.1:{port}/docs")
         assert status == 200 and b"/openapi.json" in page
         status, _ = _get(f"http://127.0.0.1:{port}/docs/static/docs.js")
+        assert status == 200
+        status, page = _get(f"http://127.0.0.1:{port}/ui/login")
+        assert status == 200 and b"Sign in" in page
+        status, _ = _get(f"http://127.0.0.1:{port}/ui/static/vendor/htmx-2.0.11.min.js")
         assert status == 200
         origin = subprocess.run(
             [str(python), "-c", "import mailproxy; print(mailproxy.__file__)"],

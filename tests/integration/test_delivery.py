@@ -1,4 +1,8 @@
-"""SmtpPool against a real aiosmtpd relay on loopback."""
+"""SmtpPool against a real aiosmtpd relay on loopback.
+
+Every test runs twice: with the relay advertising PIPELINING (MAIL, RCPT and DATA go out in
+one write) and without (one command per round trip); the outcomes must be the same.
+"""
 
 from __future__ import annotations
 
@@ -22,6 +26,12 @@ MESSAGE = (
 USER, PASSWORD = "user", "secret"
 
 PoolFactory = Callable[..., SmtpPool]
+
+
+@pytest.fixture(autouse=True, params=[True, False], ids=["pipelined", "one-by-one"])
+def pipelining(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> bool:
+    monkeypatch.setattr(Relay, "pipelining_default", request.param)
+    return bool(request.param)
 
 
 @pytest.fixture
@@ -108,6 +118,18 @@ async def test_connection_is_reused_without_extra_round_trips(relay: Relay, pool
     assert relay.commands["RSET"] == 0
 
 
+async def test_pipelining_is_used_only_when_advertised(
+    relay: Relay, pool: SmtpPool, pipelining: bool
+) -> None:
+    for _ in range(3):
+        await send(pool, relay, recipients=["b@example.org", "c@example.net"])
+
+    got = await relay.wait_for(3)
+    assert all(m.rcpt_tos == ("b@example.org", "c@example.net") for m in got)
+    assert relay.pipelined == (3 if pipelining else 0)
+    assert relay.connections == 1
+
+
 async def test_concurrent_sends_use_at_most_pool_size_connections(
     relay: Relay, make_pool: PoolFactory
 ) -> None:
@@ -143,6 +165,27 @@ async def test_partial_refusal_returns_failed_recipients(relay: Relay, pool: Smt
     assert refused == (RecipientFailure("bad@example.org", 550, "5.1.1 user unknown"),)
     [got] = await relay.wait_for(1)
     assert got.rcpt_tos == ("ok@example.org",)
+
+
+async def test_251_forwarded_counts_as_accepted(relay: Relay, pool: SmtpPool) -> None:
+    relay.rcpt_replies["moved@example.org"] = "251 2.1.5 user not local; will forward"
+
+    assert await send(pool, relay, recipients=["moved@example.org"]) == ()
+    await relay.wait_for(1)
+
+
+async def test_multi_line_refusal_is_read_whole(relay: Relay, pool: SmtpPool) -> None:
+    relay.rcpt_replies["bad@example.org"] = "550-5.1.1 no such user\r\n550 5.1.1 see the docs"
+
+    refused = await send(pool, relay, recipients=["bad@example.org", "ok@example.org"])
+
+    assert refused == (
+        RecipientFailure("bad@example.org", 550, "5.1.1 no such user 5.1.1 see the docs"),)
+    [got] = await relay.wait_for(1)
+    assert got.rcpt_tos == ("ok@example.org",)
+    await send(pool, relay)  # the replies stayed in step
+    await relay.wait_for(2)
+    assert relay.connections == 1
 
 
 async def test_all_refused_permanently(relay: Relay, pool: SmtpPool) -> None:
@@ -218,6 +261,41 @@ async def test_421_closes_the_connection_and_is_temporary(relay: Relay, pool: Sm
     await send(pool, relay)
     await relay.wait_for(1)
     assert relay.connections == 2
+
+
+async def test_421_at_rcpt_closes_the_connection_and_is_temporary(
+    relay: Relay, pool: SmtpPool
+) -> None:
+    relay.rcpt_replies["x@example.org"] = "421 4.3.2 shutting down"
+
+    with pytest.raises(TemporaryFailure) as info:
+        await send(pool, relay, recipients=["ok@example.org", "x@example.org"])
+
+    assert info.value.code == 421
+    assert relay.messages == []
+    relay.rcpt_replies.clear()
+    await send(pool, relay)
+    await relay.wait_for(1)
+    assert relay.connections == 2
+
+
+@pytest.mark.parametrize(("reply", "kind"), [
+    ("452 4.3.1 out of storage", TemporaryFailure),
+    ("554 5.6.0 content rejected", PermanentFailure),
+])
+async def test_refusal_after_the_content_keeps_the_connection(
+    relay: Relay, pool: SmtpPool, reply: str, kind: type[Exception]
+) -> None:
+    relay.replies["DATA"] = reply
+
+    with pytest.raises(kind) as info:
+        await send(pool, relay)
+
+    assert str(info.value) == reply
+    del relay.replies["DATA"]
+    await send(pool, relay)
+    await relay.wait_for(1)
+    assert relay.connections == 1
 
 
 async def test_invalid_address_is_permanent_without_contacting_relay(

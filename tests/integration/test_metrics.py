@@ -133,3 +133,27 @@ async def test_report_posts_move_the_report_counters(
     assert (await api.call("POST", "/commands/add-messages", json=rejected))[0] == 400
     await endpoint.wait_calls(3)
     await reach(2, 1)
+
+
+async def test_http_request_duration_histogram_by_method_and_route_template(api: Api) -> None:
+    await api.tenant("acme")
+    for tenant in ("acme", "nobody", "other-1"):
+        await api.call("GET", f"/tenant/{tenant}")
+    async with api.client.request("PATCH", "/tenant/acme") as resp:
+        assert resp.status == 405
+    await api.call("GET", "/no/such/path")
+    _, _, text = await scrape(api)
+    name = "gmp_http_request_duration_seconds"
+    assert f"# TYPE {name} histogram" in text
+    route = 'method="GET",route="/tenant/{tenant_id}"'
+    assert value(text, f'{name}_count{{{route}}}') == 3.0
+    assert value(text, f'{name}_bucket{{le="10.0",{route}}}') == 3.0
+    assert value(text, f'{name}_sum{{{route}}}') > 0
+    assert value(text, f'{name}_count{{method="POST",route="/tenant"}}') == 1.0
+    assert value(text, f'{name}_count{{method="GET",route="unmatched"}}') == 1.0
+    assert value(text, f'{name}_count{{method="PATCH",route="unmatched"}}') == 1.0
+    series = [line for line in text.splitlines() if line.startswith(name)]
+    assert not [line for line in series if "acme" in line or "nobody" in line], series
+    # The queue and SMTP histograms are still there.
+    assert "# TYPE gmp_queue_latency_seconds histogram" in text
+    assert "# TYPE gmp_smtp_send_seconds histogram" in text

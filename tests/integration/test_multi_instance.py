@@ -39,7 +39,10 @@ BATCH = 250
 LEASE_SECONDS = 5
 SEND_CONCURRENCY = 10
 KILL_AFTER = 2500  # messages at the relay
-DEADLINE = 110.0  # seconds for the whole run, posting included
+# Seconds for the whole run, posting included. On the shared 2-core host under CPU load a
+# run takes 100-110 s (the limited accounts alone need 60 s), so the former 110 s made the
+# test fail under a loaded full run although nothing was lost; the bound only stops a hang.
+DEADLINE = 300.0
 
 @pytest.fixture
 async def schema(pg_url: str) -> AsyncIterator[PgSchema]:
@@ -173,10 +176,11 @@ async def test_three_instances_share_one_queue_and_survive_a_kill(
             await posting
             assert poster.acked == wanted
             seen = await _wait_delivered(relay, wanted, began + DEADLINE)
-            for _ in range(100):  # the last outcomes are committed just after the relay's 250
+            while True:  # the last outcomes are committed just after the relay's 250
                 status = await first.call(session, "GET", "/status")
                 if status["pending_messages"] == 0:
                     break
+                assert time.monotonic() - began < DEADLINE, status
                 await asyncio.sleep(0.1)
     finally:
         codes = [server.stop() for server in servers if server.running]

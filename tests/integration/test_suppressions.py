@@ -117,7 +117,7 @@ async def test_smtp_rcpt_of_a_suppressed_address_is_refused(
     await smtp.mail("sender@acme.test")
     with pytest.raises(aiosmtplib.SMTPRecipientRefused) as refused:
         await smtp.rcpt("DEAD@example.org")
-    assert refused.value.code == 550 and refused.value.message.startswith("5.1.1")
+    assert refused.value.code == 550 and refused.value.message.startswith("5.7.1")
     await smtp.rcpt("live@example.org")
     await smtp.data(b"From: sender@acme.test\r\nTo: live@example.org\r\nSubject: s\r\n\r\nhi\r\n")
     await smtp.quit()

@@ -188,3 +188,37 @@ async def test_poller_lease_has_one_holder(store: Store) -> None:
     assert not await b.acquire_lease("bounce", "p1", 210.0, 270.0)
     await b.release_lease("bounce", "p2")
     assert await b.acquire_lease("bounce", "p1", 220.0, 280.0)
+
+
+async def test_pec_receipts_are_recorded_once_and_timeouts_raised_once(store: Store) -> None:
+    from mailproxy.bounces.model import PecReceipt, PecRecord
+
+    await tenant(store)
+    await account(store, account_id="main")
+    pec = NewMessage(tenant_id="acme", id="p1", account_id="main", priority=Priority.MEDIUM,
+                     deferred_ts=None, batch_code=None, is_pec=True,
+                     payload={"from": "s@acme.test", "to": ["r@example.org"], "subject": "x"})
+    late = NewMessage(tenant_id="acme", id="p2", account_id="main", priority=Priority.MEDIUM,
+                      deferred_ts=None, batch_code=None, is_pec=True,
+                      payload={"from": "s@acme.test", "to": ["r@example.org"], "subject": "y"})
+    await store.enqueue([pec, late], T0)
+    await send_all(store, T0)
+    rows = await listing(store, T0)
+    b = open_bounce_store(store)
+    ref = await b.message_by_pk(rows["p1"]["pk"])
+    assert ref is not None
+    accepted = PecRecord(ref, PecReceipt("pec_acceptance", "ACCETTAZIONE: x", "fp-a"))
+    assert await b.record_pec(MailboxCursor("pec:acme/main", 3, 9), [accepted], int(T0)) == [True]
+    assert await b.record_pec(MailboxCursor("pec:acme/main", 3, 9), [accepted], int(T0)) == [
+        False]
+    assert await b.get_cursor("pec:acme/main") == MailboxCursor("pec:acme/main", 3, 9)
+    # Not yet due; then only the message without acceptance times out, and only once.
+    assert await b.pec_timeouts("acme", "main", int(T0) - 1, int(T0)) == 0
+    assert await b.pec_timeouts("acme", "main", int(T0) + 10, int(T0) + 10) == 1
+    assert await b.pec_timeouts("acme", "main", int(T0) + 20, int(T0) + 20) == 0
+    assert await b.pec_timeouts("acme", "other", int(T0) + 20, int(T0) + 20) == 0
+    found = await listing(store, T0, include_history=True)
+    assert [h["event_type"] for h in found["p1"]["history"]] == ["sent", "pec_acceptance"]
+    assert [h["event_type"] for h in found["p2"]["history"]] == ["sent", "pec_timeout"]
+    events = [e for e in await store.pending_events("acme", 10) if e.client_id == "p2"]
+    assert events[-1].event_type == "pec_timeout"

@@ -46,4 +46,12 @@ CREATE TABLE poller_leases (
     until double precision NOT NULL
 );
 
+CREATE TABLE pec_receipts (
+    fingerprint text PRIMARY KEY,
+    message_seq bigint NOT NULL,
+    created_ts  bigint NOT NULL
+);
+
+CREATE INDEX messages_pec_sent ON messages (sent_ts) WHERE is_pec AND status = 'sent';
+
 CREATE INDEX messages_client_id ON messages (client_id);

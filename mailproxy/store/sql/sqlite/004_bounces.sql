@@ -49,6 +49,16 @@ CREATE TABLE poller_leases (
     until REAL NOT NULL
 );
 
+-- PEC receipts already turned into events (a rescan after a UIDVALIDITY change finds them).
+CREATE TABLE pec_receipts (
+    fingerprint TEXT PRIMARY KEY,
+    message_seq INTEGER NOT NULL,
+    created_ts  INTEGER NOT NULL
+);
+
+-- PEC messages sent and still waiting for their acceptance receipt (pec_timeout, §8.3).
+CREATE INDEX messages_pec_sent ON messages (sent_ts) WHERE is_pec = 1 AND status = 'sent';
+
 -- Rule (3) of §12.2 looks messages up by client id across tenants.
 CREATE INDEX messages_client_id ON messages (client_id);
 

@@ -86,3 +86,20 @@ WHERE poller_leases.owner = excluded.owner OR poller_leases.until < :now;
 
 -- name: release_lease
 DELETE FROM poller_leases WHERE name = :name AND owner = :owner;
+
+-- name: insert_pec_receipt
+INSERT INTO pec_receipts (fingerprint, message_seq, created_ts) VALUES (:fingerprint, :seq, :now)
+ON CONFLICT (fingerprint) DO NOTHING;
+
+-- name: insert_pec_event
+INSERT INTO events (message_seq, tenant_id, event_type, event_ts, description, metadata)
+VALUES (:seq, :tenant_id, :event_type, :now, :details, :metadata);
+
+-- name: pec_overdue
+SELECT m.seq, m.tenant_id FROM messages m
+WHERE m.is_pec = 1 AND m.status = 'sent' AND m.sent_ts <= :before
+  AND m.tenant_id = :tenant_id AND m.account_id = :account_id
+  AND NOT EXISTS (SELECT 1 FROM events e WHERE e.message_seq = m.seq
+                  AND e.event_type IN ('pec_acceptance', 'pec_delivery', 'pec_error',
+                                       'pec_timeout'))
+ORDER BY m.sent_ts LIMIT :limit;
