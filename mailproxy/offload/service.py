@@ -156,7 +156,7 @@ class Offloader:
     # -- download and cleanup -------------------------------------------------------------------
 
     async def download(self, token: str, filename: str) -> Download:
-        """The file behind a signed link: BadLink (403), ExpiredLink (410), LookupError (404)."""
+        """The file behind a signed link: BadLink or LookupError (404), ExpiredLink (410)."""
         now = self._clock()
         file_id = links.verify(self._secret, token, filename, now)
         found = await self._index.get(file_id)

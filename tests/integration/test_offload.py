@@ -114,8 +114,13 @@ async def test_rewrite_to_file_storage_links_in_both_bodies_and_serves_downloads
 
     tampered = re.sub(r"-([0-9a-f])([0-9a-f]{63})/", lambda m: "-" + (
         "0" if m.group(1) != "0" else "1") + m.group(2) + "/", url)
-    assert (await get(api, tampered))[0] == 403
-    assert (await get(api, url.replace("report.pdf", "other.pdf")))[0] == 403
+    # A forged link answers exactly like an unknown file (§11): 404, same body.
+    status, data, _ = await get(api, tampered)
+    assert (status, data) == (404, b'{"detail": "Not Found"}')
+    assert (await get(api, url.replace("report.pdf", "other.pdf")))[0] == 404
+    secret = api.parts.offloader._secret  # type: ignore[attr-defined]
+    unknown = links.link(base, secret, "0" * 32, int(clock.now()) + 60, "x.pdf")
+    assert (await get(api, unknown))[:2] == (404, b'{"detail": "Not Found"}')
     status, data, headers = await get(api, url)
     assert status == 200 and data == BIG
     assert headers["Content-Type"] == "application/pdf"
@@ -237,4 +242,4 @@ async def test_download_secret_is_generated_once_or_taken_from_the_setting(
     file_id, expires, sig = token.split("-")
     assert sig != links.signature(b"operator-chosen-secret", file_id, int(expires),
                                   "big report.pdf")
-    assert (await get(fixed, url))[0] == 403  # a new secret: old links are no longer valid
+    assert (await get(fixed, url))[0] == 404  # a new secret: old links are no longer valid
