@@ -66,8 +66,10 @@ async def test_config_shape_is_checked_and_storage_options_stay_secret(
     bad = [
         ({"enabled": True, "action": "rewrite", "storage_url": f"file://{tmp_path}"},
          "public_base_url"),
-        ({"enabled": True, "action": "rewrite", "storage_url": "gs://bucket/x"},
-         "not supported"),
+        ({"enabled": True, "action": "rewrite", "storage_url": "ftp://host/x"},
+         "must start with s3://, gs://, az:// or file://"),
+        ({"enabled": True, "action": "rewrite", "storage_url": "gs:///x"}, "needs a bucket"),
+        ({"enabled": True, "action": "rewrite", "storage_url": "az://"}, "needs a container"),
         ({"enabled": True, "action": "rewrite"}, "storage_url is required"),
         ({"enabled": True, "action": "explode"}, "literal_error"),
         ({"enabled": "yes"}, "bool_type"),
