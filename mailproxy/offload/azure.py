@@ -70,9 +70,11 @@ class AzureStorage:
 
     @contextlib.asynccontextmanager
     async def _blob(self, key: str) -> AsyncIterator[Any]:
-        client = _sdk().aio.BlobServiceClient
-        # One quick retry: our own retry schedule does the rest.
-        tuning = {"retry_total": 1, "connection_timeout": 10, "read_timeout": 60}
+        aio = _sdk().aio
+        client = aio.BlobServiceClient
+        # One quick retry (the SDK's default waits 15 s first): our retry schedule does the rest.
+        tuning = {"retry_policy": aio.ExponentialRetry(initial_backoff=1, retry_total=1),
+                  "connection_timeout": 10, "read_timeout": 60}
         try:
             if self._connection:
                 service = client.from_connection_string(str(self._connection), **tuning)
