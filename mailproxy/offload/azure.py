@@ -14,9 +14,8 @@ import datetime
 from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
-from mailproxy.offload.storage import StorageError
+from mailproxy.offload.storage import ObjectStore, StorageError
 
 NAME = "Azure Blob Storage (az://)"
 
@@ -37,11 +36,9 @@ def connection_fields(text: str) -> dict[str, str]:
     return {k.strip(): v.strip() for k, v in pairs}
 
 
-class AzureStorage:
+class AzureStorage(ObjectStore):
     def __init__(self, url: str, options: Mapping[str, Any]) -> None:
-        parts = urlsplit(url)
-        self.container = parts.netloc
-        self.prefix = parts.path.strip("/")
+        super().__init__(url)
         self._connection = options.get("connection_string")
         fields = connection_fields(str(self._connection)) if self._connection else {}
         self._account = options.get("account_name") or fields.get("AccountName")
@@ -51,9 +48,6 @@ class AzureStorage:
                      or (f"https://{self._account}.blob.core.windows.net"
                          if self._account else None))
         self.can_sign = bool(self._account and self._key_value)
-
-    def _key(self, key: str) -> str:
-        return f"{self.prefix}/{key}" if self.prefix else key
 
     def _credential(self) -> Any:
         if self._key_value and self._account:
@@ -83,7 +77,7 @@ class AzureStorage:
             else:
                 raise StorageError(f"{NAME}: storage_options name no account")
             async with service:
-                yield service.get_blob_client(self.container, self._key(key))
+                yield service.get_blob_client(self.bucket, self._key(key))
         except StorageError:
             raise
         except Exception as exc:  # azure-core and aiohttp errors alike mean "failed"
@@ -102,7 +96,7 @@ class AzureStorage:
     async def presign(self, key: str, seconds: int, filename: str) -> str:
         sdk = _sdk()
         expiry = datetime.datetime.now(datetime.UTC) + datetime.timedelta(seconds=seconds)
-        sas = sdk.generate_blob_sas(str(self._account), self.container, self._key(key),
+        sas = sdk.generate_blob_sas(str(self._account), self.bucket, self._key(key),
                                 account_key=str(self._key_value),
                                 permission=sdk.BlobSasPermissions(read=True), expiry=expiry)
         async with self._blob(key) as blob:

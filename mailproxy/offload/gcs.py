@@ -14,9 +14,8 @@ import json
 from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
-from mailproxy.offload.storage import CHUNK, MAX_PRESIGN, StorageError
+from mailproxy.offload.storage import CHUNK, MAX_PRESIGN, ObjectStore, StorageError
 
 NAME = "Google Cloud Storage (gs://)"
 
@@ -32,18 +31,13 @@ def service_account(options: Mapping[str, Any]) -> dict[str, Any] | None:
     return None
 
 
-class GcsStorage:
+class GcsStorage(ObjectStore):
     def __init__(self, url: str, options: Mapping[str, Any]) -> None:
-        parts = urlsplit(url)
-        self.bucket = parts.netloc
-        self.prefix = parts.path.strip("/")
+        super().__init__(url)
         self._key_info = service_account(options)
         endpoint = options.get("endpoint_url")
         self._endpoint = str(endpoint).rstrip("/") if endpoint else None
         self.can_sign = self._key_info is not None
-
-    def _key(self, key: str) -> str:
-        return f"{self.prefix}/{key}" if self.prefix else key
 
     @contextlib.asynccontextmanager
     async def _client(self) -> AsyncIterator[Any]:

@@ -111,17 +111,24 @@ def s3_client_options(options: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
-class S3Storage:
-    can_sign = True
+class ObjectStore:
+    """What the cloud backends share: `scheme://bucket/prefix`, keys under the prefix."""
 
-    def __init__(self, url: str, options: Mapping[str, Any]) -> None:
+    def __init__(self, url: str) -> None:
         parts = urlsplit(url)
-        self.bucket = parts.netloc
+        self.bucket = parts.netloc  # Azure calls it a container
         self.prefix = parts.path.strip("/")
-        self._options = s3_client_options(options)
 
     def _key(self, key: str) -> str:
         return f"{self.prefix}/{key}" if self.prefix else key
+
+
+class S3Storage(ObjectStore):
+    can_sign = True
+
+    def __init__(self, url: str, options: Mapping[str, Any]) -> None:
+        super().__init__(url)
+        self._options = s3_client_options(options)
 
     @contextlib.asynccontextmanager
     async def _client(self) -> AsyncIterator[Any]:
