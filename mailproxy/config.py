@@ -70,6 +70,9 @@ SETTINGS: tuple[Setting, ...] = (
     _s("smtp_connect_timeout_seconds", float, 15.0, "dispatch", "Connect + TLS + login timeout."),
     _s("smtp_send_timeout_seconds", float, 30.0, "dispatch", "Message transfer timeout."),
     _s("smtp_tls_verify", bool, True, "dispatch", "Verify relay certificates."),
+    _s("smtp_unknown_host_grace_seconds", float, 60.0, "dispatch",
+       "How long a relay host that does not exist (DNS NXDOMAIN) is retried before the "
+       "account's messages fail."),
     _s("send_concurrency", int, 10, "dispatch", "Parallel sends per process."),
     _s("send_concurrency_per_account", int, 3, "dispatch", "Parallel sends per account."),
     _s("send_loop_interval", float, 0.5, "dispatch", "Seconds between idle dispatch cycles."),
@@ -167,6 +170,7 @@ class Settings:
     smtp_connect_timeout_seconds: float
     smtp_send_timeout_seconds: float
     smtp_tls_verify: bool
+    smtp_unknown_host_grace_seconds: float
     send_concurrency: int
     send_concurrency_per_account: int
     send_loop_interval: float

@@ -13,6 +13,7 @@ from aiohttp.test_utils import TestClient
 
 from mailproxy.app import build, make_app
 from mailproxy.config import Settings, load_settings
+from mailproxy.delivery import Resolver, system_resolver
 from mailproxy.service import Clock
 from tests.endpoint import make_endpoint
 from tests.imap import dovecot
@@ -133,9 +134,10 @@ async def make_api(
 ) -> AsyncIterator[ApiFactory]:
     """make_api(**settings) -> an Api on a freshly built app (worker running)."""
 
-    async def factory(clock: Clock | None = None, **overrides: Any) -> Api:
+    async def factory(clock: Clock | None = None, resolver: Resolver = system_resolver,
+                      **overrides: Any) -> Api:
         settings = make_settings(tmp_path / "data", **overrides)
-        parts = await build(settings, clock=clock)
+        parts = await build(settings, clock=clock, resolver=resolver)
         client = await aiohttp_client(make_app(parts))
         api = Api(client)
         api.parts = parts  # type: ignore[attr-defined]

@@ -347,7 +347,12 @@ WHERE status NOT IN ('sent', 'error', 'bounced', 'suppressed')
 
 -- name: list_messages
 -- A due scheduled/deferred row is listed (and filtered) as pending (contract §5.1).
-SELECT * FROM messages
+-- last_event_error: the reason of the latest failed attempt (its events_message index).
+SELECT messages.*,
+       (SELECT e.description FROM events e
+        WHERE e.message_seq = messages.seq AND e.event_type IN ('deferred', 'error')
+        ORDER BY e.event_id DESC LIMIT 1) AS last_event_error
+FROM messages
 WHERE tenant_id = :tenant_id
   AND (NOT :active_only::boolean OR status NOT IN ('sent', 'error', 'bounced', 'suppressed'))
   AND (:status::text IS NULL
@@ -358,6 +363,26 @@ WHERE tenant_id = :tenant_id
        OR (:status NOT IN ('pending', 'scheduled', 'deferred') AND status = :status))
 ORDER BY created_ts DESC, seq DESC
 LIMIT :limit OFFSET :offset;
+
+-- name: list_all_messages
+-- Every tenant's messages for the admin, newest enqueued first, a page after `before`
+-- (a seq): keyset pagination on the primary key, so a page costs the same at any depth.
+-- The status filter is list_messages' own: change both together.
+SELECT messages.*,
+       (SELECT e.description FROM events e
+        WHERE e.message_seq = messages.seq AND e.event_type IN ('deferred', 'error')
+        ORDER BY e.event_id DESC LIMIT 1) AS last_event_error
+FROM messages
+WHERE seq < COALESCE(:before::bigint, 9223372036854775807)  -- a range even in a generic plan
+  AND (NOT :active_only::boolean OR status NOT IN ('sent', 'error', 'bounced', 'suppressed'))
+  AND (:status::text IS NULL
+       OR (:status = 'pending' AND (status = 'pending'
+           OR (status IN ('scheduled', 'deferred')
+               AND (deferred_ts IS NULL OR deferred_ts <= :now))))
+       OR (:status IN ('scheduled', 'deferred') AND status = :status AND deferred_ts > :now)
+       OR (:status NOT IN ('pending', 'scheduled', 'deferred') AND status = :status))
+ORDER BY seq DESC
+LIMIT :limit;
 
 -- name: delete_messages
 DELETE FROM messages WHERE tenant_id = :tenant_id AND client_id = ANY(:ids::text[])
