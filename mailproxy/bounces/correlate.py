@@ -24,6 +24,7 @@ from mailproxy.bounces.model import (
     SuppressionSource,
     normal_address,
 )
+from mailproxy.compose import header_value
 
 _PK = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
 _OUR_MESSAGE_ID = re.compile(
@@ -44,6 +45,44 @@ def pk_of_message_id(message_id: str | None) -> str | None:
         return None
     match = _OUR_MESSAGE_ID.fullmatch(message_id.strip().lower())
     return match.group(1) if match else None
+
+
+# Longer client Message-IDs are not indexed (a PostgreSQL btree entry has a size limit, and
+# no line of a header may exceed 998 characters anyway): such messages match by pk only.
+MAX_MESSAGE_ID = 900
+
+
+def message_id_key(value: Any) -> str | None:
+    """A Message-ID as it is stored and looked up: one line, in angle brackets, exact case."""
+    if not isinstance(value, str):
+        return None
+    text = "".join(value.split())
+    if not text or "\x00" in text or len(text) > MAX_MESSAGE_ID:
+        return None
+    if not (text.startswith("<") and text.endswith(">")):
+        text = "<" + text.removeprefix("<").removesuffix(">") + ">"
+    return text if len(text) > 2 else None
+
+
+def _header_field(headers: Any, name: str) -> Any:
+    """The last value given for `name` (case-insensitive), as intake keeps it."""
+    if not isinstance(headers, Mapping):
+        return None
+    found = None
+    for key, value in headers.items():
+        if isinstance(key, str) and key.lower() == name:
+            found = value
+    return found
+
+
+def sent_message_id(payload: Mapping[str, Any], raw: bytes | None) -> str | None:
+    """The client-supplied Message-ID a message goes out with, or None when the proxy
+    generates it (compose.py: a `Message-ID` in `headers` wins over `message_id`; raw and
+    SMTP-submitted mail keep their own header). Stored at intake for rule 2 of §12.2."""
+    if raw is not None:
+        return message_id_key(header_value(raw, "message-id"))
+    value = _header_field(payload.get("headers"), "message-id")
+    return message_id_key(value if value is not None else payload.get("message_id"))
 
 
 def digits(code: str | None) -> str | None:
