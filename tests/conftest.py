@@ -15,11 +15,11 @@ from mailproxy.app import build, make_app
 from mailproxy.config import Settings, load_settings
 from mailproxy.service import Clock
 from tests.endpoint import make_endpoint
-from tests.imap import dovecot
+from tests.imap import dovecot, dovecot_tls
 from tests.pg import pg_url
 from tests.relay import Relay, make_relay, relay
 
-__all__ = ["dovecot", "make_endpoint", "make_relay", "pg_url", "relay"]
+__all__ = ["dovecot", "dovecot_tls", "make_endpoint", "make_relay", "pg_url", "relay"]
 
 ADMIN = "admin-token-for-tests"
 
