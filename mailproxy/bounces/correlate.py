@@ -24,7 +24,6 @@ from mailproxy.bounces.model import (
     SuppressionSource,
     normal_address,
 )
-from mailproxy.compose import header_value
 
 _PK = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
 _OUR_MESSAGE_ID = re.compile(
@@ -64,6 +63,22 @@ def message_id_key(value: Any) -> str | None:
     return text if len(text) > 2 else None
 
 
+MAX_HEADER_BLOCK = 262144  # a Message-ID further into a raw message is not indexed
+_RAW_MESSAGE_ID = re.compile(rb"^message-id:[ \t]*([^\r\n]*(?:\r?\n[ \t][^\r\n]*)*)",
+                             re.I | re.M)
+
+
+def _raw_message_id(raw: bytes) -> str | None:
+    """The first Message-ID field of the header block, unfolded: one regex search over the
+    header block only (this runs for every raw and SMTP-submitted message at intake)."""
+    limit = min(len(raw), MAX_HEADER_BLOCK)
+    crlf = raw.find(b"\r\n\r\n", 0, limit)
+    end = crlf if crlf >= 0 else limit
+    lf = raw.find(b"\n\n", 0, end)
+    found = _RAW_MESSAGE_ID.search(raw, 0, (lf if lf >= 0 else end) + 1)
+    return None if found is None else found.group(1).decode("utf-8", "replace")
+
+
 def _header_field(headers: Any, name: str) -> Any:
     """The last value given for `name` (case-insensitive), as intake keeps it."""
     if not isinstance(headers, Mapping):
@@ -80,7 +95,7 @@ def sent_message_id(payload: Mapping[str, Any], raw: bytes | None) -> str | None
     generates it (compose.py: a `Message-ID` in `headers` wins over `message_id`; raw and
     SMTP-submitted mail keep their own header). Stored at intake for rule 2 of §12.2."""
     if raw is not None:
-        return message_id_key(header_value(raw, "message-id"))
+        return message_id_key(_raw_message_id(raw))
     value = _header_field(payload.get("headers"), "message-id")
     return message_id_key(value if value is not None else payload.get("message_id"))
 
