@@ -225,10 +225,12 @@ class BounceService:
         """Rule 2 for a client-supplied Message-ID, looked up exactly in every tenant.
 
         A Message-ID only one stored message carries identifies it as well as the client's
-        own scheme makes it unique, and may suppress (§12.3 bars only rules 3 and 4). When
-        several carry it (one client reusing it, or two tenants choosing the same one), the
-        narrowing of rule 3 picks at most one; that choice rests on the returned From and
-        recipient, which an outsider can guess, so it is recorded but never suppresses.
+        own scheme makes it unique, and may suppress (§12.3 bars only rules 3 and 4), but
+        only an address that message was sent to: whoever learnt a client's Message-ID must
+        not suppress any address of their choosing. When several carry it (one client
+        reusing it, or two tenants choosing the same one), the narrowing of rule 3 picks at
+        most one; that choice rests on the returned From and recipient, which an outsider
+        can guess, so it is recorded but never suppresses.
         """
         key = correlate.message_id_key(bounce.message_id)
         if key is None:
@@ -237,7 +239,8 @@ class BounceService:
         chosen = correlate.choose(candidates, bounce)
         if chosen is None:
             return None
-        return BounceRecord(chosen, bounce, suppress=bounce.from_dsn and len(candidates) == 1)
+        exact = len(candidates) == 1 and bounce.recipient in chosen.recipients
+        return BounceRecord(chosen, bounce, suppress=bounce.from_dsn and exact)
 
     async def record(self, cursor: MailboxCursor, bounces: Sequence[ParsedBounce]
                      ) -> list[Recorded]:
