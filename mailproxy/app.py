@@ -184,12 +184,14 @@ async def build(
         service.change_listeners.append(listener.submission.changed)
     runner = BounceRunner(
         store, bounces, bounces.store, clock, instance_id,
-        Handling(settings.bounce_mark_seen, settings.bounce_processed_folder),
+        Handling(settings.bounce_mark_seen, settings.bounce_processed_folder,
+                 ca_file=settings.bounce_imap_ca_file),
         return_path=worker.set_bounce_return_path, sending=worker.sending,
     )
     service.bounce_control = runner
     pec = PecRunner(store, bounces, bounces.store, clock, instance_id,
-                    interval=settings.pec_poll_interval, timeout=settings.pec_timeout_seconds)
+                    interval=settings.pec_poll_interval, timeout=settings.pec_timeout_seconds,
+                    ca_file=settings.bounce_imap_ca_file)
     return Parts(settings, store, service, worker, pool, instance_id, reporter, metrics,
                  fetcher, offloader, listener, bounces, runner, pec)
 

@@ -131,6 +131,9 @@ SETTINGS: tuple[Setting, ...] = (
        "Flag processed bounce mail \\Seen (default: the mailbox is not modified)."),
     _s("bounce_processed_folder", str, None, "bounce",
        "Move processed bounce mail to this folder (default: left in place)."),
+    _s("bounce_imap_ca_file", str, None, "bounce",
+       "PEM file of CA certificates trusted, besides the system store, by the bounce and PEC "
+       "IMAP connections over TLS (e.g. a private CA or a self-signed server)."),
     _s("pec_poll_interval", float, 60.0, "bounce",
        "Seconds between polls of each PEC account's receipt mailbox."),
     _s("pec_timeout_seconds", int, 1800, "bounce",
@@ -217,6 +220,7 @@ class Settings:
     bounce_soft_window_seconds: int
     bounce_mark_seen: bool
     bounce_processed_folder: str | None
+    bounce_imap_ca_file: str | None
     pec_poll_interval: float
     pec_timeout_seconds: int
     api_token_source: str = "generated"

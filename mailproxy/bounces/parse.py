@@ -306,11 +306,13 @@ def _reason(value: Any) -> str | None:
     return None if text is None else text[:MAX_REASON]
 
 
-def _address_field(value: str | None) -> str | None:
-    """`rfc822; user@example.org` (or a bare address) -> `user@example.org`."""
-    if not value:
+def _address_field(value: object) -> str | None:
+    """`rfc822; user@example.org` (or a bare address) -> `user@example.org`. The value may
+    be an email.header.Header when the field holds 8-bit bytes: read as text."""
+    text = _clean(value)
+    if not text:
         return None
-    text = value.split(";", 1)[1] if ";" in value else value
+    text = text.split(";", 1)[1] if ";" in text else text
     match = _ADDRESS.search(text)
     return normal_address(match.group(0)) if match else None
 

@@ -66,6 +66,7 @@ _BATCH_COLUMNS = (
     ("batch_codes", "batch_code"), ("intake_errors", "intake_error"), ("is_pecs", "is_pec"),
     ("payloads", "payload"), ("raws", "raw"), ("envelope_froms", "envelope_from"),
     ("errors", "error"), ("error_tss", "error_ts"), ("nows", "now"),
+    ("header_message_ids", "header_message_id"),
 )
 _RETRY_DELAYS = (0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 3.0)
 

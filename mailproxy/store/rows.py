@@ -10,6 +10,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 from typing import Any, Protocol
 
+from mailproxy.bounces.correlate import sent_message_id
 from mailproxy.model import (
     Account,
     ClientAuth,
@@ -87,6 +88,7 @@ def message_values(m: NewMessage, now: float, cipher: Cipher) -> dict[str, Any]:
         "payload": dumps(seal_attachment_auth(m.payload, cipher)),
         "raw": m.raw,
         "envelope_from": m.envelope_from,
+        "header_message_id": sent_message_id(m.payload, m.raw),
         "now": now,
     }
 

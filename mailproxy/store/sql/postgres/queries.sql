@@ -104,10 +104,11 @@ FOR UPDATE;
 -- Nothing is returned when another transaction stored the same id first.
 INSERT INTO messages (pk, tenant_id, client_id, account_id, status, queued, priority, due_ts,
                       deferred_ts, batch_code, retry_count, intake_error, is_pec, payload, raw,
-                      envelope_from, error, error_ts, created_ts, updated_ts)
+                      envelope_from, error, error_ts, created_ts, updated_ts,
+                      header_message_id)
 VALUES (:pk, :tenant_id, :client_id, :account_id, :status, :queued, :priority, :due_ts,
         :deferred_ts, :batch_code, 0, :intake_error, :is_pec, :payload, :raw,
-        :envelope_from, :error, :error_ts, :now, :now)
+        :envelope_from, :error, :error_ts, :now, :now, :header_message_id)
 ON CONFLICT (tenant_id, client_id) DO NOTHING
 RETURNING seq;
 
@@ -125,19 +126,20 @@ FOR UPDATE OF m;
 -- stored first are left out of the result (the caller takes them one by one).
 INSERT INTO messages (pk, tenant_id, client_id, account_id, status, queued, priority, due_ts,
                       deferred_ts, batch_code, retry_count, intake_error, is_pec, payload, raw,
-                      envelope_from, error, error_ts, created_ts, updated_ts)
+                      envelope_from, error, error_ts, created_ts, updated_ts,
+                      header_message_id)
 SELECT pk, tenant_id, client_id, account_id, status, queued, priority, due_ts, deferred_ts,
        batch_code, 0, intake_error, is_pec, payload, raw, envelope_from, error, error_ts,
-       now, now
+       now, now, header_message_id
 FROM unnest(:pks::text[], :tenant_ids::text[], :client_ids::text[], :account_ids::text[],
             :statuses::text[], :queueds::smallint[], :priorities::smallint[],
             :due_tss::bigint[], :deferred_tss::bigint[], :batch_codes::text[],
             :intake_errors::boolean[], :is_pecs::boolean[], :payloads::text[],
             :raws::bytea[], :envelope_froms::text[], :errors::text[], :error_tss::bigint[],
-            :nows::float8[])
+            :nows::float8[], :header_message_ids::text[])
      WITH ORDINALITY AS r (pk, tenant_id, client_id, account_id, status, queued, priority,
                            due_ts, deferred_ts, batch_code, intake_error, is_pec, payload,
-                           raw, envelope_from, error, error_ts, now, n)
+                           raw, envelope_from, error, error_ts, now, header_message_id, n)
 ORDER BY n
 ON CONFLICT (tenant_id, client_id) DO NOTHING
 RETURNING tenant_id, client_id, seq;
@@ -146,7 +148,8 @@ RETURNING tenant_id, client_id, seq;
 UPDATE messages SET account_id = :account_id, status = :status, queued = :queued,
        priority = :priority, due_ts = :due_ts, deferred_ts = :deferred_ts,
        batch_code = :batch_code, retry_count = 0, intake_error = false, is_pec = :is_pec,
-       payload = :payload, raw = :raw, envelope_from = :envelope_from, date_ts = NULL,
+       payload = :payload, raw = :raw, envelope_from = :envelope_from,
+       header_message_id = :header_message_id, date_ts = NULL,
        error = NULL, error_ts = NULL, updated_ts = :now
 WHERE seq = :seq;
 
