@@ -210,7 +210,10 @@ class BounceService:
                 continue
             found = await self.store.message_by_pk(pk)
             if found is not None:
-                return BounceRecord(found, bounce, suppress=bounce.from_dsn)
+                # Our pk is seen by every recipient of the message: a forged DSN naming it may
+                # be recorded, but suppresses only an address the message was really sent to.
+                sent_to = bounce.recipient in found.recipients
+                return BounceRecord(found, bounce, suppress=bounce.from_dsn and sent_to)
         by_message_id = await self._by_client_message_id(bounce)
         if by_message_id is not None:
             return by_message_id

@@ -145,3 +145,19 @@ async def test_unique_client_message_id_suppresses_only_an_address_it_was_sent_t
     assert second.suppressed
     listed = await svc.list_suppressions(Caller(), "acme")
     assert [s.address for s in listed.items] == ["nosuch@example.org"]
+
+
+async def test_a_forged_dsn_naming_our_pk_never_suppresses_an_address_not_mailed(
+    store: SqliteStore,
+) -> None:
+    """Every recipient sees the pk in our Message-ID: a DSN they forge with it, naming some
+    other address, is recorded for the message but must not suppress that address."""
+    pk = await sent(store, "acme", "inv-1")
+    svc = service(store, Counts())
+    forged = parse(corpus("dsn_511.eml", pk=pk, rcpt="ceo@customer.example"))
+    [result] = await svc.record(MailboxCursor("bounce", 1, 1), forged)
+    assert not result.duplicate and not result.suppressed
+    assert (await svc.list_suppressions(Caller(), "acme")).total == 0
+    real = parse(corpus("dsn_511.eml", pk=pk, rcpt="nosuch@example.org"))
+    [again] = await svc.record(MailboxCursor("bounce", 1, 2), real)
+    assert again.suppressed
