@@ -15,12 +15,14 @@ from mailproxy.bounces.model import (
     SuppressionCursor,
     SuppressionSource,
 )
+from mailproxy.bounces.parse import parse
 from mailproxy.bounces.service import BounceStore
 from mailproxy.model import NewMessage, Priority
 from mailproxy.service import Store
 from mailproxy.store import open_bounce_store
 from tests.store.conftest import RawQuery
 from tests.store.test_contract import T0, account, listing, send_all, tenant
+from tests.unit.test_bounce_parse import corpus
 
 MANUAL = SuppressionSource.MANUAL
 
@@ -260,3 +262,20 @@ async def test_client_message_id_is_stored_at_intake_and_found_exactly(store: St
         "beta"]
     assert [m.client_id for m in await b.messages_by_message_id("<inv-1b@acme.test>")] == [
         "m1"]
+
+
+async def test_a_bounce_with_nul_and_lone_surrogates_is_stored(store: Store) -> None:
+    """Bounce text comes from outside: a NUL in a Diagnostic-Code (which PostgreSQL refuses)
+    must not fail the poll's transaction again and again and stop bounce processing."""
+    ref = await sent_message(store)
+    raw = corpus("dsn_511.eml", pk=ref.pk, rcpt="r@example.org")
+    raw = raw.replace(b"Diagnostic-Code: smtp; 550 5.1.1",
+                      b"Diagnostic-Code: smtp; 550 5.1.1 \x00bad \xed\xa0\x80")
+    [parsed] = parse(raw)
+    assert "\x00" not in (parsed.reason or "")
+    b = open_bounce_store(store)
+    [result] = await b.record_bounces(MailboxCursor("bounce", 1, 1),
+                                      [BounceRecord(ref, parsed, suppress=True)], SoftRule(), 500)
+    assert result.suppressed
+    [view] = await b.list_bounces("acme", before_id=None, limit=10)
+    assert view.reason is not None and "bad" in view.reason
