@@ -27,6 +27,7 @@ from mailproxy.bounces.model import (
     normal_address,
 )
 from mailproxy.errors import InvalidRequest
+from mailproxy.jsonsafe import storable
 
 log = logging.getLogger("mailproxy.bounces")
 
@@ -98,6 +99,8 @@ def parse_addresses(values: Any) -> list[str]:
     for value in values:
         if not isinstance(value, str):
             raise InvalidRequest("addresses must be strings")
+        if not storable(value):
+            raise InvalidRequest("invalid address: it holds a NUL or an invalid character")
         try:
             addr = split_address(value)[1]
         except ValueError:
