@@ -521,7 +521,10 @@ class SmtpPool:
             await self._reset(conn, progress)
             raise
         except aiosmtplib.SMTPResponseException as exc:
-            await self._reset(conn, progress)
+            if exc.code == -1:  # a reply we could not read: the stream may be out of step
+                conn.broken = True
+            else:
+                await self._reset(conn, progress)
             raise _reply_failure(exc.code, exc.message) from exc
         except Exception as exc:
             conn.broken = True
