@@ -18,6 +18,7 @@ from pathlib import Path
 
 from mailproxy import runstate
 from mailproxy.admin.rest import Rest, not_running
+from mailproxy.admin.trust import is_loopback_url, is_server_process
 from mailproxy.admin.ui import FAILED, NOT_RUNNING, USAGE, CliError
 from mailproxy.config import Settings, load_settings
 from mailproxy.errors import ConfigError
@@ -129,7 +130,28 @@ class Instance:
         if not self.exists():
             raise unknown_instance(self.name)
         settings = self.settings()
-        return Rest(self.url(), self.admin_token(settings), self.name, self.start_command)
+        url = self.url()
+        refuse_remote(self.name, url)
+        return Rest(url, self.admin_token(settings), self.name, self.start_command)
+
+    def stale_reason(self) -> str | None:
+        """Why a recorded server is not taken for running, in plain words, or None."""
+        try:
+            pid = int(self.pid_path.read_text().strip())
+        except (OSError, ValueError):
+            return None
+        if _alive(pid):
+            return None
+        return f"{self.pid_path} names pid {pid}, which is no running mail-proxy serve"
+
+
+def refuse_remote(name: str, url: str) -> None:
+    """The admin token goes to this machine only: a data directory naming another host
+    (perhaps an untrusted checkout's ./data) gets treated as no running instance."""
+    if not is_loopback_url(url):
+        raise CliError(f"instance {name} is not running here: its data directory names "
+                       f"{url}, which is not a loopback address, and the admin token is "
+                       "sent only to a server on this machine", NOT_RUNNING)
 
 
 def unknown_instance(name: str) -> CliError:
@@ -166,20 +188,8 @@ def base_url(settings: Settings) -> str:
 
 
 def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    stat = Path(f"/proc/{pid}/stat")
-    if stat.exists():
-        with contextlib.suppress(OSError):
-            if stat.read_text().rsplit(")", 1)[-1].split()[0] == "Z":
-                return False  # a zombie nobody reaped: the server is gone
-            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
-            return b"mailproxy" in cmdline or b"mail-proxy" in cmdline
-    return True
+    """A live `mail-proxy serve` process; a pid that cannot be checked is not one."""
+    return pid > 0 and is_server_process(pid)
 
 
 def all_instances() -> list[Instance]:
@@ -338,8 +348,10 @@ def terminate(instance: Instance, pid: int, grace: float) -> bool:
 
 def require_running(instance: Instance) -> None:
     """Exit 3 early when there is no server (no pid file and nothing on the port)."""
-    if instance.pid() is None and not _healthy(instance.url()):
-        raise not_running(instance.name, start=instance.start_command)
+    url = instance.url()
+    refuse_remote(instance.name, url)
+    if instance.pid() is None and not _healthy(url):
+        raise not_running(instance.name, instance.stale_reason(), instance.start_command)
 
 
 def foreign_server(port: int) -> str | None:

@@ -1,9 +1,11 @@
 """Two-tier attachment cache (§10): a memory LRU for small files, a disk tier for large ones.
 
 Content is stored under its computed MD5, so a hit is the right content by construction.
-The disk tier is a directory of `<md5[:2]>/<md5>` files; its index is rebuilt from the
-directory at start, so it survives a restart. Both tiers expire entries after their TTL
-and evict least-recently-used entries beyond their size budget.
+Every entry is also scoped by the tenant that fetched it: the MD5 a client names is no
+proof that it may read the content, so a hit only serves the same tenant's earlier fetch.
+The disk tier is a directory of `<sha256(tenant)>/<md5[:2]>/<md5>` files; its index is
+rebuilt from the directory at start, so it survives a restart. Both tiers expire entries
+after their TTL and evict least-recently-used entries beyond their size budget.
 """
 
 from __future__ import annotations
@@ -18,7 +20,17 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-_MD5_NAME = frozenset("0123456789abcdef")
+_HEX = frozenset("0123456789abcdef")
+
+
+def _is_hex(name: str, length: int) -> bool:
+    return len(name) == length and set(name) <= _HEX
+
+
+def scope_of(tenant_id: str) -> str:
+    """The directory (and key prefix) of one tenant's entries: a hash, so any tenant id
+    is a safe path component."""
+    return hashlib.sha256(tenant_id.encode()).hexdigest()
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,66 +118,74 @@ class Cache:
         self._clock = clock
         self._memory: OrderedDict[str, tuple[float, bytes]] = OrderedDict()
         self._memory_size = 0
-        self._disk: OrderedDict[str, tuple[float, int]] = OrderedDict()  # md5 -> (stored, size)
+        self._disk: OrderedDict[str, tuple[float, int]] = OrderedDict()  # key -> (stored, size)
         self._disk_size = 0
         self.hits = 0
         self.misses = 0
 
     def load(self) -> None:
-        """Rebuild the disk index from the directory (oldest first); drop stray spools."""
+        """Rebuild the disk index from the directory (oldest first); drop stray spools and
+        unscoped entries of an older layout, whose tenant is unknown."""
         if not self.directory.is_dir():
             return
         found: list[tuple[float, str, int]] = []
-        for path in self.directory.glob("*/*"):
-            name = path.name
-            if len(name) == 32 and set(name) <= _MD5_NAME:
+        for path in self.directory.glob("*/*/*"):
+            scope, md5 = path.parent.parent.name, path.name
+            if _is_hex(scope, 64) and _is_hex(md5, 32) and path.parent.name == md5[:2]:
                 stat = path.stat()
-                found.append((stat.st_mtime, name, stat.st_size))
-        for path in self.directory.glob(".spool-*"):
-            with contextlib.suppress(OSError):
-                path.unlink()
-        for stored, name, size in sorted(found):
-            self._disk[name] = (stored, size)
+                found.append((stat.st_mtime, f"{scope}/{md5}", stat.st_size))
+        self._drop_unscoped()
+        for stored, key, size in sorted(found):
+            self._disk[key] = (stored, size)
             self._disk_size += size
         self._evict_disk()
 
-    def _disk_path(self, md5: str) -> Path:
-        return self.directory / md5[:2] / md5
+    def _drop_unscoped(self) -> None:
+        for path in [*self.directory.glob(".spool-*"), *self.directory.glob("??/*")]:
+            if path.name.startswith(".spool-") or _is_hex(path.name, 32):
+                with contextlib.suppress(OSError):
+                    path.unlink()
 
-    def get(self, md5: str) -> Blob | None:
-        now = self._clock()
-        item = self._memory.get(md5)
+    def _disk_path(self, key: str) -> Path:
+        scope, md5 = key.split("/")
+        return self.directory / scope / md5[:2] / md5
+
+    def get(self, tenant_id: str, md5: str) -> Blob | None:
+        """The content of `md5` as this tenant fetched it before, or None."""
+        now, key = self._clock(), f"{scope_of(tenant_id)}/{md5}"
+        item = self._memory.get(key)
         if item is not None:
             if now - item[0] <= self.limits.memory_ttl:
-                self._memory.move_to_end(md5)
+                self._memory.move_to_end(key)
                 self.hits += 1
                 return Blob(md5, len(item[1]), data=item[1])
-            self._drop_memory(md5)
-        entry = self._disk.get(md5)
+            self._drop_memory(key)
+        entry = self._disk.get(key)
         if entry is not None:
-            path = self._disk_path(md5)
+            path = self._disk_path(key)
             if now - entry[0] <= self.limits.disk_ttl and path.exists():
-                self._disk.move_to_end(md5)
+                self._disk.move_to_end(key)
                 self.hits += 1
                 return Blob(md5, entry[1], path=path)
-            self._drop_disk(md5)
+            self._drop_disk(key)
         self.misses += 1
         return None
 
-    def put(self, md5: str, data: bytes | None, spooled: Path | None) -> Blob:
-        """Keep fetched content (a small `data`, or a large `spooled` temporary file)."""
-        now = self._clock()
+    def put(self, tenant_id: str, md5: str, data: bytes | None, spooled: Path | None) -> Blob:
+        """Keep content this tenant fetched (a small `data`, or a large `spooled` file)."""
+        now, key = self._clock(), f"{scope_of(tenant_id)}/{md5}"
         if data is not None and len(data) < self.limits.disk_threshold:
             if len(data) <= self.limits.memory_bytes:
-                self._drop_memory(md5)
-                self._memory[md5] = (now, data)
+                self._drop_memory(key)
+                self._memory[key] = (now, data)
                 self._memory_size += len(data)
                 self._evict_memory()
             return Blob(md5, len(data), data=data)
-        return self._put_disk(md5, data, spooled, now)
+        return self._put_disk(key, md5, data, spooled, now)
 
-    def _put_disk(self, md5: str, data: bytes | None, spooled: Path | None, now: float) -> Blob:
-        path = self._disk_path(md5)
+    def _put_disk(self, key: str, md5: str, data: bytes | None, spooled: Path | None,
+                  now: float) -> Blob:
+        path = self._disk_path(key)
         path.parent.mkdir(parents=True, exist_ok=True)
         if spooled is None:
             assert data is not None
@@ -176,24 +196,24 @@ class Cache:
         size = spooled.stat().st_size
         os.replace(spooled, path)
         os.utime(path, (now, now))  # the stored time, read back by load() after a restart
-        self._drop_disk(md5, unlink=False)
-        self._disk[md5] = (now, size)
+        self._drop_disk(key, unlink=False)
+        self._disk[key] = (now, size)
         self._disk_size += size
-        self._evict_disk(keep=md5)
+        self._evict_disk(keep=key)
         return Blob(md5, size, path=path)
 
-    def _drop_memory(self, md5: str) -> None:
-        item = self._memory.pop(md5, None)
+    def _drop_memory(self, key: str) -> None:
+        item = self._memory.pop(key, None)
         if item is not None:
             self._memory_size -= len(item[1])
 
-    def _drop_disk(self, md5: str, *, unlink: bool = True) -> None:
-        entry = self._disk.pop(md5, None)
+    def _drop_disk(self, key: str, *, unlink: bool = True) -> None:
+        entry = self._disk.pop(key, None)
         if entry is not None:
             self._disk_size -= entry[1]
             if unlink:
                 with contextlib.suppress(OSError):
-                    self._disk_path(md5).unlink()
+                    self._disk_path(key).unlink()
 
     def _evict_memory(self) -> None:
         while self._memory_size > self.limits.memory_bytes and self._memory:
@@ -201,9 +221,9 @@ class Cache:
 
     def _evict_disk(self, keep: str | None = None) -> None:
         now = self._clock()
-        for md5, (stored, _size) in list(self._disk.items()):
-            if now - stored > self.limits.disk_ttl and md5 != keep:
-                self._drop_disk(md5)
+        for key, (stored, _size) in list(self._disk.items()):
+            if now - stored > self.limits.disk_ttl and key != keep:
+                self._drop_disk(key)
         while self._disk_size > self.limits.disk_bytes and self._disk:
             oldest = next(iter(self._disk))
             if oldest == keep and len(self._disk) == 1:

@@ -73,9 +73,9 @@ class Fetcher:
                 data = decode_base64(attachment.storage_path)
             except Rejected:
                 raise FetchError(filename, "bad base64 data", temporary=False) from None
-            return self._verified(filename, key, Spool.of(data), cache=False)
+            return self._verified(tenant, filename, key, Spool.of(data), cache=False)
         if key is not None:
-            hit = self.cache.get(key)
+            hit = self.cache.get(tenant.id, key)
             if hit is not None:
                 return hit
         slots = self._slots.setdefault(scope, asyncio.Semaphore(self._s.concurrency))
@@ -86,7 +86,7 @@ class Fetcher:
             except BaseException:
                 spool.discard()
                 raise
-        return self._verified(filename, key, spool, cache=True)
+        return self._verified(tenant, filename, key, spool, cache=True)
 
     async def _into(self, spool: Spool, mode: str, tenant: Tenant, attachment: Attachment,
                     auth: ClientAuth | None) -> None:
@@ -107,7 +107,8 @@ class Fetcher:
         else:
             raise FetchError(filename, f"unknown fetch_mode {mode}", temporary=False)
 
-    def _verified(self, filename: str, key: str | None, spool: Spool, *, cache: bool) -> Blob:
+    def _verified(self, tenant: Tenant, filename: str, key: str | None, spool: Spool, *,
+                  cache: bool) -> Blob:
         md5 = spool.md5
         data, path = spool.finish()
         if key is not None and key != md5:
@@ -116,7 +117,7 @@ class Fetcher:
                     path.unlink()
             raise FetchError(filename, "attachment checksum mismatch", temporary=False)
         if cache:
-            return self.cache.put(md5, data, path)
+            return self.cache.put(tenant.id, md5, data, path)
         return Blob(md5, spool.size, data=data)
 
 

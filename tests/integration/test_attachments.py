@@ -16,6 +16,7 @@ from email.message import EmailMessage
 from pathlib import Path
 from typing import Any
 
+from mailproxy.attachments.cache import scope_of
 from tests.conftest import Api, ApiFactory, eventually, message
 from tests.endpoint import closed_port
 from tests.files import FileServer, file_server
@@ -271,7 +272,8 @@ async def test_cache_hits_skip_the_source_and_the_disk_tier_survives_a_restart(
         assert names == ["s.pdf", "scan.bin"]
         assert parts(got.content)[1].get_payload(decode=True) == BIG
     parts_of = api.parts  # type: ignore[attr-defined]
-    assert (parts_of.settings.data_dir / "cache" / big_md5[:2] / big_md5).read_bytes() == BIG
+    scoped = parts_of.settings.data_dir / "cache" / scope_of("acme")
+    assert (scoped / big_md5[:2] / big_md5).read_bytes() == BIG
     await api.client.close()  # stops the app: the memory tier is gone, the disk tier stays
 
     again = await make_api(attachment_allow_private="localhost")
@@ -325,3 +327,44 @@ async def test_endpoint_urls_written_by_a_tenant_token_are_restricted(
     two = await wait_status(api, "m2", "error")
     assert two["error"] == "attachment 'd.txt': HTTP 403"
     assert files.hits["doc"] == 0
+
+
+async def test_the_cache_never_serves_one_tenant_another_tenants_file(
+    make_api: ApiFactory, relay: Relay, file_server: FileServer
+) -> None:
+    """A client-supplied MD5 is no proof of access: tenant B naming the MD5 of a file
+    tenant A sent gets nothing from A's fetch, neither small (memory) nor large (disk)."""
+    files = file_server
+    files.files["small"] = PDF
+    files.files["big"] = BIG
+    small_md5, big_md5 = hashlib.md5(PDF).hexdigest(), hashlib.md5(BIG).hexdigest()
+    api = await setup(make_api, relay, files)
+    await api.tenant("other")
+    await api.account(relay, tenant_id="other", account_id="b")
+
+    def att(md5: str, path: str) -> list[dict[str, Any]]:
+        return [{"filename": "f.bin", "storage_path": files.url(path), "content_md5": md5}]
+
+    await api.send(message(1, attachments=att(small_md5, "/files/small")),
+                   message(2, attachments=att(big_md5, "/files/big")))
+    await relay.wait_for(2, timeout=10)
+    assert (files.hits["small"], files.hits["big"]) == (1, 1)
+    await api.send(message(3, tenant_id="other", account_id="b",
+                           attachments=att(small_md5, "/files/none")),
+                   message(4, tenant_id="other", account_id="b",
+                           attachments=att(big_md5, "/files/none")))
+
+    async def failed() -> bool:
+        listed = await api.messages(tenant_id="other", include_history="true")
+        return [m["status"] for m in listed] == ["error", "error"]
+
+    await eventually(failed, 10)
+    for item in await api.messages(tenant_id="other", include_history="true"):
+        assert item["error"] == "attachment 'f.bin': HTTP 404"
+    # Tenant A's own repeat still comes from the cache.
+    await api.send(message(5, attachments=att(small_md5, "/files/small")),
+                   message(6, attachments=att(big_md5, "/files/big")))
+    received = await relay.wait_for(4, timeout=10)
+    assert (files.hits["small"], files.hits["big"]) == (1, 1)
+    assert len(received) == 4
+    assert all(b"Hello 3" not in r.content and b"Hello 4" not in r.content for r in received)

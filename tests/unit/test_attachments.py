@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from mailproxy.attachments.cache import Cache, CacheLimits, Spool
+from mailproxy.attachments.cache import Cache, CacheLimits, Spool, scope_of
 from mailproxy.attachments.fetch import endpoint_request
 from mailproxy.attachments.names import cache_key, mime_type, sent_name
 from mailproxy.attachments.sources import classify_status, parse_roots, sandboxed
@@ -91,7 +91,7 @@ def _put(cache: Cache, data: bytes) -> str:
     import hashlib
 
     md5 = hashlib.md5(data).hexdigest()
-    cache.put(md5, data, None)
+    cache.put("acme", md5, data, None)
     return md5
 
 
@@ -100,11 +100,12 @@ def test_memory_tier_lru_and_ttl(tmp_path: Path) -> None:
     cache = Cache(tmp_path, CacheLimits(memory_bytes=10, memory_ttl=5, disk_threshold=100),
                   clock=lambda: now[0])
     a, b = _put(cache, b"aaaa"), _put(cache, b"bbbb")
-    assert cache.get(a) is not None  # a is now the most recent
+    assert cache.get("acme", a) is not None  # a is now the most recent
     c = _put(cache, b"cccc")  # over 10 bytes: b (least recent) goes
-    assert cache.get(b) is None and cache.get(a) is not None and cache.get(c) is not None
+    assert cache.get("acme", b) is None
+    assert cache.get("acme", a) is not None and cache.get("acme", c) is not None
     now[0] += 6
-    assert cache.get(a) is None
+    assert cache.get("acme", a) is None
     assert not list(tmp_path.iterdir())  # small items never touch the disk
 
 
@@ -114,12 +115,31 @@ def test_disk_tier_budget_ttl_and_restart(tmp_path: Path) -> None:
     cache = Cache(tmp_path, limits, clock=lambda: now[0])
     one, two = _put(cache, os.urandom(120)), _put(cache, os.urandom(120))
     three = _put(cache, os.urandom(120))  # over 250 bytes: the oldest goes
-    assert cache.get(one) is None
-    hit = cache.get(two)
+    assert cache.get("acme", one) is None
+    hit = cache.get("acme", two)
     assert hit is not None and hit.path is not None and hit.size == 120
     reborn = Cache(tmp_path, limits, clock=lambda: now[0] + 1)
     reborn.load()
-    assert reborn.get(two) is not None and reborn.get(three) is not None
+    assert reborn.get("acme", two) is not None and reborn.get("acme", three) is not None
     later = Cache(tmp_path, limits, clock=lambda: now[0] + 3600)
     later.load()
-    assert later.get(two) is None and not (tmp_path / two[:2] / two).exists()
+    assert later.get("acme", two) is None
+    assert not (tmp_path / scope_of("acme") / two[:2] / two).exists()
+
+
+def test_entries_are_scoped_by_tenant_on_both_tiers_and_across_a_restart(tmp_path: Path
+                                                                         ) -> None:
+    limits = CacheLimits(disk_threshold=100)
+    cache = Cache(tmp_path, limits)
+    small, big = _put(cache, b"small"), _put(cache, os.urandom(200))
+    assert cache.get("other", small) is None and cache.get("other", big) is None
+    assert cache.get("acme", small) is not None and cache.get("acme", big) is not None
+    stale = tmp_path / big[:2] / big  # the unscoped layout of an older version
+    stale.parent.mkdir()
+    stale.write_bytes(b"x" * 200)
+    reborn = Cache(tmp_path, limits)
+    reborn.load()
+    assert reborn.get("other", big) is None
+    hit = reborn.get("acme", big)
+    assert hit is not None and hit.path == tmp_path / scope_of("acme") / big[:2] / big
+    assert not stale.exists()
