@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import secrets
 import signal
 import socket
@@ -15,7 +16,7 @@ from pathlib import Path
 
 from aiohttp import web
 
-from mailproxy import intake, sync
+from mailproxy import __version__, intake, runstate, sync
 from mailproxy.attachments.cache import Cache, CacheLimits
 from mailproxy.attachments.fetch import Fetcher, FetchSettings
 from mailproxy.attachments.prepare import MessagePreparer
@@ -29,7 +30,7 @@ from mailproxy.dashboard import views as dashboard_views
 from mailproxy.dashboard.bounce_source import ServiceBounces
 from mailproxy.dashboard.port import BounceSource, NoBounces
 from mailproxy.dashboard.usecases import Dashboard, Listener
-from mailproxy.delivery import SmtpPool
+from mailproxy.delivery import Resolver, SmtpPool, system_resolver
 from mailproxy.errors import ConfigError
 from mailproxy.ingress import http, smtp
 from mailproxy.logs import DeliveryLog
@@ -90,9 +91,11 @@ def admin_token(settings: Settings) -> str:
 
 
 async def build(
-    settings: Settings, *, clock: Clock | None = None, observer: Observer | None = None
+    settings: Settings, *, clock: Clock | None = None, observer: Observer | None = None,
+    resolver: Resolver = system_resolver,
 ) -> Parts:
-    """Open the store and wire the parts; nothing runs yet."""
+    """Open the store and wire the parts; nothing runs yet. `resolver` looks relay hosts
+    up (tests give one that answers without DNS traffic)."""
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     key = load_key(settings.encryption_key, settings.data_dir,
                    may_generate=not settings.is_postgres)
@@ -115,6 +118,7 @@ async def build(
         pool_size=settings.smtp_pool_size, pool_wait=settings.smtp_pool_wait_seconds,
         connect_timeout=settings.smtp_connect_timeout_seconds,
         send_timeout=settings.smtp_send_timeout_seconds, tls_verify=settings.smtp_tls_verify,
+        resolver=resolver,
     )
     fetcher = _fetcher(settings)
     offloader = Offloader(offload_index(store), await _download_secret(settings, store, vault),
@@ -133,6 +137,7 @@ async def build(
             retry=RetryPolicy(settings.retry_max, settings.retry_base_seconds,
                               settings.retry_factor, settings.retry_max_delay_seconds),
             genro_header=settings.compat_genro_header,
+            unknown_host_grace=settings.smtp_unknown_host_grace_seconds,
         ),
         observer or DeliveryLog(metrics), preparer,
     )
@@ -179,12 +184,14 @@ async def build(
         service.change_listeners.append(listener.submission.changed)
     runner = BounceRunner(
         store, bounces, bounces.store, clock, instance_id,
-        Handling(settings.bounce_mark_seen, settings.bounce_processed_folder),
+        Handling(settings.bounce_mark_seen, settings.bounce_processed_folder,
+                 ca_file=settings.bounce_imap_ca_file),
         return_path=worker.set_bounce_return_path, sending=worker.sending,
     )
     service.bounce_control = runner
     pec = PecRunner(store, bounces, bounces.store, clock, instance_id,
-                    interval=settings.pec_poll_interval, timeout=settings.pec_timeout_seconds)
+                    interval=settings.pec_poll_interval, timeout=settings.pec_timeout_seconds,
+                    ca_file=settings.bounce_imap_ca_file)
     return Parts(settings, store, service, worker, pool, instance_id, reporter, metrics,
                  fetcher, offloader, listener, bounces, runner, pec)
 
@@ -337,22 +344,36 @@ def _dashboard(parts: Parts) -> Dashboard:
 
 
 async def serve(settings: Settings) -> None:
-    """Run until SIGTERM/SIGINT, then shut down gracefully."""
-    parts = await build(settings)
-    app = make_app(parts)
-    runner = web.AppRunner(app, access_log=None, handle_signals=False)
-    await runner.setup()
-    site = web.TCPSite(runner, settings.host, settings.port, reuse_address=True)
+    """Run until SIGTERM/SIGINT, then shut down gracefully.
+
+    The REST port is bound before anything starts, so a busy port stops start-up with one
+    line and nothing to undo; a part that fails to start (the SMTP port) is undone too."""
+    sock = _bind(settings.host, settings.port)
     try:
-        await site.start()
-    except OSError as exc:
-        await runner.cleanup()
-        raise ConfigError(f"cannot listen on {settings.host}:{settings.port}: {exc}") from None
-    log.info("mail-proxy %s listening on http://%s:%d (instance %s, database %s)",
-             parts.instance_id, settings.host, settings.port, parts.instance_id,
-             _db_label(settings))
-    log.info("API reference: http://%s:%d/docs", _browsable(settings.host), settings.port)
-    log.info("dashboard: http://%s:%d/ui/", _browsable(settings.host), settings.port)
+        parts = await build(settings)
+    except BaseException:
+        sock.close()
+        raise
+    runner = web.AppRunner(make_app(parts), access_log=None, handle_signals=False)
+    try:
+        await runner.setup()
+        await web.SockSite(runner, sock).start()
+    except BaseException:
+        sock.close()
+        with contextlib.suppress(Exception):
+            await runner.cleanup()
+        raise
+    url = _url(settings.host, sock.getsockname()[1])
+    log.info("mail-proxy %s listening on %s (instance %s, database %s)",
+             __version__, url, settings.instance, _db_label(settings))
+    log.debug("lease owner id of this process: %s", parts.instance_id)
+    smtp_address = f"{settings.smtp_host}:{settings.smtp_port}" if settings.smtp_port else None
+    try:
+        runstate.write(settings.data_dir, settings.instance, url, smtp_address)
+    except OSError as exc:  # the CLI will not find it; serving goes on
+        log.warning("cannot record the server in %s: %s", settings.data_dir, exc)
+    log.info("API reference: %s/docs", url)
+    log.info("dashboard: %s/ui/", url)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -363,13 +384,23 @@ async def serve(settings: Settings) -> None:
         log.info("shutting down")
         with contextlib.suppress(Exception):
             await runner.cleanup()
+        runstate.clear(settings.data_dir)
 
 
-def _browsable(host: str) -> str:
-    """A host a browser on this machine can open (a wildcard bind is reached on loopback)."""
-    if host in ("", "0.0.0.0", "::"):
-        return "127.0.0.1"
-    return f"[{host}]" if ":" in host else host
+def _bind(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    try:
+        return socket.create_server((host, port), family=family)
+    except OSError as exc:
+        reason = os.strerror(exc.errno) if exc.errno else str(exc)
+        raise ConfigError(f"cannot listen on {host}:{port}: {reason.lower()} "
+                          "(another mail-proxy? see: mail-proxy list)") from None
+
+
+def _url(host: str, port: int) -> str:
+    """The REST URL a client on this machine uses (a wildcard bind is reached on loopback)."""
+    shown = {"": "127.0.0.1", "0.0.0.0": "127.0.0.1", "::": "::1"}.get(host, host)
+    return f"http://[{shown}]:{port}" if ":" in shown else f"http://{shown}:{port}"
 
 
 def _db_label(settings: Settings) -> str:

@@ -9,8 +9,8 @@ from collections.abc import Sequence
 
 from mailproxy import __version__, logs
 from mailproxy.admin import commands, lifecycle
-from mailproxy.admin.instances import Instance
-from mailproxy.admin.ui import FAILED, OK, USAGE, CliError, Ctx
+from mailproxy.admin.instances import Instance, all_instances
+from mailproxy.admin.ui import FAILED, NOT_RUNNING, OK, USAGE, CliError, Ctx
 from mailproxy.config import load_settings, settings_table
 from mailproxy.errors import ConfigError, StoreError
 
@@ -44,6 +44,7 @@ USAGE_TEXT = """usage: mail-proxy COMMAND ...
   NAME TENANT run-now
   settings
 
+NAME: an instance; the one `make serve` runs (./data, CLI run from the checkout) is default.
 Global options: --json (machine-readable output), --no-input (never prompt).
 Exit codes: 0 success, 1 operation failed, 2 usage error, 3 instance not running."""
 
@@ -97,27 +98,63 @@ def _dispatch(argv: list[str]) -> int:
         return lifecycle_commands[head](ctx, args[1:])
     if head.startswith("-"):
         raise CliError(f"unknown option {head}; see mail-proxy --help", USAGE)
-    return _instance_command(ctx, Instance.named(head), args[1:])
+    instance = Instance.named(head)
+    # A command word in NAME's place: only an instance directory of that very name makes it one.
+    if head in NEEDS_NAME and not (instance.exists() and instance.dir.name == head):
+        raise CliError(f"{head} needs the instance name first: usage: mail-proxy NAME "
+                       f"{NEEDS_NAME[head]}; e.g. mail-proxy {_example_name()} "
+                       f"{NEEDS_NAME[head].split(' |')[0]} (instances: mail-proxy list)", USAGE)
+    return _instance_command(ctx, instance, args[1:])
+
+
+INSTANCE_USAGE = "info | token | tenants list | TENANT messages list | ... (see mail-proxy --help)"
+# Commands that follow NAME (or NAME TENANT), with what they take: a missing NAME gets this.
+NEEDS_NAME = {
+    "info": "info", "token": "token [--regenerate]",
+    "tenants": "tenants list | show ID | add [ID] | delete ID",
+    "accounts": "TENANT accounts list | add [ID] | delete ID",
+    "messages": "TENANT messages list [--active] [--history] [--status S]",
+    "send": "TENANT send FILE.eml... [--account ID]", "run-now": "TENANT run-now",
+}
+TENANT_VERBS = ("accounts", "messages", "send", "run-now")
+
+
+def _example_name() -> str:
+    """The name to show in an example: the one instance known here, else `default`."""
+    known = all_instances()
+    return known[0].name if len(known) == 1 else "default"
 
 
 def _instance_command(ctx: Ctx, instance: Instance, args: list[str]) -> int:
     if not args:
-        raise CliError(f"what should {instance.name} do? see mail-proxy --help", USAGE)
+        raise CliError(f"what should {instance.name} do? usage: mail-proxy {instance.name} "
+                       f"{INSTANCE_USAGE}; e.g. mail-proxy {instance.name} tenants list", USAGE)
     verb, rest = args[0], args[1:]
+    if verb in TENANT_VERBS and not instance.exists():
+        example = _example_name()
+        raise CliError(f"no instance named {instance.name}; if {instance.name} is a tenant, "
+                       f"name the instance first: mail-proxy {example} {instance.name} "
+                       f"{' '.join(args)}", NOT_RUNNING)
     if verb == "info":
         return lifecycle.cmd_info(ctx, instance, rest)
     if verb == "token":
         return lifecycle.cmd_token(ctx, instance, rest)
     if verb == "tenants":
         return commands.cmd_tenants(ctx, instance, rest)
+    if verb in ("start", "stop", "restart") and not rest:
+        raise CliError(f"the instance name comes after {verb}: mail-proxy {verb} "
+                       f"{instance.name}", USAGE)
     if not rest:
-        raise CliError(f"unknown command {verb!r} for {instance.name}; see mail-proxy --help",
-                       USAGE)
+        raise CliError(f"unknown command {verb!r} for {instance.name}; usage: mail-proxy "
+                       f"{instance.name} {INSTANCE_USAGE}; e.g. mail-proxy {instance.name} "
+                       f"tenants list", USAGE)
     tenant_commands = {"accounts": commands.cmd_accounts, "messages": commands.cmd_messages,
                        "send": commands.cmd_send, "run-now": commands.cmd_run_now}
     action = tenant_commands.get(rest[0])
     if action is None:
-        raise CliError(f"unknown command {rest[0]!r}; see mail-proxy --help", USAGE)
+        raise CliError(f"unknown command {rest[0]!r} for tenant {verb}; usage: mail-proxy "
+                       f"{instance.name} {verb} {' | '.join(TENANT_VERBS)} ...; e.g. "
+                       f"mail-proxy {instance.name} {verb} messages list", USAGE)
     return action(ctx, instance, verb, rest[1:])
 
 

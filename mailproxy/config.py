@@ -70,6 +70,9 @@ SETTINGS: tuple[Setting, ...] = (
     _s("smtp_connect_timeout_seconds", float, 15.0, "dispatch", "Connect + TLS + login timeout."),
     _s("smtp_send_timeout_seconds", float, 30.0, "dispatch", "Message transfer timeout."),
     _s("smtp_tls_verify", bool, True, "dispatch", "Verify relay certificates."),
+    _s("smtp_unknown_host_grace_seconds", float, 60.0, "dispatch",
+       "How long a relay host that does not exist (DNS NXDOMAIN) is retried before the "
+       "account's messages fail."),
     _s("send_concurrency", int, 10, "dispatch", "Parallel sends per process."),
     _s("send_concurrency_per_account", int, 3, "dispatch", "Parallel sends per account."),
     _s("send_loop_interval", float, 0.5, "dispatch", "Seconds between idle dispatch cycles."),
@@ -128,6 +131,9 @@ SETTINGS: tuple[Setting, ...] = (
        "Flag processed bounce mail \\Seen (default: the mailbox is not modified)."),
     _s("bounce_processed_folder", str, None, "bounce",
        "Move processed bounce mail to this folder (default: left in place)."),
+    _s("bounce_imap_ca_file", str, None, "bounce",
+       "PEM file of CA certificates trusted, besides the system store, by the bounce and PEC "
+       "IMAP connections over TLS (e.g. a private CA or a self-signed server)."),
     _s("pec_poll_interval", float, 60.0, "bounce",
        "Seconds between polls of each PEC account's receipt mailbox."),
     _s("pec_timeout_seconds", int, 1800, "bounce",
@@ -167,6 +173,7 @@ class Settings:
     smtp_connect_timeout_seconds: float
     smtp_send_timeout_seconds: float
     smtp_tls_verify: bool
+    smtp_unknown_host_grace_seconds: float
     send_concurrency: int
     send_concurrency_per_account: int
     send_loop_interval: float
@@ -213,6 +220,7 @@ class Settings:
     bounce_soft_window_seconds: int
     bounce_mark_seen: bool
     bounce_processed_folder: str | None
+    bounce_imap_ca_file: str | None
     pec_poll_interval: float
     pec_timeout_seconds: int
     api_token_source: str = "generated"

@@ -19,16 +19,23 @@ behaviour (byte-for-byte content, dot-stuffing, replies at each step) against a 
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
 import re
 import socket
 import ssl
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 
 import aiosmtplib
 
 from mailproxy.delivery_pipe import Exchange, open_exchange
-from mailproxy.errors import DeliveryError, PermanentFailure, RecipientFailure, TemporaryFailure
+from mailproxy.errors import (
+    DeliveryError,
+    PermanentFailure,
+    RecipientFailure,
+    TemporaryFailure,
+    UnknownHost,
+)
 from mailproxy.model import Account
 from mailproxy.policy import smtp_code_text
 
@@ -47,6 +54,25 @@ _BREAKS_COMMAND = re.compile(r'[\s<>"]')  # would end the address or add ESMTP p
 _LOST_TLS = (ssl.SSLEOFError, ssl.SSLZeroReturnError)
 
 ConnParams = tuple[str, int, str | None, str | None, bool | None]
+# Looks a relay host up before connecting; raises socket.gaierror when it cannot.
+Resolver = Callable[[str, int], Awaitable[object]]
+# getaddrinfo answers meaning "this name does not exist / has no address" (NXDOMAIN,
+# NODATA), as opposed to EAI_AGAIN and the like, which a later try may not meet.
+_NO_SUCH_HOST = frozenset(
+    code for code in (getattr(socket, "EAI_NONAME", None), getattr(socket, "EAI_NODATA", None))
+    if code is not None)
+
+
+async def system_resolver(host: str, port: int) -> object:
+    return await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
+
+
+def _is_ip(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
 
 
 def _params(account: Account) -> ConnParams:
@@ -217,7 +243,9 @@ class SmtpPool:
         send_timeout: float = 30,
         tls_verify: bool = True,
         local_hostname: str | None = None,
+        resolver: Resolver = system_resolver,
     ) -> None:
+        self._resolver = resolver
         self._pool_size = max(1, pool_size)
         self._pool_wait = pool_wait
         self._connect_timeout = connect_timeout
@@ -406,6 +434,7 @@ class SmtpPool:
         where = f"connecting to {account.host}:{account.port}"
         try:
             async with asyncio.timeout(self._connect_timeout):
+                await self._resolve(account)
                 await smtp.connect()
                 await _hello(smtp)
                 if context is not None and not implicit:
@@ -423,6 +452,19 @@ class SmtpPool:
             raise
         log.debug("connected to %s:%s for %s/%s", account.host, account.port, *account.key)
         return _Conn(smtp, asyncio.get_running_loop().time())
+
+    async def _resolve(self, account: Account) -> None:
+        """Tell a host name that does not exist (UnknownHost) from other connection errors:
+        it is a mistake in the account, not an outage worth five retries over hours."""
+        if _is_ip(account.host):
+            return
+        try:
+            await self._resolver(account.host, account.port)
+        except socket.gaierror as exc:
+            if exc.errno in _NO_SUCH_HOST:
+                raise UnknownHost(f"relay host {account.host} does not exist "
+                                  f"(DNS: {exc.strerror})") from exc
+            raise
 
     @staticmethod
     async def _starttls(smtp: aiosmtplib.SMTP, account: Account, context: ssl.SSLContext) -> None:
@@ -479,7 +521,10 @@ class SmtpPool:
             await self._reset(conn, progress)
             raise
         except aiosmtplib.SMTPResponseException as exc:
-            await self._reset(conn, progress)
+            if exc.code == -1:  # a reply we could not read: the stream may be out of step
+                conn.broken = True
+            else:
+                await self._reset(conn, progress)
             raise _reply_failure(exc.code, exc.message) from exc
         except Exception as exc:
             conn.broken = True

@@ -60,5 +60,10 @@ class TemporaryFailure(DeliveryError):
     """Worth retrying later: 4xx, timeouts, connection problems."""
 
 
+class UnknownHost(TemporaryFailure):
+    """The relay's host name does not exist (DNS NXDOMAIN): the account's settings are
+    wrong, unless DNS is being changed right now; the worker allows a short grace."""
+
+
 class PermanentFailure(DeliveryError):
     """Retrying cannot help: 5xx, authentication, TLS, invalid content."""

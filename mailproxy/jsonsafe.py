@@ -97,7 +97,8 @@ def describe(path: tuple[str | int, ...]) -> str:
 
 
 def scrub(value: Any) -> Any:
-    """The value with every NUL and lone surrogate replaced by U+FFFD (for logs only)."""
+    """The value with every NUL and lone surrogate replaced by U+FFFD (for logs, and for text
+    read from outside that must be stored whatever it holds)."""
     if isinstance(value, str):
         if storable(value):
             return value

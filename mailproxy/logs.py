@@ -10,6 +10,7 @@ from typing import Any
 from pythonjsonlogger.json import JsonFormatter
 
 from mailproxy.model import Claimed, Deferred, Failed, Outcome, Sent
+from mailproxy.timefmt import iso
 from mailproxy.worker import Observer
 
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -44,6 +45,17 @@ def _fields(message: Claimed, outcome: Outcome) -> dict[str, Any]:
     return fields
 
 
+def _what_next(fields: dict[str, Any]) -> str:
+    """The reason on one line (the relay's reply or the connection error), and for a failed
+    attempt what happens next, so that one line says why a message waits (issue 19)."""
+    if "reason" not in fields:
+        return ""
+    reason = " ".join(str(fields["reason"] or "unknown error").split())
+    if fields["outcome"] == "deferred":
+        return f": {reason}; next try {iso(fields['next_ts'])} (retry {fields['retry_count']})"
+    return f": {reason}; no further try"
+
+
 class DeliveryLog:
     """A worker Observer that writes one INFO line per stored outcome, then passes every
     call on to the inner observer (the metrics)."""
@@ -55,9 +67,8 @@ class DeliveryLog:
         self._inner.outcome(message, outcome, now)
         if delivery_log.isEnabledFor(logging.INFO):
             fields = _fields(message, outcome)
-            reason = f": {fields['reason']}" if "reason" in fields else ""
             delivery_log.info("%s %s/%s %s%s", fields["outcome"], message.tenant_id,
-                              message.account_id, message.id, reason, extra=fields)
+                              message.account_id, message.id, _what_next(fields), extra=fields)
 
     def rate_limited(self, tenant_id: str, account_id: str, deferred: bool) -> None:
         self._inner.rate_limited(tenant_id, account_id, deferred)

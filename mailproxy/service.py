@@ -89,6 +89,11 @@ class Store(Protocol):
         self, tenant: Tenant, *, now: int, active_only: bool = False, status: str | None = None,
         include_history: bool = False, limit: int = 10000, offset: int = 0,
     ) -> list[dict[str, Any]]: ...
+    async def list_all_messages(
+        self, tenants: Mapping[str, Tenant], *, now: int, active_only: bool = False,
+        status: str | None = None, include_history: bool = False, limit: int = 1000,
+        before: int | None = None,
+    ) -> tuple[list[dict[str, Any]], int | None]: ...
     async def delete_messages(self, tenant_id: str, ids: Sequence[str]
                               ) -> tuple[int, list[str]]: ...
     async def claim(self, owner: str, now: float, lease_seconds: float, max_total: int,
@@ -204,6 +209,19 @@ class MailService:
         if tenant is None:
             raise NotFound("tenant not found")
         return tenant
+
+    async def list_all_messages(
+        self, caller: Caller, *, active_only: bool, status: str | None, include_history: bool,
+        limit: int, cursor: int | None,
+    ) -> tuple[list[dict[str, Any]], int | None]:
+        """Every tenant's messages, for the admin only; a page and the cursor of the next
+        one (None on the last page)."""
+        self.require_admin(caller)
+        tenants = {t.id: t for t in await self.store.list_tenants()}
+        records, last = await self.store.list_all_messages(
+            tenants, now=int(self.clock.now()), active_only=active_only, status=status,
+            include_history=include_history, limit=limit, before=cursor)
+        return records, (last if last is not None and len(records) == limit else None)
 
     @staticmethod
     def require_admin(caller: Caller) -> None:

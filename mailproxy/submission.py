@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import enum
+import functools
 import math
 import re
 import uuid
@@ -26,7 +27,7 @@ from mailproxy.errors import StoreError
 from mailproxy.model import NewMessage, Priority
 from mailproxy.policy import PRIORITY_LABELS
 from mailproxy.service import Clock, Store, Waker, tenant_for_token
-from mailproxy.tokens import check_password
+from mailproxy.tokens import check_password, hash_password
 
 AUTH_WINDOW_SECONDS = 600.0
 # Within one session, tenant and account state found at a MAIL FROM is trusted this long,
@@ -174,6 +175,12 @@ def _decoded_subject(value: str | None) -> str | None:
         return None
 
 
+@functools.cache
+def _decoy_hash() -> str:
+    """A password hash nobody knows the password of (made once per process)."""
+    return hash_password(uuid.uuid4().hex)
+
+
 @dataclass
 class AuthThrottle:
     """Failed AUTH attempts per client address in a sliding window (§13: 421 after N)."""
@@ -223,20 +230,23 @@ class SmtpSubmission:
 
     async def login(self, username: str, password: str) -> Login | None:
         """`<tenant_id>/<account_id>` with the tenant's API token or the account's
-        submission password; None when the credentials are not valid."""
+        submission password; None when the credentials are not valid or the pair does not
+        exist (answered alike, so that probing learns nothing about which accounts exist)."""
         tenant_id, slash, account_id = username.partition("/")
         if not slash or not tenant_id or not account_id or not password:
             return None
         tenant = await tenant_for_token(self.store, password, self.clock.now())
-        if tenant is not None and tenant.id == tenant_id:
-            return Login(tenant_id, account_id)
         account = await self.store.get_account(tenant_id, account_id)
-        if account is None or account.submission_password_hash is None:
-            return None
-        # scrypt takes tens of milliseconds of CPU: keep it off the event loop.
-        valid = await asyncio.to_thread(
-            check_password, password, account.submission_password_hash)
-        return Login(tenant_id, account_id) if valid else None
+        # The tenant's token is right only for an account that exists: an unknown pair is
+        # refused here (535, with the failed-AUTH delay and count), not later at MAIL FROM.
+        if tenant is not None and tenant.id == tenant_id and account is not None:
+            return Login(tenant_id, account_id)
+        stored = account.submission_password_hash if account is not None else None
+        # Every refusal costs the same scrypt (against a decoy when there is no password to
+        # check), so its timing does not tell which accounts exist. Off the event loop:
+        # scrypt takes tens of milliseconds of CPU.
+        valid = await asyncio.to_thread(check_password, password, stored or _decoy_hash())
+        return Login(tenant_id, account_id) if valid and stored is not None else None
 
     async def sender(
         self, login: Login, address: str, smtputf8: bool, previous: Sender | None = None

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import email.utils
 import logging
+import math
 import mimetypes
 import random
 import socket
@@ -16,7 +17,13 @@ from typing import Protocol
 from mailproxy import compose, intake
 from mailproxy.addresses import needs_smtputf8, split_address
 from mailproxy.bounces.service import SuppressionCheck
-from mailproxy.errors import PermanentFailure, RecipientFailure, StoreError, TemporaryFailure
+from mailproxy.errors import (
+    PermanentFailure,
+    RecipientFailure,
+    StoreError,
+    TemporaryFailure,
+    UnknownHost,
+)
 from mailproxy.lane import PriorityLane
 from mailproxy.model import (
     Account,
@@ -29,7 +36,9 @@ from mailproxy.model import (
     Sent,
 )
 from mailproxy.policy import RetryPolicy, retry_error_text
+from mailproxy.relayhost import UnknownHosts
 from mailproxy.service import Clock, Store
+from mailproxy.timefmt import iso
 
 log = logging.getLogger("mailproxy.worker")
 
@@ -89,6 +98,7 @@ class WorkerSettings:
     retry: RetryPolicy = field(default_factory=RetryPolicy)
     genro_header: bool = True
     bounce_return_path: str | None = None
+    unknown_host_grace: float = 60.0
 
 
 class Worker:
@@ -113,6 +123,7 @@ class Worker:
         self._urgent = False  # an immediate message was enqueued: claim even when buffered
         self._accounts: dict[tuple[str, str], tuple[float, Account | None]] = {}
         self._blocked: dict[tuple[str, str], int] = {}
+        self._unknown_hosts = UnknownHosts(settings.unknown_host_grace)
         self._hostname = socket.getfqdn() or "localhost"
         self._runner: asyncio.Task[None] | None = None
         self._renewer: asyncio.Task[None] | None = None
@@ -135,6 +146,7 @@ class Worker:
     def account_changed(self, tenant_id: str, account_id: str) -> None:
         self._accounts.pop((tenant_id, account_id), None)
         self._blocked.pop((tenant_id, account_id), None)
+        self._unknown_hosts.forget(tenant_id, account_id)
         self._sender.discard(tenant_id, account_id)
         self.wake()
 
@@ -381,6 +393,11 @@ class Worker:
         try:
             refused = await self._sender.send(account, sender, recipients, data, smtputf8=utf8,
                                               eightbit=eightbit)
+        except UnknownHost as exc:
+            outcome = self._unknown_host(message, account, str(exc))
+            kind = "temporary" if isinstance(outcome, Deferred) else "permanent"
+            self._observer.smtp_seconds(kind, asyncio.get_running_loop().time() - started)
+            return outcome
         except TemporaryFailure as exc:
             self._observer.smtp_seconds("temporary", asyncio.get_running_loop().time() - started)
             return self._temporary(message, str(exc))
@@ -388,6 +405,7 @@ class Worker:
             self._observer.smtp_seconds("permanent", asyncio.get_running_loop().time() - started)
             return Failed(str(exc), exc.code)
         self._observer.smtp_seconds("sent", asyncio.get_running_loop().time() - started)
+        self._unknown_hosts.forget(message.tenant_id, message.account_id)
         failed = tuple(
             {"address": r.address, "code": r.code, "reason": r.reason} for r in refused
         )
@@ -412,6 +430,15 @@ class Worker:
         count = message.retry_count + 1
         delay = retry.delay(count, random.Random())
         return Deferred(reason=error, next_ts=int(self._clock.now()) + delay, retry_count=count)
+
+    def _unknown_host(self, message: Claimed, account: Account, error: str) -> Outcome:
+        """Deferred to the end of the account's grace (contract §9.4), then final."""
+        now = self._clock.now()
+        deadline = self._unknown_hosts.deadline(account, now)
+        if now >= deadline or self._s.retry.exhausted(message.retry_count):
+            return Failed(self._unknown_hosts.failed_text(account, error))
+        return Deferred(reason=f"{error}; retried until {iso(deadline)}, then final",
+                        next_ts=math.ceil(deadline), retry_count=message.retry_count + 1)
 
     def _build(self, message: Claimed, prepared: Prepared | None = None
                ) -> tuple[str, list[str], bytes]:

@@ -13,13 +13,14 @@ from aiohttp.test_utils import TestClient
 
 from mailproxy.app import build, make_app
 from mailproxy.config import Settings, load_settings
+from mailproxy.delivery import Resolver, system_resolver
 from mailproxy.service import Clock
 from tests.endpoint import make_endpoint
-from tests.imap import dovecot
+from tests.imap import dovecot, dovecot_tls
 from tests.pg import pg_url
 from tests.relay import Relay, make_relay, relay
 
-__all__ = ["dovecot", "make_endpoint", "make_relay", "pg_url", "relay"]
+__all__ = ["dovecot", "dovecot_tls", "make_endpoint", "make_relay", "pg_url", "relay"]
 
 ADMIN = "admin-token-for-tests"
 
@@ -133,9 +134,10 @@ async def make_api(
 ) -> AsyncIterator[ApiFactory]:
     """make_api(**settings) -> an Api on a freshly built app (worker running)."""
 
-    async def factory(clock: Clock | None = None, **overrides: Any) -> Api:
+    async def factory(clock: Clock | None = None, resolver: Resolver = system_resolver,
+                      **overrides: Any) -> Api:
         settings = make_settings(tmp_path / "data", **overrides)
-        parts = await build(settings, clock=clock)
+        parts = await build(settings, clock=clock, resolver=resolver)
         client = await aiohttp_client(make_app(parts))
         api = Api(client)
         api.parts = parts  # type: ignore[attr-defined]

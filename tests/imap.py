@@ -2,8 +2,9 @@
 
 Started once per test session (`dovecot -F -c <conf>`) with a passwd-file user and Maildir
 storage in a temporary directory outside pytest's 0700 tmp root (Dovecot's unprivileged
-processes must reach it). Each test works in its own folder. When Dovecot is not installed
-the tests that need it are skipped, or fail when CI=true.
+processes must reach it). `dovecot_tls` is a second one with IMAPS and a self-signed
+certificate made here (`ssl = required`). Each test works in its own folder. When Dovecot
+is not installed the tests that need it are skipped, or fail when CI=true.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import os
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import tempfile
 import time
@@ -21,9 +23,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from aioimaplib import IMAP4
+from aioimaplib import IMAP4, IMAP4_SSL
 
-from tests.relay import free_port
+from tests.relay import free_port, make_certificate
 
 USER = "bounce"
 PASSWORD = "secret"
@@ -34,8 +36,7 @@ listen = 127.0.0.1
 base_dir = {d}/run
 state_dir = {d}/state
 log_path = {d}/dovecot.log
-ssl = no
-disable_plaintext_auth = no
+{ssl}
 auth_mechanisms = plain login
 mail_location = maildir:{d}/mail/%u/Maildir
 first_valid_uid = 1
@@ -54,10 +55,18 @@ service imap-login {{
     port = {port}
   }}
   inet_listener imaps {{
-    port = 0
+    address = 127.0.0.1
+    port = {tls_port}
   }}
 }}
 """
+
+
+# Plain IMAP with LOGIN allowed in clear text (the default fixture).
+PLAIN = "ssl = no\ndisable_plaintext_auth = no"
+# IMAPS with a certificate the fixture makes (Dovecot still allows a clear-text login from
+# loopback, which it counts as secure).
+TLS = "ssl = required\nssl_cert = <{d}/cert.pem\nssl_key = <{d}/key.pem"
 
 
 def dovecot_binary() -> str | None:
@@ -80,9 +89,12 @@ class Dovecot:
     user = USER
     password = PASSWORD
 
-    def __init__(self, binary: str) -> None:
+    def __init__(self, binary: str, tls: bool = False) -> None:
         self.binary = binary
+        self.tls = tls
         self.port = free_port()
+        self.tls_port = free_port() if tls else 0
+        self.ca_file: str | None = None  # the self-signed certificate, when tls
         self.dir = Path(tempfile.mkdtemp(prefix="gmp-dovecot-"))
         self.proc: subprocess.Popen[bytes] | None = None
 
@@ -93,7 +105,14 @@ class Dovecot:
                     f"mail/{USER}/Maildir/tmp"):
             (d / sub).mkdir(parents=True, exist_ok=True)
         (d / "users").write_text(f"{USER}:{{PLAIN}}{PASSWORD}::::::\n")
-        (d / "dovecot.conf").write_text(CONF.format(d=d, port=self.port))
+        if self.tls:
+            cert, key = make_certificate(d)
+            cert.rename(d / "cert.pem")
+            key.rename(d / "key.pem")
+            self.ca_file = str(d / "cert.pem")
+        ssl_conf = (TLS if self.tls else PLAIN).format(d=d)
+        (d / "dovecot.conf").write_text(CONF.format(d=d, port=self.port, ssl=ssl_conf,
+                                                    tls_port=self.tls_port))
         subprocess.run(["chown", "-R", "nobody:nogroup", str(d / "mail")], check=True)
         self.proc = subprocess.Popen([self.binary, "-F", "-c", str(d / "dovecot.conf")],
                                      stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
@@ -124,7 +143,13 @@ class Dovecot:
     # -- client side ---------------------------------------------------------------------
 
     async def client(self) -> IMAP4:
-        imap = IMAP4(host=self.host, port=self.port, timeout=10)
+        imap: IMAP4
+        if self.tls:
+            context = ssl.create_default_context(cafile=self.ca_file)
+            imap = IMAP4_SSL(host=self.host, port=self.tls_port, timeout=10,
+                             ssl_context=context)
+        else:
+            imap = IMAP4(host=self.host, port=self.port, timeout=10)
         await imap.wait_hello_from_server()
         response = await imap.login(self.user, self.password)
         assert response.result == "OK", response
@@ -171,6 +196,16 @@ class Dovecot:
 @pytest.fixture(scope="session")
 def dovecot() -> Iterator[Dovecot]:
     server = Dovecot(require_dovecot())
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def dovecot_tls() -> Iterator[Dovecot]:
+    """A second Dovecot with `ssl = required`: IMAPS on `tls_port` with a self-signed
+    certificate (`ca_file`), besides plain IMAP on `port`."""
+    server = Dovecot(require_dovecot(), tls=True)
     server.start()
     yield server
     server.stop()

@@ -14,7 +14,17 @@ from typing import Any
 
 from mailproxy.admin.instances import Instance, require_running
 from mailproxy.admin.rest import ApiError, Rest
-from mailproxy.admin.ui import FAILED, OK, USAGE, CliError, Ctx, Progress, pairs, table
+from mailproxy.admin.ui import (
+    FAILED,
+    OK,
+    USAGE,
+    CliError,
+    Ctx,
+    Progress,
+    pairs,
+    readable_time,
+    table,
+)
 
 RESERVED_TENANTS = frozenset({"tenants", "info", "token"})
 BATCH_MESSAGES = 200
@@ -114,7 +124,8 @@ def _tenants_add(ctx: Ctx, rest: Rest, args: argparse.Namespace) -> int:
         if exc.status != 404:
             raise
     else:
-        raise CliError(f"tenant {tenant_id} already exists", FAILED)
+        raise CliError(f"tenant {tenant_id} already exists; see: mail-proxy {rest.name} tenants "
+                       f"show {tenant_id}", FAILED)
     body: dict[str, Any] = {"id": tenant_id}
     for key in ("name", "client_base_url", "client_sync_path", "client_attachment_path",
                 "webhook_secret"):
@@ -232,7 +243,9 @@ def _int(text: str, name: str) -> int:
 
 MESSAGE_COLUMNS = [("id", "ID"), ("status", "STATUS"), ("account_id", "ACCOUNT"),
                    ("priority", "PRI"), ("batch_code", "BATCH"), ("created_at", "CREATED"),
-                   ("retry_count", "RETRIES"), ("error", "ERROR")]
+                   ("retry_count", "RETRIES"), ("next_try_ts", "NEXT TRY"),
+                   ("last_error", "ERROR")]
+WAITING = ("scheduled", "deferred")
 
 
 def cmd_messages(ctx: Ctx, instance: Instance, tenant_id: str, argv: Sequence[str]) -> int:
@@ -250,11 +263,13 @@ def cmd_messages(ctx: Ctx, instance: Instance, tenant_id: str, argv: Sequence[st
                         limit=args.limit)["messages"]
 
     def render() -> None:
-        table(messages, MESSAGE_COLUMNS)
+        shown = [{**m, "next_try_ts": m.get("deferred_ts") if m.get("status") in WAITING
+                  else None} for m in messages]
+        table(shown, MESSAGE_COLUMNS)
         for record in messages if args.history else []:
             for event in record.get("history") or []:
-                print(f"  {record['id']}: {event['event_type']} {event['event_ts']} "
-                      f"{event.get('description') or ''}".rstrip())
+                print(f"  {record['id']}: {readable_time(event['event_ts'])} "
+                      f"{event['event_type']} {event.get('description') or ''}".rstrip())
 
     ctx.emit(messages, render)
     return OK

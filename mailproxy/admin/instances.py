@@ -16,6 +16,7 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
+from mailproxy import runstate
 from mailproxy.admin.rest import Rest, not_running
 from mailproxy.admin.ui import FAILED, NOT_RUNNING, USAGE, CliError
 from mailproxy.config import Settings, load_settings
@@ -25,6 +26,8 @@ RESERVED = frozenset({"serve", "start", "stop", "restart", "list", "help", "sett
 _NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}$")
 FIRST_PORT, FIRST_SMTP_PORT = 8000, 2525
 START_TIMEOUT_SECONDS = 30.0
+# `make serve` keeps its data in ./data of the checkout; the CLI run from there finds it.
+LOCAL_DATA_DIR = "data"
 # Where `start` writes each remembered setting in config.ini.
 SECTION_OF = {"host": "server", "port": "server", "db_path": "server", "smtp_port": "smtp"}
 
@@ -48,10 +51,16 @@ class Instance:
 
     @classmethod
     def named(cls, name: str) -> Instance:
-        """~/.mail-proxy/NAME, or GMP_DATA_DIR when set."""
+        """GMP_DATA_DIR when set; else ./data when the instance there (`make serve`) has
+        this name; else ~/.mail-proxy/NAME."""
         check_name(name)
         override = os.environ.get("GMP_DATA_DIR")
-        return cls(name, Path(override).expanduser() if override else home() / name)
+        if override:
+            return cls(name, Path(override).expanduser())
+        local = local_instance()
+        if local is not None and local.name == name:
+            return local
+        return cls(name, home() / name)
 
     @property
     def config_path(self) -> Path:
@@ -71,6 +80,19 @@ class Instance:
 
     def exists(self) -> bool:
         return self.dir.is_dir()
+
+    @property
+    def is_local(self) -> bool:
+        return self.dir == Path.cwd() / LOCAL_DATA_DIR
+
+    def url(self) -> str:
+        """Where the running server listens: as it recorded at start (the port it bound,
+        whatever flags or variables it was given), else as its configuration says."""
+        state = runstate.read(self.dir)
+        running = self.pid()
+        if running is not None and state.get("pid") == running and state.get("url"):
+            return str(state["url"])
+        return base_url(self.settings())
 
     def settings(self) -> Settings:
         try:
@@ -94,17 +116,42 @@ class Instance:
         except OSError:
             token = ""
         if not token:
-            raise CliError(f"instance {self.name} has no admin token yet (start it first)",
-                           NOT_RUNNING)
+            raise CliError(f"instance {self.name} has no admin token yet; start it with: "
+                           f"{self.start_command}", NOT_RUNNING)
         return token
+
+    @property
+    def start_command(self) -> str:
+        return "make serve" if self.is_local else f"mail-proxy start {self.name}"
 
     def rest(self) -> Rest:
         """A client for the running instance (exit 3 when there is none)."""
         if not self.exists():
-            raise CliError(f"no instance named {self.name}; create it with: "
-                           f"mail-proxy start {self.name}", NOT_RUNNING)
+            raise unknown_instance(self.name)
         settings = self.settings()
-        return Rest(base_url(settings), self.admin_token(settings), self.name)
+        return Rest(self.url(), self.admin_token(settings), self.name, self.start_command)
+
+
+def unknown_instance(name: str) -> CliError:
+    """No such instance: name the ones that exist rather than invite a second, empty one."""
+    known = all_instances()
+    if not known:
+        return CliError(f"no instance named {name}; start one with `make serve` in a "
+                        f"checkout (it is named default) or: mail-proxy start {name}",
+                        NOT_RUNNING)
+    names = ", ".join(i.name for i in known)
+    return CliError(f"no instance named {name} (known here: {names}); see: mail-proxy list",
+                    NOT_RUNNING)
+
+
+def local_instance() -> Instance | None:
+    """The instance of ./data in the current directory (`make serve`), named as it
+    recorded when it last ran (`default` unless GMP_INSTANCE said otherwise)."""
+    path = Path.cwd() / LOCAL_DATA_DIR
+    if not runstate.is_data_dir(path):
+        return None
+    name = str(runstate.read(path).get("name") or "default")
+    return Instance(name, path) if _NAME.match(name) and name not in RESERVED else None
 
 
 def base_url(settings: Settings) -> str:
@@ -136,10 +183,14 @@ def _alive(pid: int) -> bool:
 
 
 def all_instances() -> list[Instance]:
-    found = []
+    """./data of the current directory first (it shadows a home instance of its name),
+    then ~/.mail-proxy/*."""
+    local = local_instance()
+    found = [] if local is None else [local]
     if home().is_dir():
         for path in sorted(home().iterdir()):
-            if path.is_dir() and _NAME.match(path.name) and path.name not in RESERVED:
+            if (path.is_dir() and _NAME.match(path.name) and path.name not in RESERVED
+                    and (local is None or path.name != local.name)):
                 found.append(Instance(path.name, path))
     return found
 
@@ -248,9 +299,9 @@ def wait_healthy(instance: Instance, process: subprocess.Popen[bytes], url: str)
                    f"{START_TIMEOUT_SECONDS:.0f} s (log: {instance.log_path})", FAILED)
 
 
-def _healthy(url: str) -> bool:
+def _healthy(url: str, timeout: float = 1.0) -> bool:
     try:
-        with urllib.request.urlopen(url + "/health", timeout=1) as response:
+        with urllib.request.urlopen(url + "/health", timeout=timeout) as response:
             return bool(response.status == 200)
     except (urllib.error.URLError, ConnectionError, OSError):
         return False
@@ -287,5 +338,18 @@ def terminate(instance: Instance, pid: int, grace: float) -> bool:
 
 def require_running(instance: Instance) -> None:
     """Exit 3 early when there is no server (no pid file and nothing on the port)."""
-    if instance.pid() is None and not _healthy(base_url(instance.settings())):
-        raise not_running(instance.name)
+    if instance.pid() is None and not _healthy(instance.url()):
+        raise not_running(instance.name, start=instance.start_command)
+
+
+def foreign_server(port: int) -> str | None:
+    """The URL of a mail-proxy on 127.0.0.1:port that no instance known here owns
+    (typically `make serve` of a checkout, seen from another directory)."""
+    url = f"http://127.0.0.1:{port}"
+    if not _healthy(url, timeout=5.0):  # a busy server must not pass for none
+        return None
+    for instance in all_instances():
+        with contextlib.suppress(CliError):
+            if instance.pid() is not None and instance.url() == url:
+                return None
+    return url

@@ -3,19 +3,22 @@
 from __future__ import annotations
 
 import argparse
+import os
 from collections.abc import Sequence
 from typing import Any
 
 from mailproxy import __version__
 from mailproxy.admin.instances import (
+    FIRST_PORT,
     Instance,
     all_instances,
-    base_url,
+    foreign_server,
     plan_settings,
     remember,
     require_running,
     spawn,
     terminate,
+    unknown_instance,
     wait_healthy,
 )
 from mailproxy.admin.rest import ApiError
@@ -46,19 +49,23 @@ def cmd_start(ctx: Ctx, argv: Sequence[str]) -> int:
 
 
 def start(ctx: Ctx, instance: Instance, flags: dict[str, Any]) -> int:
+    if not instance.exists():
+        _refuse_beside_foreign_server(instance, flags)
     instance.dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     running = instance.pid()
     if running is not None:
-        url = base_url(instance.settings())
+        url = instance.url()
         ctx.emit({"name": instance.name, "status": "running", "pid": running, "url": url},
                  lambda: print(f"{instance.name} is already running at {url} (pid {running})"))
         return OK
-    planned = plan_settings(instance, flags)
+    # ./data (`make serve`) keeps the ports its environment gives; only flags are written.
+    planned = ({k: str(v) for k, v in flags.items() if v is not None} if instance.is_local
+               else plan_settings(instance, flags))
     if planned:
         remember(instance, planned)
     settings = instance.settings()
     first_time = settings.api_token is None and not instance.token_path.exists()
-    url = base_url(settings)
+    url = instance.url()
     process = spawn(instance)
     wait_healthy(instance, process, url)
     token = instance.admin_token(settings) if first_time else None
@@ -72,6 +79,19 @@ def start(ctx: Ctx, instance: Instance, flags: dict[str, Any]) -> int:
 
     ctx.emit(result, render)
     return OK
+
+
+def _refuse_beside_foreign_server(instance: Instance, flags: dict[str, Any]) -> None:
+    """A new instance on the next free port beside a mail-proxy that already answers on
+    the first one is almost always a mistake: the user meant that one (`make serve`)."""
+    if flags.get("port") is not None or os.environ.get("GMP_PORT"):
+        return
+    url = foreign_server(FIRST_PORT)
+    if url is not None:
+        raise CliError(
+            f"a mail-proxy already answers at {url} (`make serve`?); run mail-proxy from its "
+            f"checkout, where it is named default (see: mail-proxy list), or give --port to "
+            f"start a second instance {instance.name}", FAILED)
 
 
 def cmd_stop(ctx: Ctx, argv: Sequence[str]) -> int:
@@ -97,8 +117,7 @@ def cmd_restart(ctx: Ctx, argv: Sequence[str]) -> int:
     args = _parse("restart", argv, lambda p: p.add_argument("name"))
     instance = Instance.named(args.name)
     if not instance.exists():
-        raise CliError(f"no instance named {args.name}; create it with: "
-                       f"mail-proxy start {args.name}", FAILED)
+        raise unknown_instance(args.name)
     _quiet_stop(instance)
     return start(ctx, instance, {})
 
@@ -115,14 +134,15 @@ def cmd_list(ctx: Ctx, argv: Sequence[str]) -> int:
     for instance in all_instances():
         row: dict[str, Any] = {"name": instance.name, "data_dir": str(instance.dir)}
         try:
-            row["url"] = base_url(instance.settings())
+            row["url"] = instance.url()
         except CliError as exc:
             row["url"] = f"invalid config: {exc}"
         pid = instance.pid()
         row.update(status="running" if pid else "stopped", pid=pid)
         rows.append(row)
     ctx.emit(rows, lambda: table(rows, [("name", "NAME"), ("status", "STATUS"),
-                                        ("pid", "PID"), ("url", "URL")]))
+                                        ("pid", "PID"), ("url", "URL"),
+                                        ("data_dir", "DATA DIR")]))
     return OK
 
 
@@ -139,7 +159,7 @@ def cmd_info(ctx: Ctx, instance: Instance, argv: Sequence[str]) -> int:
     info = {
         "name": instance.name, "status": "running", "pid": instance.pid(),
         "version": status.get("version"), "cli_version": __version__,
-        "url": base_url(settings), "data_dir": str(instance.dir), "database": database,
+        "url": instance.url(), "data_dir": str(instance.dir), "database": database,
         "instance_id": status.get("instance_id"), "tenants": len(tenants),
         "pending_messages": status.get("pending_messages"),
     }
@@ -151,7 +171,7 @@ def cmd_token(ctx: Ctx, instance: Instance, argv: Sequence[str]) -> int:
     args = _parse(f"{instance.name} token", argv,
                   lambda p: p.add_argument("--regenerate", action="store_true"))
     if not instance.exists():
-        raise CliError(f"no instance named {instance.name}", FAILED)
+        raise unknown_instance(instance.name)
     settings = instance.settings()
     if not args.regenerate:
         token = instance.admin_token(settings)

@@ -14,8 +14,9 @@ from mailproxy.admin.ui import FAILED, NOT_RUNNING, CliError
 class ApiError(CliError):
     """The instance answered with an error status."""
 
-    def __init__(self, status: int, detail: Any) -> None:
-        super().__init__(f"{describe(detail)} (HTTP {status})", FAILED)
+    def __init__(self, status: int, detail: Any, hint: str = "") -> None:
+        super().__init__(f"{describe(detail)} (HTTP {status}){'; ' + hint if hint else ''}",
+                         FAILED)
         self.status = status
         self.detail = detail
 
@@ -38,10 +39,12 @@ def describe(detail: Any) -> str:
 
 
 class Rest:
-    def __init__(self, base_url: str, token: str, name: str, timeout: float = 60.0) -> None:
+    def __init__(self, base_url: str, token: str, name: str, start: str | None = None,
+                 timeout: float = 60.0) -> None:
         self.base_url = base_url.rstrip("/")
         self.token = token
         self.name = name
+        self.start = start
         self.timeout = timeout
 
     def call(self, method: str, path: str, *, query: dict[str, Any] | None = None,
@@ -62,19 +65,23 @@ class Rest:
             payload = _decode(exc.read())
             detail = payload.get("detail") if isinstance(payload, dict) else payload
             if exc.code == 401:
-                raise CliError(f"the admin token of instance {self.name} was refused",
+                raise CliError(f"the admin token of instance {self.name} was refused (a server "
+                               "started with GMP_API_TOKEN needs the same GMP_API_TOKEN here)",
                                FAILED) from None
-            raise ApiError(exc.code, detail) from None
+            hint = (f"see: mail-proxy {self.name} tenants list"
+                    if detail == "tenant not found" else "")
+            raise ApiError(exc.code, detail, hint) from None
         except (TimeoutError, urllib.error.URLError, ConnectionError) as exc:
-            raise not_running(self.name, getattr(exc, "reason", exc)) from None
+            raise not_running(self.name, getattr(exc, "reason", exc), self.start) from None
 
     def get(self, path: str, **query: Any) -> Any:
         return self.call("GET", path, query=query)
 
 
-def not_running(name: str, reason: object = None) -> CliError:
+def not_running(name: str, reason: object = None, start: str | None = None) -> CliError:
     why = f" ({reason})" if reason else ""
-    return CliError(f"instance {name} is not running{why}; start it with: mail-proxy start {name}",
+    command = start or f"mail-proxy start {name}"
+    return CliError(f"instance {name} is not running{why}; start it with: {command}",
                     NOT_RUNNING)
 
 

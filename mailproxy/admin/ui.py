@@ -4,12 +4,17 @@ from __future__ import annotations
 
 import getpass
 import json
+import re
 import sys
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, TextIO
 
+from mailproxy.timefmt import iso
+
 OK, FAILED, USAGE, NOT_RUNNING = 0, 1, 2, 3
+_NAIVE = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d$")
+_ISO = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ$")
 
 
 class CliError(Exception):
@@ -58,9 +63,28 @@ class Ctx:
             raise CliError("cancelled, nothing was deleted", FAILED)
 
 
-def cell(value: Any) -> str:
+def readable_time(value: Any) -> str:
+    """An epoch, a stored `YYYY-MM-DD HH:MM:SS` (UTC) or an ISO-8601 `...Z` time, as one
+    readable UTC form; never a raw epoch on a terminal."""
+    if isinstance(value, bool) or not isinstance(value, int | float | str):
+        return str(value)
+    text = value if isinstance(value, str) else (iso(value) or "")
+    if _NAIVE.match(text):
+        text = f"{text[:10]}T{text[11:19]}Z"
+    if _ISO.match(text):
+        return f"{text[:10]} {text[11:19]} UTC"
+    return str(value)
+
+
+def is_time_key(key: str) -> bool:
+    return key.endswith(("_ts", "_at"))
+
+
+def cell(value: Any, key: str = "") -> str:
     if value is None:
         return "-"
+    if key and is_time_key(key):
+        return readable_time(value)
     if isinstance(value, bool):
         return "yes" if value else "no"
     if isinstance(value, list | tuple):
@@ -76,7 +100,7 @@ def table(rows: Sequence[Mapping[str, Any]], columns: Sequence[tuple[str, str]],
         print("(none)", file=stream)
         return
     grid = [[header for _key, header in columns]]
-    grid += [[cell(row.get(key)) for key, _header in columns] for row in rows]
+    grid += [[cell(row.get(key), key) for key, _header in columns] for row in rows]
     widths = [max(len(line[i]) for line in grid) for i in range(len(columns))]
     for line in grid:
         print("  ".join(v.ljust(w) for v, w in zip(line, widths, strict=True)).rstrip(),
@@ -85,7 +109,7 @@ def table(rows: Sequence[Mapping[str, Any]], columns: Sequence[tuple[str, str]],
 
 def pairs(items: Iterable[tuple[str, Any]]) -> None:
     """Key: value lines, keys aligned."""
-    listed = [(k, cell(v)) for k, v in items]
+    listed = [(k, cell(v, k)) for k, v in items]
     width = max((len(k) for k, _ in listed), default=0)
     for key, value in listed:
         print(f"{key.ljust(width)}  {value}")

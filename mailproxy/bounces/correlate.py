@@ -46,6 +46,60 @@ def pk_of_message_id(message_id: str | None) -> str | None:
     return match.group(1) if match else None
 
 
+# Longer client Message-IDs are not indexed (a PostgreSQL btree entry has a size limit, and
+# no line of a header may exceed 998 characters anyway): such messages match by pk only.
+MAX_MESSAGE_ID = 900
+
+
+def message_id_key(value: Any) -> str | None:
+    """A Message-ID as it is stored and looked up: one line, in angle brackets, exact case."""
+    if not isinstance(value, str):
+        return None
+    text = "".join(value.split())
+    if not text or "\x00" in text or len(text) > MAX_MESSAGE_ID:
+        return None
+    if not (text.startswith("<") and text.endswith(">")):
+        text = "<" + text.removeprefix("<").removesuffix(">") + ">"
+    return text if len(text) > 2 else None
+
+
+MAX_HEADER_BLOCK = 262144  # a Message-ID further into a raw message is not indexed
+_RAW_MESSAGE_ID = re.compile(rb"^message-id:[ \t]*([^\r\n]*(?:\r?\n[ \t][^\r\n]*)*)",
+                             re.I | re.M)
+
+
+def _raw_message_id(raw: bytes) -> str | None:
+    """The first Message-ID field of the header block, unfolded: one regex search over the
+    header block only (this runs for every raw and SMTP-submitted message at intake)."""
+    limit = min(len(raw), MAX_HEADER_BLOCK)
+    crlf = raw.find(b"\r\n\r\n", 0, limit)
+    end = crlf if crlf >= 0 else limit
+    lf = raw.find(b"\n\n", 0, end)
+    found = _RAW_MESSAGE_ID.search(raw, 0, (lf if lf >= 0 else end) + 1)
+    return None if found is None else found.group(1).decode("utf-8", "replace")
+
+
+def _header_field(headers: Any, name: str) -> Any:
+    """The last value given for `name` (case-insensitive), as intake keeps it."""
+    if not isinstance(headers, Mapping):
+        return None
+    found = None
+    for key, value in headers.items():
+        if isinstance(key, str) and key.lower() == name:
+            found = value
+    return found
+
+
+def sent_message_id(payload: Mapping[str, Any], raw: bytes | None) -> str | None:
+    """The client-supplied Message-ID a message goes out with, or None when the proxy
+    generates it (compose.py: a `Message-ID` in `headers` wins over `message_id`; raw and
+    SMTP-submitted mail keep their own header). Stored at intake for rule 2 of §12.2."""
+    if raw is not None:
+        return message_id_key(_raw_message_id(raw))
+    value = _header_field(payload.get("headers"), "message-id")
+    return message_id_key(value if value is not None else payload.get("message_id"))
+
+
 def digits(code: str | None) -> str | None:
     """`5.1.1` -> `511`: the form of bounce_code in reports (§8.2)."""
     if code is None:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import re
 import ssl
@@ -56,6 +57,7 @@ class Mailbox:
     mark_seen: bool = False
     move_to: str | None = None
     timeout: float = 30.0
+    ca_file: str | None = None  # trusted besides the system CA store (GMP_BOUNCE_IMAP_CA_FILE)
 
     @property
     def read_only(self) -> bool:
@@ -86,6 +88,16 @@ def _fetched(lines: Sequence[Any]) -> list[tuple[int, bytes]]:
     return out
 
 
+@functools.lru_cache(maxsize=8)
+def tls_context(ca_file: str | None) -> ssl.SSLContext:
+    """A verifying client context: the system CA store, plus `ca_file` when given (a missing
+    or unreadable file fails the poll with its reason). Kept: loading the store is slow."""
+    context = ssl.create_default_context()
+    if ca_file:
+        context.load_verify_locations(cafile=ca_file)
+    return context
+
+
 class Session:
     """One logged-in IMAP connection on one folder."""
 
@@ -96,8 +108,9 @@ class Session:
     async def __aenter__(self) -> Session:
         box = self.box
         if box.ssl:
+            context = await asyncio.to_thread(tls_context, box.ca_file)
             self._imap = IMAP4_SSL(host=box.host, port=box.port, timeout=box.timeout,
-                                   ssl_context=ssl.create_default_context())
+                                   ssl_context=context)
         else:
             self._imap = IMAP4(host=box.host, port=box.port, timeout=box.timeout)
         try:

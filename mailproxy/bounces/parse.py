@@ -23,6 +23,7 @@ from typing import Any
 import flufl.bounce
 
 from mailproxy.bounces.model import BounceType, ParsedBounce, normal_address
+from mailproxy.jsonsafe import scrub
 
 log = logging.getLogger("mailproxy.bounces.parse")
 
@@ -252,11 +253,13 @@ def _flufl(msg: Message) -> list[tuple[str, BounceType]]:
 
 def _bounce(recipient: str, kind: BounceType, code: str | None, reason: str | None, key: str,
             returned: Returned, *, from_dsn: bool) -> ParsedBounce:
+    # Text from outside: a NUL or lone surrogate would make the database refuse the whole
+    # poll's transaction, again at every retry, and stop bounce processing for good.
     return ParsedBounce(
-        recipient=recipient, type=kind, code=code, reason=reason,
-        fingerprint=f"{key}|{recipient}", pk=returned.pk, message_id=returned.message_id,
-        client_id=returned.client_id, original_from=returned.original_from,
-        from_dsn=from_dsn,
+        recipient=scrub(recipient), type=kind, code=scrub(code), reason=scrub(reason),
+        fingerprint=scrub(f"{key}|{recipient}"), pk=scrub(returned.pk),
+        message_id=scrub(returned.message_id), client_id=scrub(returned.client_id),
+        original_from=scrub(returned.original_from), from_dsn=from_dsn,
     )
 
 
@@ -306,11 +309,13 @@ def _reason(value: Any) -> str | None:
     return None if text is None else text[:MAX_REASON]
 
 
-def _address_field(value: str | None) -> str | None:
-    """`rfc822; user@example.org` (or a bare address) -> `user@example.org`."""
-    if not value:
+def _address_field(value: object) -> str | None:
+    """`rfc822; user@example.org` (or a bare address) -> `user@example.org`. The value may
+    be an email.header.Header when the field holds 8-bit bytes: read as text."""
+    text = _clean(value)
+    if not text:
         return None
-    text = value.split(";", 1)[1] if ";" in value else value
+    text = text.split(";", 1)[1] if ";" in text else text
     match = _ADDRESS.search(text)
     return normal_address(match.group(0)) if match else None
 

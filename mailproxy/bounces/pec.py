@@ -10,6 +10,7 @@ from email.header import decode_header, make_header
 from email.message import Message
 
 from mailproxy.bounces.model import PecReceipt
+from mailproxy.jsonsafe import scrub
 
 MAX_DETAILS = 500
 RECEIPT_TYPES = {
@@ -66,6 +67,7 @@ def parse_receipt(raw: bytes) -> PecReceipt | None:
     details = (details or _header(msg, "Subject") or kind)[:MAX_DETAILS]
     own = _header(msg, "Message-ID")
     base = "mid:" + own.lower() if own else "sha256:" + hashlib.sha256(raw).hexdigest()
-    return PecReceipt(event_type=event_type, details=details, fingerprint=base,
-                      message_id=_header(msg, "X-Riferimento-Message-ID"),
-                      client_id=_header(msg, "X-Genro-Mail-ID"))
+    # Text from outside, stored as is: never a NUL or lone surrogate the database refuses.
+    return PecReceipt(event_type=event_type, details=scrub(details), fingerprint=scrub(base),
+                      message_id=scrub(_header(msg, "X-Riferimento-Message-ID")),
+                      client_id=scrub(_header(msg, "X-Genro-Mail-ID")))

@@ -33,14 +33,15 @@ def mailbox_name(account: Account) -> str:
     return f"pec:{account.tenant_id}/{account.id}"
 
 
-def mailbox_of(account: Account) -> Mailbox | None:
+def mailbox_of(account: Account, ca_file: str | None = None) -> Mailbox | None:
     """The account's receipt mailbox, read-only (never flagged, moved or expunged)."""
     if not account.is_pec_account or not account.imap_host:
         return None
     return Mailbox(name=mailbox_name(account), host=account.imap_host, port=account.imap_port,
                    user=account.imap_user or account.user or "",
                    password=account.imap_password or account.password or "",
-                   folder=account.imap_folder or "INBOX", ssl=account.imap_ssl)
+                   folder=account.imap_folder or "INBOX", ssl=account.imap_ssl,
+                   ca_file=ca_file)
 
 
 def receipts_of(fetched: Fetched) -> list[PecReceipt]:
@@ -58,7 +59,8 @@ def receipts_of(fetched: Fetched) -> list[PecReceipt]:
 
 class PecRunner:
     def __init__(self, accounts: AccountSource, bounces: BounceService, store: BounceStore,
-                 clock: Clock, owner: str, *, interval: float, timeout: int) -> None:
+                 clock: Clock, owner: str, *, interval: float, timeout: int,
+                 ca_file: str | None = None) -> None:
         self._accounts = accounts
         self._bounces = bounces
         self._store = store
@@ -66,6 +68,7 @@ class PecRunner:
         self._owner = owner
         self._interval = interval
         self._timeout = timeout
+        self._ca_file = ca_file
         self._watched: dict[tuple[str, str], Account] = {}
         self.pollers: dict[tuple[str, str], Poller] = {}
         self._task: asyncio.Task[None] | None = None
@@ -113,7 +116,8 @@ class PecRunner:
                                                                           float]]]:
         async def source() -> tuple[Mailbox | None, float]:
             account = self._watched.get(key)
-            return (None if account is None else mailbox_of(account)), self._interval
+            found = None if account is None else mailbox_of(account, self._ca_file)
+            return found, self._interval
 
         return source
 

@@ -37,10 +37,12 @@ class InstanceSource(Protocol):
 
 @dataclass(frozen=True, slots=True)
 class Handling:
-    """What happens to processed bounce mail (GMP_BOUNCE_MARK_SEEN / _PROCESSED_FOLDER)."""
+    """What happens to processed bounce mail (GMP_BOUNCE_MARK_SEEN / _PROCESSED_FOLDER), and
+    which CA file the TLS connection trusts besides the system store."""
 
     mark_seen: bool = False
     move_to: str | None = None
+    ca_file: str | None = None  # GMP_BOUNCE_IMAP_CA_FILE
 
 
 def mailbox_of(config: InstanceConfig, handling: Handling) -> Mailbox | None:
@@ -52,7 +54,8 @@ def mailbox_of(config: InstanceConfig, handling: Handling) -> Mailbox | None:
                    user=config.bounce_imap_user or "",
                    password=config.bounce_imap_password or "",
                    folder=config.bounce_imap_folder or "INBOX", ssl=config.bounce_imap_ssl,
-                   mark_seen=handling.mark_seen, move_to=handling.move_to)
+                   mark_seen=handling.mark_seen, move_to=handling.move_to,
+                   ca_file=handling.ca_file)
 
 
 def parse_all(fetched: Fetched) -> list[ParsedBounce]:

@@ -27,6 +27,7 @@ from mailproxy.bounces.model import (
     normal_address,
 )
 from mailproxy.errors import InvalidRequest
+from mailproxy.jsonsafe import storable
 
 log = logging.getLogger("mailproxy.bounces")
 
@@ -55,6 +56,8 @@ class BounceStore(Protocol):
     async def has_suppressions(self, tenant_id: str) -> bool: ...
     async def message_by_pk(self, pk: str) -> MessageRef | None: ...
     async def messages_by_client_id(self, client_id: str) -> list[MessageRef]: ...
+    async def messages_by_message_id(self, message_id: str, tenant_id: str | None = None,
+                                     account_id: str | None = None) -> list[MessageRef]: ...
     async def get_cursor(self, mailbox: str) -> MailboxCursor | None: ...
     async def record_bounces(self, cursor: MailboxCursor, records: Sequence[BounceRecord],
                              rule: SoftRule, now: int) -> list[Recorded]: ...
@@ -96,6 +99,8 @@ def parse_addresses(values: Any) -> list[str]:
     for value in values:
         if not isinstance(value, str):
             raise InvalidRequest("addresses must be strings")
+        if not storable(value):
+            raise InvalidRequest("invalid address: it holds a NUL or an invalid character")
         try:
             addr = split_address(value)[1]
         except ValueError:
@@ -208,13 +213,40 @@ class BounceService:
                 continue
             found = await self.store.message_by_pk(pk)
             if found is not None:
-                return BounceRecord(found, bounce, suppress=bounce.from_dsn)
+                # Our pk is seen by every recipient of the message: a forged DSN naming it may
+                # be recorded, but suppresses only an address the message was really sent to.
+                sent_to = bounce.recipient in found.recipients
+                return BounceRecord(found, bounce, suppress=bounce.from_dsn and sent_to)
+        by_message_id = await self._by_client_message_id(bounce)
+        if by_message_id is not None:
+            return by_message_id
         if bounce.client_id:
             candidates = await self.store.messages_by_client_id(bounce.client_id)
             chosen = correlate.choose(candidates, bounce)
             if chosen is not None:
                 return BounceRecord(chosen, bounce, suppress=False)
         return None
+
+    async def _by_client_message_id(self, bounce: ParsedBounce) -> BounceRecord | None:
+        """Rule 2 for a client-supplied Message-ID, looked up exactly in every tenant.
+
+        A Message-ID only one stored message carries identifies it as well as the client's
+        own scheme makes it unique, and may suppress (§12.3 bars only rules 3 and 4), but
+        only an address that message was sent to: whoever learnt a client's Message-ID must
+        not suppress any address of their choosing. When several carry it (one client
+        reusing it, or two tenants choosing the same one), the narrowing of rule 3 picks at
+        most one; that choice rests on the returned From and recipient, which an outsider
+        can guess, so it is recorded but never suppresses.
+        """
+        key = correlate.message_id_key(bounce.message_id)
+        if key is None:
+            return None
+        candidates = await self.store.messages_by_message_id(key)
+        chosen = correlate.choose(candidates, bounce)
+        if chosen is None:
+            return None
+        exact = len(candidates) == 1 and bounce.recipient in chosen.recipients
+        return BounceRecord(chosen, bounce, suppress=bounce.from_dsn and exact)
 
     async def record(self, cursor: MailboxCursor, bounces: Sequence[ParsedBounce]
                      ) -> list[Recorded]:
@@ -250,6 +282,11 @@ class BounceService:
             if found is not None and (found.tenant_id, found.account_id) == (tenant_id,
                                                                              account_id):
                 return found
+        key = correlate.message_id_key(receipt.message_id)
+        if key is not None:
+            sent = await self.store.messages_by_message_id(key, tenant_id, account_id)
+            if len(sent) == 1:
+                return sent[0]
         if receipt.client_id:
             mine = [m for m in await self.store.messages_by_client_id(receipt.client_id)
                     if m.tenant_id == tenant_id]

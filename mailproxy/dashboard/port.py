@@ -6,6 +6,7 @@ mailproxy.store.postgres_dashboard); the views only ever see these frozen values
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -53,9 +54,13 @@ class Cursor:
             return None
         ts, _, seq = text.partition("_")
         try:
-            return Cursor(float(ts), int(seq))
+            cursor = Cursor(float(ts), int(seq))
         except ValueError:
             return None
+        # Out of a database integer's range (or not finite) it points at nothing: start over.
+        if not (math.isfinite(cursor.created_ts) and 0 <= cursor.seq < 2**63):
+            return None
+        return cursor
 
 
 @dataclass(frozen=True, slots=True)

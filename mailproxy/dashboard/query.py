@@ -10,6 +10,7 @@ from dataclasses import replace
 from typing import Any
 
 from mailproxy.dashboard.port import STATUSES, Filter
+from mailproxy.jsonsafe import storable
 
 KEYS = ("to", "from", "tenant", "account", "status", "batch", "priority", "before", "after")
 _PRIORITIES = {"immediate": 0, "high": 1, "medium": 2, "low": 3}
@@ -26,6 +27,8 @@ class QueryError(ValueError):
 
 def parse(text: str) -> Filter:
     """`status:error to:bob@x.org after:2026-01-02 invoice` -> Filter."""
+    if not storable(text or ""):
+        raise QueryError("the query holds a NUL or an invalid character")
     try:
         terms = shlex.split(text or "")
     except ValueError as exc:

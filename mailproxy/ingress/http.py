@@ -62,6 +62,7 @@ from mailproxy.ingress.suppression_schemas import (
 from mailproxy.model import Account, InstanceConfig, Status, Tenant
 from mailproxy.offload.http import download
 from mailproxy.service import Caller, MailService, SyncView
+from mailproxy.timefmt import iso, iso_of_text
 from mailproxy.tokens import same
 
 log = logging.getLogger("mailproxy.http")
@@ -77,6 +78,7 @@ _MESSAGES = TypeAdapter(list[MessageShape])
 _STATUS_NAMES = {s.value for s in Status}
 _SUSPENSION_QUERY = (tenant_query(), Param("batch_code"))
 _MAX_INT64 = 2**63 - 1
+ALL_TENANTS_PAGE, MAX_ALL_TENANTS_PAGE = 1000, 10000  # GET /messages without tenant_id
 _COMMAND_RANGE = (tenant_query(required=False),
                   Param("since_ts", "integer", minimum=0, maximum=_MAX_INT64),
                   Param("until_ts", "integer", minimum=0, maximum=_MAX_INT64))
@@ -354,22 +356,22 @@ async def cleanup_messages(request: web.Request) -> web.Response:
     return _json({"ok": True, "removed": removed})
 
 
-@documented(Spec("List messages (§5)", "tenant", response=MessagesResponse, query=(
-    tenant_query(), Param("active_only", "boolean"), Param("include_history", "boolean"),
-    Param("status", enum=tuple(sorted(_STATUS_NAMES))),
+@documented(Spec("List messages (§5); an admin without tenant_id lists every tenant",
+                 "tenant", response=MessagesResponse, query=(
+    tenant_query(required=False), Param("active_only", "boolean"),
+    Param("include_history", "boolean"), Param("status", enum=tuple(sorted(_STATUS_NAMES))),
     Param("limit", "integer", minimum=0, maximum=_MAX_INT64),
-    Param("offset", "integer", minimum=0, maximum=_MAX_INT64))))
+    Param("offset", "integer", minimum=0, maximum=_MAX_INT64),
+    Param("cursor", "integer", minimum=0, maximum=_MAX_INT64))))
 async def list_messages(request: web.Request) -> web.Response:
     caller = await _caller(request)
+    if caller.admin and not request.query.get("tenant_id"):
+        return await _list_every_tenant(request, caller)
     tenant_id = _query_str(request, "tenant_id", required=True)
     assert tenant_id is not None
     active_only = _query_bool(request, "active_only")
     history = _query_bool(request, "include_history")
-    status_name = _query_str(request, "status")
-    if status_name is not None and status_name not in _STATUS_NAMES:
-        raise Unprocessable([{"loc": ["query", "status"],
-                              "msg": f"Input should be one of {sorted(_STATUS_NAMES)}",
-                              "type": "enum"}])
+    status_name = _status_query(request)
     limit = _query_int(request, "limit", 10000)
     offset = _query_int(request, "offset", 0)
     service = request.app[SERVICE]
@@ -379,6 +381,32 @@ async def list_messages(request: web.Request) -> web.Response:
         include_history=history, limit=limit, offset=offset,
     )
     return _json({"ok": True, "messages": records})
+
+
+async def _list_every_tenant(request: web.Request, caller: Caller) -> web.Response:
+    """Admin listing across tenants: pages of `limit` (default 1000, at most 10000) by
+    `cursor`; `offset` would cost more the deeper the page, so it needs a tenant_id."""
+    if request.query.get("offset"):
+        raise Unprocessable([{"loc": ["query", "offset"], "type": "value_error",
+                              "msg": "offset needs tenant_id; without it, page with cursor "
+                                     "(the next_cursor of the previous page)"}])
+    limit = min(_query_int(request, "limit", ALL_TENANTS_PAGE), MAX_ALL_TENANTS_PAGE)
+    cursor = request.query.get("cursor")
+    records, next_cursor = await request.app[SERVICE].list_all_messages(
+        caller, active_only=_query_bool(request, "active_only"), status=_status_query(request),
+        include_history=_query_bool(request, "include_history"), limit=limit,
+        cursor=_query_int(request, "cursor", 0) if cursor else None)
+    return _json({"ok": True, "messages": records,
+                  "next_cursor": None if next_cursor is None else str(next_cursor)})
+
+
+def _status_query(request: web.Request) -> str | None:
+    status_name = _query_str(request, "status")
+    if status_name is not None and status_name not in _STATUS_NAMES:
+        raise Unprocessable([{"loc": ["query", "status"],
+                              "msg": f"Input should be one of {sorted(_STATUS_NAMES)}",
+                              "type": "enum"}])
+    return status_name
 
 
 @documented(Spec("Create or update an SMTP account (§6)", "tenant", body=AccountShape,
@@ -715,6 +743,7 @@ def tenant_info(t: Tenant) -> dict[str, Any]:
         "has_api_key": t.api_key_hash is not None,
         "suspended_batches": list(t.suspended_batches),
         "created_at": t.created_at, "updated_at": t.updated_at,
+        "api_key_expires_at_iso": iso(t.api_key_expires_at), **_iso_stamps(t),
     }
 
 
@@ -763,8 +792,14 @@ def account_info(a: Account) -> dict[str, Any]:
         "has_password": a.password is not None,
         "has_submission_password": a.submission_password_hash is not None,
         "has_imap_password": a.imap_password is not None,
-        "created_at": a.created_at, "updated_at": a.updated_at,
+        "created_at": a.created_at, "updated_at": a.updated_at, **_iso_stamps(a),
     }
+
+
+def _iso_stamps(row: Tenant | Account) -> dict[str, str | None]:
+    """ISO-8601 UTC companions of the v0.6 `YYYY-MM-DD HH:MM:SS` strings (§1)."""
+    return {"created_at_iso": iso_of_text(row.created_at),
+            "updated_at_iso": iso_of_text(row.updated_at)}
 
 
 # -- the route table ---------------------------------------------------------------------------

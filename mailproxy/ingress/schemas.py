@@ -256,6 +256,8 @@ class HistoryEntry(BaseModel):
     description: str | None
     metadata: dict[str, Any]
     reported_ts: int | None
+    event_ts_iso: str
+    reported_ts_iso: str | None
 
 
 class MessageRecord(BaseModel):
@@ -282,14 +284,27 @@ class MessageRecord(BaseModel):
     bounce_reason: str | None
     bounce_ts: int | None
     is_pec: bool
+    last_error: str | None = Field(description="Why it is not delivered yet: the final error, "
+                                   "else the reason of the latest failed attempt (additive)")
     created_at: str | None
     updated_at: str | None
+    # ISO-8601 UTC (`2026-12-02T13:30:52Z`) companions of the time fields (additive).
+    deferred_ts_iso: str | None
+    sent_ts_iso: str | None
+    error_ts_iso: str | None
+    reported_ts_iso: str | None
+    bounce_ts_iso: str | None
+    created_at_iso: str | None
+    updated_at_iso: str | None
     message: dict[str, Any]
     history: list[HistoryEntry] | None = None
 
 
 class MessagesResponse(OkResponse):
     messages: list[MessageRecord]
+    next_cursor: str | None = Field(default=None, description=(
+        "Listing every tenant (admin, no tenant_id): pass as `cursor` for the next page; "
+        "null on the last page. Absent on a tenant's listing."))
 
 
 class AccountInfo(BaseModel):
@@ -318,6 +333,8 @@ class AccountInfo(BaseModel):
     has_imap_password: bool
     created_at: str | None
     updated_at: str | None
+    created_at_iso: str | None  # ISO-8601 UTC companions (additive, §1)
+    updated_at_iso: str | None
 
 
 class AccountsResponse(OkResponse):
@@ -354,6 +371,9 @@ class TenantInfo(BaseModel):
     suspended_batches: list[str]
     created_at: str | None
     updated_at: str | None
+    api_key_expires_at_iso: str | None  # ISO-8601 UTC companions (additive, §1)
+    created_at_iso: str | None
+    updated_at_iso: str | None
 
 
 class TenantsResponse(OkResponse):

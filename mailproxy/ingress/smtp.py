@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import re
 import ssl
 from dataclasses import dataclass
@@ -315,7 +316,8 @@ class SmtpListener:
                 )
             except OSError as exc:
                 await self.stop()
-                raise ConfigError(f"cannot listen for SMTP on {config.host}:{port}: {exc}"
+                reason = os.strerror(exc.errno).lower() if exc.errno else str(exc)
+                raise ConfigError(f"cannot listen for SMTP on {config.host}:{port}: {reason}"
                                   ) from None
             self._servers.append(server)
             log.info("SMTP submission listening on %s:%d%s", config.host, port,

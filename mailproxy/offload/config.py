@@ -9,8 +9,7 @@ from urllib.parse import urlsplit
 
 MB = 2**20
 ACTIONS = ("warn", "reject", "rewrite")
-SCHEMES = ("file", "s3")
-UNSUPPORTED = {"gs": "Google Cloud Storage", "az": "Azure Blob Storage"}
+SCHEMES = ("file", "s3", "gs", "az")
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,16 +48,16 @@ def parse(data: Mapping[str, Any] | None) -> LargeFileConfig | None:
 
 
 def storage_problem(url: str) -> str | None:
-    """Why a storage URL cannot be used here, or None."""
-    scheme = urlsplit(url).scheme
-    if scheme in UNSUPPORTED:
-        return (f"storage_url {scheme}:// ({UNSUPPORTED[scheme]}) is not supported by this "
-                "instance; use s3:// (any S3-compatible endpoint) or file://")
-    if scheme not in SCHEMES:
-        return "storage_url must start with s3:// or file://"
+    """Why a storage URL is malformed, or None: its shape only, never its reachability or
+    whether this instance has the backend's driver (§11: those fail at send time)."""
     parts = urlsplit(url)
-    if scheme == "s3" and not parts.netloc:
-        return "storage_url s3:// needs a bucket: s3://bucket/prefix"
+    scheme = parts.scheme
+    if scheme not in SCHEMES:
+        return "storage_url must start with s3://, gs://, az:// or file://"
+    if scheme in ("s3", "gs") and not parts.netloc:
+        return f"storage_url {scheme}:// needs a bucket: {scheme}://bucket/prefix"
+    if scheme == "az" and not parts.netloc:
+        return "storage_url az:// needs a container: az://container/prefix"
     if scheme == "file" and (parts.netloc or not parts.path.startswith("/")):
         return "storage_url file:// needs an absolute directory: file:///abs/dir"
     return None

@@ -18,7 +18,7 @@ def _error(status: int, detail: str) -> web.Response:
 
 
 @documented(Spec("Large-file download (§11)", "signed", media_type="application/octet-stream",
-                 extra_responses=(403, 404, 410)))
+                 extra_responses=(404, 410)))
 async def download(request: web.Request) -> web.StreamResponse:
     offloader = request.app.get(OFFLOADER)
     if offloader is None:
@@ -26,13 +26,11 @@ async def download(request: web.Request) -> web.StreamResponse:
     filename = request.match_info["filename"]
     try:
         found = await offloader.download(request.match_info["token"], filename)
-    except BadLink as exc:
-        status = 404 if str(exc).startswith("malformed") else 403
-        return _error(status, "Not Found" if status == 404 else "Invalid download link")
+    except (BadLink, LookupError):
+        # One answer for a forged link and a missing file (§11): a prober learns nothing.
+        return _error(404, "Not Found")
     except ExpiredLink:
         return _error(410, "Download link expired")
-    except LookupError:
-        return _error(404, "Not Found")
     response = web.StreamResponse(headers={
         "Content-Type": found.file.mime_type,
         "Content-Disposition": f"attachment; filename*=utf-8''{quote(filename)}",

@@ -11,7 +11,7 @@ _TOKEN = re.compile(r"^([0-9a-f]{32})-(\d{1,12})-([0-9a-f]{64})$")
 
 
 class BadLink(Exception):
-    """The link is malformed or its signature does not match (403)."""
+    """The link is malformed or its signature does not match (404, like an unknown file)."""
 
 
 class ExpiredLink(Exception):

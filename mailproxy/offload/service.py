@@ -111,15 +111,17 @@ class Offloader:
         key = f"{file_id}/{safe_name(filename)}"
         now = int(self._clock())
         expires = now + cfg.file_ttl_days * DAY
+        if not (cfg.public_base_url or storage.can_sign):  # checked before any upload
+            raise TemporaryFailure(f"attachment '{filename}': upload failed: "
+                                   f"{cfg.storage_url} cannot sign links with these "
+                                   "storage_options and public_base_url is not set")
         try:
             await storage.upload(key, source, mime)
             await self._index.put(OffloadedFile(
                 file_id, tenant.id, cfg.storage_url or "", key, filename, mime, size, now,
                 expires, cfg.lifespan_after_download_days, None, expires))
             if cfg.public_base_url or not storage.can_sign:
-                if not cfg.public_base_url:
-                    raise PermanentFailure("large-file storage cannot sign links and "
-                                           "public_base_url is not set")
+                assert cfg.public_base_url
                 url = links.link(cfg.public_base_url, self._secret, file_id, expires, filename)
                 return footer.Link(filename, size, url, expires)
             seconds = min(cfg.file_ttl_days * DAY, 7 * DAY)
@@ -156,7 +158,7 @@ class Offloader:
     # -- download and cleanup -------------------------------------------------------------------
 
     async def download(self, token: str, filename: str) -> Download:
-        """The file behind a signed link: BadLink (403), ExpiredLink (410), LookupError (404)."""
+        """The file behind a signed link: BadLink or LookupError (404), ExpiredLink (410)."""
         now = self._clock()
         file_id = links.verify(self._secret, token, filename, now)
         found = await self._index.get(file_id)

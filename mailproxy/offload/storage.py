@@ -1,9 +1,9 @@
-"""The storage port of large-file offload and its backends: file:// and s3:// (§11).
+"""The storage port of large-file offload and its backends: file://, s3:// (§11); gs:// and
+az:// live in gcs.py and azure.py.
 
 S3 goes through aiobotocore (botocore's own signing, presigned URLs, any S3-compatible
 endpoint via `endpoint_url`), imported only when an s3:// storage is used, so an instance
 without the `s3` extra still starts; a missing driver surfaces as a temporary upload error.
-gs:// and az:// are refused when the config is saved (see config.storage_problem).
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from typing import Any, Protocol
 from urllib.parse import urlsplit
 
 CHUNK = 256 * 1024
-S3_MAX_PRESIGN = 7 * 86400
+MAX_PRESIGN = 7 * 86400  # S3 SigV4 and GCS V4 signed URLs: a week at most
 
 
 class StorageError(Exception):
@@ -111,17 +111,24 @@ def s3_client_options(options: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
-class S3Storage:
-    can_sign = True
+class ObjectStore:
+    """What the cloud backends share: `scheme://bucket/prefix`, keys under the prefix."""
 
-    def __init__(self, url: str, options: Mapping[str, Any]) -> None:
+    def __init__(self, url: str) -> None:
         parts = urlsplit(url)
-        self.bucket = parts.netloc
+        self.bucket = parts.netloc  # Azure calls it a container
         self.prefix = parts.path.strip("/")
-        self._options = s3_client_options(options)
 
     def _key(self, key: str) -> str:
         return f"{self.prefix}/{key}" if self.prefix else key
+
+
+class S3Storage(ObjectStore):
+    can_sign = True
+
+    def __init__(self, url: str, options: Mapping[str, Any]) -> None:
+        super().__init__(url)
+        self._options = s3_client_options(options)
 
     @contextlib.asynccontextmanager
     async def _client(self) -> AsyncIterator[Any]:
@@ -155,7 +162,7 @@ class S3Storage:
     async def presign(self, key: str, seconds: int, filename: str) -> str:
         async with self._client() as s3:
             url: str = await s3.generate_presigned_url(
-                "get_object", ExpiresIn=min(seconds, S3_MAX_PRESIGN),
+                "get_object", ExpiresIn=min(seconds, MAX_PRESIGN),
                 Params={"Bucket": self.bucket, "Key": self._key(key)})
             return url
 
@@ -172,9 +179,18 @@ class S3Storage:
 
 
 def open_storage(url: str, options: Mapping[str, Any]) -> Storage:
+    """The backend of a storage URL; drivers are imported at first use, not here."""
     scheme = urlsplit(url).scheme
     if scheme == "file":
         return FileStorage(url)
     if scheme == "s3":
         return S3Storage(url, options)
+    if scheme == "gs":
+        from mailproxy.offload.gcs import GcsStorage
+
+        return GcsStorage(url, options)
+    if scheme == "az":
+        from mailproxy.offload.azure import AzureStorage
+
+        return AzureStorage(url, options)
     raise StorageError(f"storage_url {scheme}:// is not supported by this instance")

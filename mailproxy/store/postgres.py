@@ -64,6 +64,7 @@ _BATCH_COLUMNS = (
     ("batch_codes", "batch_code"), ("intake_errors", "intake_error"), ("is_pecs", "is_pec"),
     ("payloads", "payload"), ("raws", "raw"), ("envelope_froms", "envelope_from"),
     ("errors", "error"), ("error_tss", "error_ts"), ("nows", "now"),
+    ("header_message_ids", "header_message_id"),
 )
 _RETRY_DELAYS = (0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 3.0)
 
@@ -728,24 +729,31 @@ class PostgresStore:
     ) -> list[dict[str, Any]]:
         args = {"tenant_id": tenant.id, "active_only": active_only, "status": status,
                 "now": now, "limit": limit, "offset": offset}
+        records, _last = await self._listing("list_messages", args, include_history,
+                                             {tenant.id: tenant})
+        return records
 
+    async def list_all_messages(
+        self, tenants: Mapping[str, Tenant], *, now: int, active_only: bool = False,
+        status: str | None = None, include_history: bool = False, limit: int = 1000,
+        before: int | None = None,
+    ) -> tuple[list[dict[str, Any]], int | None]:
+        args = {"active_only": active_only, "status": status, "now": now, "limit": limit,
+                "before": before}
+        return await self._listing("list_all_messages", args, include_history, tenants)
+
+    async def _listing(self, query: str, args: dict[str, Any], include_history: bool,
+                       tenants: Mapping[str, Tenant]) -> tuple[list[dict[str, Any]], int | None]:
         async def op(c: Conn) -> tuple[list[Any], list[Any]]:
-            found = await _q(c, "list_messages", **args)
+            found = await _q(c, query, **args)
             events: list[Any] = []
             if include_history and found:
                 events = await _q(c, "history", seqs=[r["seq"] for r in found])
             return found, events
 
         found, events = await self._run(op)
-        history: dict[int, list[dict[str, Any]]] | None = None
-        if include_history:
-            history = {r["seq"]: [] for r in found}
-            for ev in events:
-                history[ev[0]].append(rows.history_entry(ev))
-        return [
-            rows.message_record(r, tenant, now, None if history is None else history[r["seq"]])
-            for r in found
-        ]
+        return rows.listing_records(found, events if include_history else None, tenants,
+                                    int(args["now"]))
 
     async def delete_messages(self, tenant_id: str, ids: Sequence[str]) -> tuple[int, list[str]]:
         async def op(c: Conn) -> dict[str, int]:

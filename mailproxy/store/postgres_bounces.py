@@ -117,6 +117,13 @@ class PostgresBounces:
                                                      client_id=client_id))
         return [message_ref(r) for r in found]
 
+    async def messages_by_message_id(self, message_id: str, tenant_id: str | None = None,
+                                     account_id: str | None = None) -> list[MessageRef]:
+        found = await self._store._read(lambda c: _q(
+            c, "messages_by_header_message_id", message_id=message_id, tenant_id=tenant_id,
+            account_id=account_id))
+        return [message_ref(r) for r in found]
+
     async def get_cursor(self, mailbox: str) -> MailboxCursor | None:
         found = await self._store._read(lambda c: _q(c, "get_cursor", mailbox=mailbox))
         if not found:

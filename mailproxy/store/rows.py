@@ -10,6 +10,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 from typing import Any, Protocol
 
+from mailproxy.bounces.correlate import sent_message_id
 from mailproxy.model import (
     Account,
     ClientAuth,
@@ -28,8 +29,16 @@ from mailproxy.model import (
     Tenant,
 )
 from mailproxy.policy import display_status
+from mailproxy.timefmt import iso
 
 FINAL = ("sent", "error", "bounced", "suppressed")
+# The reason of a message's latest failed attempt (listing; uses the events_message index).
+LAST_EVENT_ERROR = (
+    "SELECT e.description FROM events e WHERE e.message_seq = messages.seq "
+    "AND e.event_type IN ('deferred', 'error') ORDER BY e.event_id DESC LIMIT 1"
+)
+# Time fields of a MessageRecord that get an ISO-8601 `<field>_iso` companion.
+_TS_FIELDS = ("deferred_ts", "sent_ts", "error_ts", "reported_ts", "bounce_ts")
 
 
 class Cipher(Protocol):
@@ -79,6 +88,7 @@ def message_values(m: NewMessage, now: float, cipher: Cipher) -> dict[str, Any]:
         "payload": dumps(seal_attachment_auth(m.payload, cipher)),
         "raw": m.raw,
         "envelope_from": m.envelope_from,
+        "header_message_id": sent_message_id(m.payload, m.raw),
         "now": now,
     }
 
@@ -246,6 +256,7 @@ def message_record(
         tenant is not None and not final and row["status"] != "sending"
         and tenant.holds(row["batch_code"])
     )
+    created, updated = ts_text(row["created_ts"]), ts_text(row["updated_ts"])
     record = {
         "pk": row["pk"],
         "id": row["client_id"],
@@ -267,13 +278,52 @@ def message_record(
         "bounce_reason": row["bounce_reason"],
         "bounce_ts": row["bounce_ts"],
         "is_pec": bool(row["is_pec"]),
-        "created_at": ts_text(row["created_ts"]),
-        "updated_at": ts_text(row["updated_ts"]),
+        "last_error": last_error(row),
+        "created_at": created,
+        "updated_at": updated,
         "message": redact_attachment_auth(json.loads(row["payload"])),
     }
+    for name in _TS_FIELDS:
+        value = record[name]
+        record[f"{name}_iso"] = None if value is None else iso(value)
+    record["created_at_iso"] = f"{created[:10]}T{created[11:]}Z"
+    record["updated_at_iso"] = f"{updated[:10]}T{updated[11:]}Z"
     if history is not None:
         record["history"] = history
     return record
+
+
+def last_error(row: Mapping[str, Any]) -> str | None:
+    """Why the message is not delivered yet (or at all): the final error, else the reason
+    of its latest failed attempt or rate-limit deferral. None once sent, and for a message
+    not tried since it was (re)submitted."""
+    status = row["status"]
+    if status in ("error", "suppressed"):
+        return str(row["error"]) if row["error"] is not None else None
+    if status in ("sent", "bounced") or (status in ("pending", "scheduled")
+                                         and not row["retry_count"]):
+        return None
+    found = row.get("last_event_error")
+    return None if found is None else str(found)
+
+
+def listing_records(
+    found: Sequence[Mapping[str, Any]], events: Sequence[Sequence[Any]] | None,
+    tenants: Mapping[str, Tenant], now: int,
+) -> tuple[list[dict[str, Any]], int | None]:
+    """MessageRecords of listed rows (with their history when `events` were read), and the
+    seq of the last row: the keyset cursor of the next page."""
+    history: dict[int, list[dict[str, Any]]] | None = None
+    if events is not None:
+        history = {r["seq"]: [] for r in found}
+        for ev in events:
+            history[ev[0]].append(history_entry(ev))
+    records = [
+        message_record(r, tenants.get(r["tenant_id"]), now,
+                       None if history is None else history[r["seq"]])
+        for r in found
+    ]
+    return records, (int(found[-1]["seq"]) if found else None)
 
 
 _AUTH_SECRETS = ("token", "password")
@@ -342,6 +392,8 @@ def history_entry(row: Sequence[Any]) -> dict[str, Any]:
         "description": description,
         "metadata": json.loads(metadata) if metadata else {},
         "reported_ts": reported_ts,
+        "event_ts_iso": iso(event_ts),
+        "reported_ts_iso": iso(reported_ts),
     }
 
 

@@ -17,7 +17,7 @@ import fcntl
 import json
 import os
 import sqlite3
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
@@ -51,6 +51,21 @@ _FINAL = frozenset(rows.FINAL)
 
 class _Busy(Exception):
     """Raised inside a savepoint to undo it and hand a value back."""
+
+
+def _listing_filters(active_only: bool, status: str | None) -> list[str]:
+    """WHERE terms of a message listing (a due scheduled/deferred row reads as pending)."""
+    where = []
+    if active_only:
+        where.append("status NOT IN ('sent', 'error', 'bounced', 'suppressed')")
+    if status == "pending":
+        where.append("(status = 'pending' OR (status IN ('scheduled', 'deferred') "
+                     "AND (deferred_ts IS NULL OR deferred_ts <= :now)))")
+    elif status in ("scheduled", "deferred"):
+        where.append("status = :status AND deferred_ts > :now")
+    elif status is not None:
+        where.append("status = :status")
+    return where
 
 
 class SqliteStore:
@@ -391,37 +406,45 @@ class SqliteStore:
         limit: int = 10000,
         offset: int = 0,
     ) -> list[dict[str, Any]]:
-        where = ["tenant_id = :tenant_id"]
-        if active_only:
-            where.append("status NOT IN ('sent', 'error', 'bounced', 'suppressed')")
-        if status == "pending":
-            where.append("(status = 'pending' OR (status IN ('scheduled', 'deferred') "
-                         "AND (deferred_ts IS NULL OR deferred_ts <= :now)))")
-        elif status in ("scheduled", "deferred"):
-            where.append("status = :status AND deferred_ts > :now")
-        elif status is not None:
-            where.append("status = :status")
+        where = ["tenant_id = :tenant_id", *_listing_filters(active_only, status)]
         sql = (
-            "SELECT * FROM messages WHERE " + " AND ".join(where)
+            f"SELECT messages.*, ({rows.LAST_EVENT_ERROR}) AS last_event_error "
+            "FROM messages WHERE " + " AND ".join(where)
             + " ORDER BY created_ts DESC, seq DESC LIMIT :limit OFFSET :offset"
         )
         args = {"tenant_id": tenant.id, "now": now, "status": status, "limit": limit,
                 "offset": offset}
+        records, _last = await self._listing(sql, args, include_history, {tenant.id: tenant})
+        return records
 
-        def op(c: sqlite3.Connection) -> list[dict[str, Any]]:
+    async def list_all_messages(
+        self, tenants: Mapping[str, Tenant], *, now: int, active_only: bool = False,
+        status: str | None = None, include_history: bool = False, limit: int = 1000,
+        before: int | None = None,
+    ) -> tuple[list[dict[str, Any]], int | None]:
+        """Every tenant's messages (admin), newest enqueued first, keyset-paged on seq."""
+        # Only a real bound lets SQLite start the rowid scan at the cursor (an OR would not).
+        where = ["seq < :before" if before is not None else "1",
+                 *_listing_filters(active_only, status)]
+        sql = (
+            f"SELECT messages.*, ({rows.LAST_EVENT_ERROR}) AS last_event_error "
+            "FROM messages WHERE " + " AND ".join(where) + " ORDER BY seq DESC LIMIT :limit"
+        )
+        args = {"now": now, "status": status, "limit": limit, "before": before}
+        return await self._listing(sql, args, include_history, tenants)
+
+    async def _listing(self, sql: str, args: dict[str, Any], include_history: bool,
+                       tenants: Mapping[str, Tenant]
+                       ) -> tuple[list[dict[str, Any]], int | None]:
+        def op(c: sqlite3.Connection) -> tuple[list[dict[str, Any]], int | None]:
             cur = c.execute(sql, args)
             names = [d[0] for d in cur.description]
             found = [dict(zip(names, r, strict=True)) for r in cur.fetchall()]
-            history: dict[int, list[dict[str, Any]]] | None = None
-            if include_history and found:
-                history = {r["seq"]: [] for r in found}
+            events = None
+            if include_history:
                 seqs = rows.dumps([r["seq"] for r in found])
-                for ev in c.execute(Q["history"], (seqs,)).fetchall():
-                    history[ev[0]].append(rows.history_entry(ev))
-            return [
-                rows.message_record(r, tenant, now, None if history is None else history[r["seq"]])
-                for r in found
-            ]
+                events = c.execute(Q["history"], (seqs,)).fetchall() if found else []
+            return rows.listing_records(found, events, tenants, int(args["now"]))
 
         return await self._read(op)
 

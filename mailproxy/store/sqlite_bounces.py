@@ -131,6 +131,13 @@ class SqliteBounces:
             .fetchall())
         return [message_ref(r) for r in found]
 
+    async def messages_by_message_id(self, message_id: str, tenant_id: str | None = None,
+                                     account_id: str | None = None) -> list[MessageRef]:
+        args = {"message_id": message_id, "tenant_id": tenant_id, "account_id": account_id}
+        found = await self._store._read(
+            lambda c: c.execute(B["messages_by_header_message_id"], args).fetchall())
+        return [message_ref(r) for r in found]
+
     async def get_cursor(self, mailbox: str) -> MailboxCursor | None:
         row = await self._store._read(
             lambda c: c.execute(B["get_cursor"], {"mailbox": mailbox}).fetchone())

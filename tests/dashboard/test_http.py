@@ -305,3 +305,21 @@ async def test_retry_now_makes_a_deferred_message_due(api: Api, relay: Relay) ->
         assert resp.status == 400 and "cannot retry a message that is sent" in await resp.text()
     log = await api.ok("GET", "/command-log", params={"endpoint_filter": "/retry"})
     assert log["commands"][0]["payload"] == {"pk": pk, "action": "retry", "via": "dashboard"}
+
+
+async def test_hostile_cursors_queries_and_addresses_get_no_500(api: Api, relay: Relay) -> None:
+    await api.tenant("acme")
+    await api.account(relay)
+    csrf = await sign_in(api.client, ADMIN)
+    for path in ("/ui/queue?after=1_99999999999999999999999", "/ui/queue?after=inf_1",
+                 "/ui/queue?after=nan_-5"):
+        status, page = await _texts(api.client, path)
+        assert status == 200, path  # a cursor that points at nothing starts from the top
+    status, page = await _texts(api.client, "/ui/queue?q=to:%00x")
+    assert status == 200 and "invalid character" in page
+    async with api.client.post("/ui/suppressions", data={
+            "csrf": csrf, "tenant_id": "acme", "mode": "add",
+            "address": "\x00a@example.org"}) as resp:
+        assert 400 <= resp.status < 500
+    acme = await api.ok("GET", "/tenant/acme/suppressions")
+    assert acme["suppressions"] == []

@@ -10,11 +10,12 @@ import aiosmtplib
 import pytest
 
 from mailproxy.bounces.runner import BounceRunner
+from mailproxy.compose import header_value
 from tests.conftest import Api, ApiFactory, eventually, message
 from tests.endpoint import Endpoint, EndpointFactory
 from tests.imap import Dovecot
 from tests.relay import HOST, Relay, free_port
-from tests.unit.test_bounce_parse import corpus
+from tests.unit.test_bounce_parse import CORPUS, corpus
 
 RETURN_PATH = "bounces@proxy.test"
 DEAD = "nosuch@example.org"
@@ -271,3 +272,58 @@ async def test_processed_mail_is_flagged_seen_when_asked(
     await wait_polls(api, 1)
     assert await dovecot.uids(folder, "UNSEEN") == []
     assert len(await dovecot.uids(folder)) == 2
+
+
+def client_dsn(message_id: str, sender: str, rcpt: str, n: int) -> bytes:
+    """A DSN whose returned headers carry only a client-supplied Message-ID."""
+    raw = (CORPUS / "dsn_511_client_message_id.eml").read_bytes()
+    for key, value in (("MSGID", message_id), ("FROM", sender), ("RCPT", rcpt), ("N", str(n))):
+        raw = raw.replace(b"{%s}" % key.encode(), value.encode())
+    return raw
+
+
+async def test_client_message_id_finds_the_right_tenant_through_the_poller(
+    make_api: ApiFactory, relay: Relay, make_endpoint: EndpointFactory, dovecot: Dovecot
+) -> None:
+    """§12.2 rule 2 for a client-supplied Message-ID: two tenants sent the same one (and the
+    same client id) from different addresses; the returned From picks the right one, which
+    is recorded but does not suppress (a choice among several). A Message-ID only one
+    message carries matches it alone and suppresses."""
+    acme_endpoint, beta_endpoint = await make_endpoint(), await make_endpoint()
+    folder = await dovecot.new_folder()
+    api = await setup(make_api, relay, acme_endpoint, dovecot, folder)
+    await api.tenant("beta", client_base_url=beta_endpoint.base_url)
+    await api.account(relay, tenant_id="beta")
+    shared, unique, other = "<order-77@shop.test>", "<only-acme-1@shop.test>", "gone@example.org"
+    await api.send(message(1, to=[DEAD], message_id=shared, **{"from": "Shop <orders@acme.test>"}),
+                   message(2, to=[other], headers={"Message-ID": unique}))
+    await api.send(message(1, tenant_id="beta", to=[DEAD], message_id=shared,
+                           **{"from": "News <news@beta.test>"}))
+    await relay.wait_for(3, timeout=10)
+    sent_ids = {header_value(m.content, "message-id") for m in relay.messages}
+    assert sent_ids == {shared, unique}  # they went out with the client's Message-IDs
+
+    async def all_sent() -> bool:
+        acme, beta = await records(api), {m["id"]: m for m in await api.messages("beta")}
+        return (acme["m1"]["status"] == acme["m2"]["status"] == beta["m1"]["status"]
+                == "sent")
+
+    await eventually(all_sent, timeout=10)
+    await dovecot.append(folder, client_dsn(shared, "Shop <ORDERS@acme.test>", DEAD, 1),
+                         client_dsn(unique, "Sender <sender@acme.test>", other, 2))
+
+    async def bounced() -> bool:
+        acme = await records(api)
+        return acme["m1"]["status"] == acme["m2"]["status"] == "bounced"
+
+    await eventually(bounced, timeout=20)
+    beta = {m["id"]: m for m in await api.messages("beta", include_history="true")}
+    assert beta["m1"]["status"] == "sent" and beta["m1"]["bounce_type"] is None
+    assert [h["event_type"] for h in beta["m1"]["history"]] == ["sent"]
+    listed = await api.ok("GET", "/tenant/acme/suppressions")
+    assert [(s["address"], s["message_id"]) for s in listed["suppressions"]] == [(other, "m2")]
+    assert (await api.ok("GET", "/tenant/beta/suppressions"))["total"] == 0
+    await acme_endpoint.wait_items(4, timeout=15)
+    assert sorted((i["id"], i["bounce_recipient"]) for i in await bounce_items(acme_endpoint)
+                  ) == [("m1", DEAD), ("m2", other)]
+    assert await bounce_items(beta_endpoint) == []

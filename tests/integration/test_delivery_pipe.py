@@ -260,6 +260,22 @@ async def test_354_after_every_recipient_was_refused_drops_the_connection(
     assert scripted.connections == (2 if scripted.mode == "pipelined" else 1)
 
 
+async def test_an_unreadable_reply_after_the_content_drops_the_connection(
+    scripted: ScriptedRelay, pool: SmtpPool
+) -> None:
+    """After a reply that cannot be parsed the session may be out of step: an RSET on it
+    could read the wrong reply, so the connection is closed and the next send opens one."""
+    scripted.replies["END"] = "queued, thanks"  # no reply code at all
+
+    with pytest.raises(TemporaryFailure):
+        await send(pool, scripted)
+
+    scripted.replies.clear()
+    assert await send(pool, scripted) == ()
+    assert scripted.rsets == 0
+    assert scripted.connections == 2
+
+
 # -- the reply parser on its own --------------------------------------------------------------
 
 

@@ -66,8 +66,10 @@ async def test_config_shape_is_checked_and_storage_options_stay_secret(
     bad = [
         ({"enabled": True, "action": "rewrite", "storage_url": f"file://{tmp_path}"},
          "public_base_url"),
-        ({"enabled": True, "action": "rewrite", "storage_url": "gs://bucket/x"},
-         "not supported"),
+        ({"enabled": True, "action": "rewrite", "storage_url": "ftp://host/x"},
+         "must start with s3://, gs://, az:// or file://"),
+        ({"enabled": True, "action": "rewrite", "storage_url": "gs:///x"}, "needs a bucket"),
+        ({"enabled": True, "action": "rewrite", "storage_url": "az://"}, "needs a container"),
         ({"enabled": True, "action": "rewrite"}, "storage_url is required"),
         ({"enabled": True, "action": "explode"}, "literal_error"),
         ({"enabled": "yes"}, "bool_type"),
@@ -114,8 +116,13 @@ async def test_rewrite_to_file_storage_links_in_both_bodies_and_serves_downloads
 
     tampered = re.sub(r"-([0-9a-f])([0-9a-f]{63})/", lambda m: "-" + (
         "0" if m.group(1) != "0" else "1") + m.group(2) + "/", url)
-    assert (await get(api, tampered))[0] == 403
-    assert (await get(api, url.replace("report.pdf", "other.pdf")))[0] == 403
+    # A forged link answers exactly like an unknown file (§11): 404, same body.
+    status, data, _ = await get(api, tampered)
+    assert (status, data) == (404, b'{"detail": "Not Found"}')
+    assert (await get(api, url.replace("report.pdf", "other.pdf")))[0] == 404
+    secret = api.parts.offloader._secret  # type: ignore[attr-defined]
+    unknown = links.link(base, secret, "0" * 32, int(clock.now()) + 60, "x.pdf")
+    assert (await get(api, unknown))[:2] == (404, b'{"detail": "Not Found"}')
     status, data, headers = await get(api, url)
     assert status == 200 and data == BIG
     assert headers["Content-Type"] == "application/pdf"
@@ -237,4 +244,4 @@ async def test_download_secret_is_generated_once_or_taken_from_the_setting(
     file_id, expires, sig = token.split("-")
     assert sig != links.signature(b"operator-chosen-secret", file_id, int(expires),
                                   "big report.pdf")
-    assert (await get(fixed, url))[0] == 403  # a new secret: old links are no longer valid
+    assert (await get(fixed, url))[0] == 404  # a new secret: old links are no longer valid

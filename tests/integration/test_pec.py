@@ -104,3 +104,48 @@ async def test_receipts_become_pec_events_and_missing_acceptance_times_out(
 
     await eventually(polled_twice, timeout=10)
     assert kinds((await records(api))["m1"]) == ["pec_acceptance", "pec_delivery"]
+
+
+async def test_receipt_by_a_client_supplied_message_id_stays_in_the_account(
+    make_api: ApiFactory, relay: Relay, make_endpoint: EndpointFactory, dovecot: Dovecot
+) -> None:
+    """X-Riferimento-Message-ID carrying the client's own Message-ID (§8.3, §12.2 rule 2):
+    found exactly, and only among the messages of the account whose mailbox it came to."""
+    endpoint = await make_endpoint()
+    folder = await dovecot.new_folder()
+    api = await make_api(pec_poll_interval=0.3)
+    await api.tenant("acme", client_base_url=endpoint.base_url)
+    await api.tenant("beta")
+    await pec_account(api, relay, dovecot, folder)
+    await api.account(relay, tenant_id="beta")
+    ref = "<Fattura-2026-1@acme.test>"
+    await api.send(message(1, account_id="pec", message_id=ref), message(2, account_id="pec"))
+    await api.send(message(1, tenant_id="beta", message_id=ref))
+    await relay.wait_for(3, timeout=10)
+
+    async def all_sent() -> bool:
+        acme, beta = await records(api), await records(api, "beta")
+        return acme["m1"]["status"] == acme["m2"]["status"] == beta["m1"]["status"] == "sent"
+
+    await eventually(all_sent, timeout=10)
+    await dovecot.append(folder, receipt("accettazione", "ACCETTAZIONE: Hello 1", ref=ref),
+                         receipt("avvenuta-consegna", "CONSEGNA: Hello 1", n=1,
+                                 ref=ref.lower()))  # not the same Message-ID: no match
+
+    def kinds(row: dict[str, Any]) -> list[str]:
+        return [h["event_type"] for h in row["history"] if h["event_type"].startswith("pec_")]
+
+    async def accepted() -> bool:
+        return kinds((await records(api))["m1"]) == ["pec_acceptance"]
+
+    await eventually(accepted, timeout=20)
+    poller = api.parts.pec_runner.pollers[("acme", "pec")]  # type: ignore[attr-defined]
+    polls = poller.polls
+
+    async def polled_twice() -> bool:
+        return poller.polls >= polls + 2
+
+    await eventually(polled_twice, timeout=10)
+    assert kinds((await records(api))["m1"]) == ["pec_acceptance"]
+    assert kinds((await records(api))["m2"]) == []
+    assert [h["event_type"] for h in (await records(api, "beta"))["m1"]["history"]] == ["sent"]

@@ -398,11 +398,13 @@ async def test_repeated_failures_get_421_and_the_connection_closed(
 
 
 async def test_unknown_account_and_inactive_tenant_are_550_at_mail(proxy: Proxy) -> None:
-    smtp = await connect(proxy.port)
-    await smtp.auth_plain("acme/nosuch", proxy.token)  # a tenant token names no account
+    smtp = await session(proxy)
+    await proxy.api.ok("DELETE", "/account/main", params={"tenant_id": "acme"})
+    # The account went away after AUTH (an unknown pair is refused at AUTH itself).
     assert await command(smtp, "MAIL", "FROM:<sender@acme.test>") == (
         550, "5.7.1 Unknown account")
     await smtp.quit()
+    await proxy.api.account(proxy.relay, submission_password=SUBMISSION_PASSWORD)
     with pytest.raises(aiosmtplib.SMTPAuthenticationError):
         smtp = await connect(proxy.port)
         await smtp.auth_plain("acme/nosuch", SUBMISSION_PASSWORD)

@@ -19,8 +19,10 @@ async def test_tenant_create_returns_a_working_key_once(api: Api) -> None:
         "client_auth", "rate_limits", "large_file_config", "active", "api_key_expires_at",
         "has_client_secret", "has_webhook_secret", "has_api_key", "suspended_batches",
         "created_at", "updated_at",
+        "api_key_expires_at_iso", "created_at_iso", "updated_at_iso",  # additive (§1)
     }
     assert set(info) == expected_keys
+    assert info["created_at_iso"] == info["created_at"].replace(" ", "T") + "Z"
     assert info["client_sync_path"] == "/mail-proxy/sync"
 
 

@@ -15,12 +15,14 @@ from mailproxy.bounces.model import (
     SuppressionCursor,
     SuppressionSource,
 )
+from mailproxy.bounces.parse import parse
 from mailproxy.bounces.service import BounceStore
 from mailproxy.model import NewMessage, Priority
 from mailproxy.service import Store
 from mailproxy.store import open_bounce_store
 from tests.store.conftest import RawQuery
 from tests.store.test_contract import T0, account, listing, send_all, tenant
+from tests.unit.test_bounce_parse import corpus
 
 MANUAL = SuppressionSource.MANUAL
 
@@ -222,3 +224,58 @@ async def test_pec_receipts_are_recorded_once_and_timeouts_raised_once(store: St
     assert [h["event_type"] for h in found["p2"]["history"]] == ["sent", "pec_timeout"]
     events = [e for e in await store.pending_events("acme", 10) if e.client_id == "p2"]
     assert events[-1].event_type == "pec_timeout"
+
+
+async def test_client_message_id_is_stored_at_intake_and_found_exactly(store: Store) -> None:
+    """§12.2 rule 2: a client-supplied Message-ID (from `headers` over `message_id`, or the
+    raw header) is indexed at intake; the generated form is not stored (its pk finds it)."""
+    await tenant(store, "acme")
+    await tenant(store, "beta")
+    await account(store, "acme")
+    await account(store, "beta")
+    items = [msg(1), msg(2), msg(3), msg(1, "beta"), msg(4)]
+    items[0].payload["message_id"] = "inv-1@acme.test"
+    items[1].payload.update(message_id="ignored@acme.test",
+                            headers={"message-id": "<Hdr-2@Acme.test>"})
+    items[3].payload["message_id"] = "<inv-1@acme.test>"  # another tenant, the same id
+    raw = b"From: s@acme.test\r\nTo: r@example.org\r\nMessage-ID:\r\n <raw-3@acme.test>\r\n\r\nx"
+    items[2] = NewMessage(tenant_id="acme", id="m3", account_id="main",
+                          priority=Priority.MEDIUM, deferred_ts=None, batch_code=None,
+                          payload={"id": "m3", "from": "s@acme.test", "to": ["r@example.org"]},
+                          raw=raw)
+    assert await store.enqueue(items, T0) == [None] * 5
+    b = open_bounce_store(store)
+    found = await b.messages_by_message_id("<inv-1@acme.test>")
+    assert sorted((m.tenant_id, m.client_id) for m in found) == [("acme", "m1"), ("beta", "m1")]
+    [only] = await b.messages_by_message_id("<inv-1@acme.test>", "beta", "main")
+    assert (only.tenant_id, only.client_id) == ("beta", "m1")
+    assert await b.messages_by_message_id("<inv-1@acme.test>", "beta", "other") == []
+    assert [m.client_id for m in await b.messages_by_message_id("<Hdr-2@Acme.test>")] == ["m2"]
+    assert await b.messages_by_message_id("<hdr-2@acme.test>") == []  # exact, case included
+    assert await b.messages_by_message_id("<ignored@acme.test>") == []
+    assert [m.client_id for m in await b.messages_by_message_id("<raw-3@acme.test>")] == ["m3"]
+    # An upsert of m1 with a new Message-ID moves the index with it.
+    again = msg(1)
+    again.payload["message_id"] = "<inv-1b@acme.test>"
+    assert await store.enqueue([again], T0 + 1) == [None]
+    assert [m.tenant_id for m in await b.messages_by_message_id("<inv-1@acme.test>")] == [
+        "beta"]
+    assert [m.client_id for m in await b.messages_by_message_id("<inv-1b@acme.test>")] == [
+        "m1"]
+
+
+async def test_a_bounce_with_nul_and_lone_surrogates_is_stored(store: Store) -> None:
+    """Bounce text comes from outside: a NUL in a Diagnostic-Code (which PostgreSQL refuses)
+    must not fail the poll's transaction again and again and stop bounce processing."""
+    ref = await sent_message(store)
+    raw = corpus("dsn_511.eml", pk=ref.pk, rcpt="r@example.org")
+    raw = raw.replace(b"Diagnostic-Code: smtp; 550 5.1.1",
+                      b"Diagnostic-Code: smtp; 550 5.1.1 \x00bad \xed\xa0\x80")
+    [parsed] = parse(raw)
+    assert "\x00" not in (parsed.reason or "")
+    b = open_bounce_store(store)
+    [result] = await b.record_bounces(MailboxCursor("bounce", 1, 1),
+                                      [BounceRecord(ref, parsed, suppress=True)], SoftRule(), 500)
+    assert result.suppressed
+    [view] = await b.list_bounces("acme", before_id=None, limit=10)
+    assert view.reason is not None and "bad" in view.reason

@@ -153,3 +153,18 @@ def test_pec_receipt_type_from_x_ricevuta_else_the_subject(headers: str, event: 
     assert (None if found is None else found.event_type) == event
     if found is not None and event == "pec_error":
         assert found.details == "casella piena"
+
+
+def test_sent_message_id_is_the_client_one_in_the_form_compose_sends() -> None:
+    sent_message_id, message_id_key = correlate.sent_message_id, correlate.message_id_key
+    assert sent_message_id({"message_id": " a@b.test "}, None) == "<a@b.test>"
+    assert sent_message_id({"message_id": "x@b", "headers": {"MESSAGE-ID": "<h@b>"}},
+                           None) == "<h@b>"
+    assert sent_message_id({"headers": {"Subject": "s"}}, None) is None
+    assert sent_message_id({"message_id": "x@b"}, b"Subject: s\r\n\r\nbody") is None
+    assert sent_message_id({}, b"Message-Id: <r@b>\r\n\r\n") == "<r@b>"
+    folded = b"X-Message-ID: <no@b>\nMessage-ID:\n\t<f@b>\n\nMessage-ID: <body@b>\n"
+    assert sent_message_id({}, folded) == "<f@b>"  # the header field, unfolded
+    assert sent_message_id({}, b"Subject: s\r\n\r\nMessage-ID: <body@b>\r\n") is None
+    assert message_id_key("<" + "a" * 1000 + "@b>") is None  # too long to index
+    assert message_id_key("<>") is None and message_id_key(5) is None

@@ -18,7 +18,7 @@ from mailproxy.store import open_bounce_store
 from mailproxy.store.sqlite import SqliteStore
 from mailproxy.vault import Vault
 from tests.conftest import FakeClock
-from tests.unit.test_bounce_parse import corpus
+from tests.unit.test_bounce_parse import CORPUS, corpus
 
 
 class Counts:
@@ -120,3 +120,44 @@ async def test_use_cases_check_scope_and_input(store: SqliteStore) -> None:
     assert page.total == 1 and page.next_cursor is not None
     assert await svc.remove_suppressions(Caller("acme"), "acme", ["x@Y.org"]) == 1
     assert await svc.filter.suppressed("acme", ["x@y.org"]) == frozenset()
+
+
+async def test_unique_client_message_id_suppresses_only_an_address_it_was_sent_to(
+    store: SqliteStore
+) -> None:
+    """§12.2 rule 2 with a client-supplied Message-ID: matched alone, it may suppress the
+    bounced recipient, never an address the message did not go to."""
+    await store.put_tenant(Tenant(id="acme"))
+    await store.put_account(Account(tenant_id="acme", id="main", host="h", port=25))
+    payload = {"from": "sender@acme.test", "to": ["nosuch@example.org"], "subject": "s",
+               "message_id": "<order-9@acme.test>"}
+    await store.enqueue([NewMessage("acme", "m9", "main", Priority.MEDIUM, None, None,
+                                    payload)], 100.0)
+    svc = service(store, Counts())
+    raw = (CORPUS / "dsn_511_client_message_id.eml").read_bytes()
+    forged = parse(raw.replace(b"{MSGID}", b"<order-9@acme.test>").replace(b"{FROM}", b"x@y")
+                   .replace(b"{N}", b"1").replace(b"{RCPT}", b"ceo@acme.test"))
+    real = parse(raw.replace(b"{MSGID}", b"<order-9@acme.test>").replace(b"{FROM}", b"x@y")
+                 .replace(b"{N}", b"2").replace(b"{RCPT}", b"nosuch@example.org"))
+    [first] = await svc.record(MailboxCursor("bounce", 1, 1), forged)
+    assert not first.duplicate and not first.suppressed  # recorded, not suppressing
+    [second] = await svc.record(MailboxCursor("bounce", 1, 2), real)
+    assert second.suppressed
+    listed = await svc.list_suppressions(Caller(), "acme")
+    assert [s.address for s in listed.items] == ["nosuch@example.org"]
+
+
+async def test_a_forged_dsn_naming_our_pk_never_suppresses_an_address_not_mailed(
+    store: SqliteStore,
+) -> None:
+    """Every recipient sees the pk in our Message-ID: a DSN they forge with it, naming some
+    other address, is recorded for the message but must not suppress that address."""
+    pk = await sent(store, "acme", "inv-1")
+    svc = service(store, Counts())
+    forged = parse(corpus("dsn_511.eml", pk=pk, rcpt="ceo@customer.example"))
+    [result] = await svc.record(MailboxCursor("bounce", 1, 1), forged)
+    assert not result.duplicate and not result.suppressed
+    assert (await svc.list_suppressions(Caller(), "acme")).total == 0
+    real = parse(corpus("dsn_511.eml", pk=pk, rcpt="nosuch@example.org"))
+    [again] = await svc.record(MailboxCursor("bounce", 1, 2), real)
+    assert again.suppressed

@@ -21,9 +21,28 @@ def test_save_rules() -> None:
                                                   "storage_url": "file:///srv/x"}))
     assert save_problem({"action": "rewrite", "storage_url": "file:///srv/x",
                          "public_base_url": "https://mail.test"}) is None
-    for url, words in [("gs://b", "Google"), ("az://c", "Azure"), ("ftp://x", "s3://"),
-                       ("s3:///nobucket", "bucket"), ("file://relative/x", "absolute")]:
+    # gs:// and az:// are accepted on their shape alone: no driver or storage is consulted.
+    for url in ("gs://b/p", "az://c", "az://c/deep/prefix"):
+        assert save_problem({"action": "rewrite", "storage_url": url}) is None, url
+    for url, words in [("ftp://x", "s3://, gs://, az://"), ("s3:///nobucket", "bucket"),
+                       ("gs:///x", "needs a bucket"), ("az:///x", "needs a container"),
+                       ("file://relative/x", "absolute")]:
         assert words in str(save_problem({"storage_url": url})), url
+
+
+def test_cloud_credentials_are_read_from_storage_options() -> None:
+    from mailproxy.offload.azure import AzureStorage, connection_fields
+    from mailproxy.offload.gcs import GcsStorage
+
+    key = {"client_email": "a@b.iam", "private_key": "PEM", "type": "service_account"}
+    assert GcsStorage("gs://b", {"token": key}).can_sign
+    assert GcsStorage("gs://b", {"token": '{"client_email": "a@b", "private_key": "P"}'}).can_sign
+    assert not GcsStorage("gs://b", {}).can_sign  # ambient: our /download links
+    assert connection_fields("AccountName=a;AccountKey=k==;BlobEndpoint=http://h/a;") == {
+        "AccountName": "a", "AccountKey": "k==", "BlobEndpoint": "http://h/a"}
+    signing = AzureStorage("az://c/p", {"connection_string": "AccountName=a;AccountKey=k=="})
+    assert signing.can_sign and (signing.bucket, signing.prefix) == ("c", "p")
+    assert not AzureStorage("az://c", {"account_name": "a", "sas_token": "sv=1"}).can_sign
 
 
 def test_parse_defaults() -> None:

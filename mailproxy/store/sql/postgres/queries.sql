@@ -104,10 +104,11 @@ FOR UPDATE;
 -- Nothing is returned when another transaction stored the same id first.
 INSERT INTO messages (pk, tenant_id, client_id, account_id, status, queued, priority, due_ts,
                       deferred_ts, batch_code, retry_count, intake_error, is_pec, payload, raw,
-                      envelope_from, error, error_ts, created_ts, updated_ts)
+                      envelope_from, error, error_ts, created_ts, updated_ts,
+                      header_message_id)
 VALUES (:pk, :tenant_id, :client_id, :account_id, :status, :queued, :priority, :due_ts,
         :deferred_ts, :batch_code, 0, :intake_error, :is_pec, :payload, :raw,
-        :envelope_from, :error, :error_ts, :now, :now)
+        :envelope_from, :error, :error_ts, :now, :now, :header_message_id)
 ON CONFLICT (tenant_id, client_id) DO NOTHING
 RETURNING seq;
 
@@ -125,19 +126,20 @@ FOR UPDATE OF m;
 -- stored first are left out of the result (the caller takes them one by one).
 INSERT INTO messages (pk, tenant_id, client_id, account_id, status, queued, priority, due_ts,
                       deferred_ts, batch_code, retry_count, intake_error, is_pec, payload, raw,
-                      envelope_from, error, error_ts, created_ts, updated_ts)
+                      envelope_from, error, error_ts, created_ts, updated_ts,
+                      header_message_id)
 SELECT pk, tenant_id, client_id, account_id, status, queued, priority, due_ts, deferred_ts,
        batch_code, 0, intake_error, is_pec, payload, raw, envelope_from, error, error_ts,
-       now, now
+       now, now, header_message_id
 FROM unnest(:pks::text[], :tenant_ids::text[], :client_ids::text[], :account_ids::text[],
             :statuses::text[], :queueds::smallint[], :priorities::smallint[],
             :due_tss::bigint[], :deferred_tss::bigint[], :batch_codes::text[],
             :intake_errors::boolean[], :is_pecs::boolean[], :payloads::text[],
             :raws::bytea[], :envelope_froms::text[], :errors::text[], :error_tss::bigint[],
-            :nows::float8[])
+            :nows::float8[], :header_message_ids::text[])
      WITH ORDINALITY AS r (pk, tenant_id, client_id, account_id, status, queued, priority,
                            due_ts, deferred_ts, batch_code, intake_error, is_pec, payload,
-                           raw, envelope_from, error, error_ts, now, n)
+                           raw, envelope_from, error, error_ts, now, header_message_id, n)
 ORDER BY n
 ON CONFLICT (tenant_id, client_id) DO NOTHING
 RETURNING tenant_id, client_id, seq;
@@ -146,7 +148,8 @@ RETURNING tenant_id, client_id, seq;
 UPDATE messages SET account_id = :account_id, status = :status, queued = :queued,
        priority = :priority, due_ts = :due_ts, deferred_ts = :deferred_ts,
        batch_code = :batch_code, retry_count = 0, intake_error = false, is_pec = :is_pec,
-       payload = :payload, raw = :raw, envelope_from = :envelope_from, date_ts = NULL,
+       payload = :payload, raw = :raw, envelope_from = :envelope_from,
+       header_message_id = :header_message_id, date_ts = NULL,
        error = NULL, error_ts = NULL, updated_ts = :now
 WHERE seq = :seq;
 
@@ -347,7 +350,12 @@ WHERE status NOT IN ('sent', 'error', 'bounced', 'suppressed')
 
 -- name: list_messages
 -- A due scheduled/deferred row is listed (and filtered) as pending (contract §5.1).
-SELECT * FROM messages
+-- last_event_error: the reason of the latest failed attempt (its events_message index).
+SELECT messages.*,
+       (SELECT e.description FROM events e
+        WHERE e.message_seq = messages.seq AND e.event_type IN ('deferred', 'error')
+        ORDER BY e.event_id DESC LIMIT 1) AS last_event_error
+FROM messages
 WHERE tenant_id = :tenant_id
   AND (NOT :active_only::boolean OR status NOT IN ('sent', 'error', 'bounced', 'suppressed'))
   AND (:status::text IS NULL
@@ -358,6 +366,26 @@ WHERE tenant_id = :tenant_id
        OR (:status NOT IN ('pending', 'scheduled', 'deferred') AND status = :status))
 ORDER BY created_ts DESC, seq DESC
 LIMIT :limit OFFSET :offset;
+
+-- name: list_all_messages
+-- Every tenant's messages for the admin, newest enqueued first, a page after `before`
+-- (a seq): keyset pagination on the primary key, so a page costs the same at any depth.
+-- The status filter is list_messages' own: change both together.
+SELECT messages.*,
+       (SELECT e.description FROM events e
+        WHERE e.message_seq = messages.seq AND e.event_type IN ('deferred', 'error')
+        ORDER BY e.event_id DESC LIMIT 1) AS last_event_error
+FROM messages
+WHERE seq < COALESCE(:before::bigint, 9223372036854775807)  -- a range even in a generic plan
+  AND (NOT :active_only::boolean OR status NOT IN ('sent', 'error', 'bounced', 'suppressed'))
+  AND (:status::text IS NULL
+       OR (:status = 'pending' AND (status = 'pending'
+           OR (status IN ('scheduled', 'deferred')
+               AND (deferred_ts IS NULL OR deferred_ts <= :now))))
+       OR (:status IN ('scheduled', 'deferred') AND status = :status AND deferred_ts > :now)
+       OR (:status NOT IN ('pending', 'scheduled', 'deferred') AND status = :status))
+ORDER BY seq DESC
+LIMIT :limit;
 
 -- name: delete_messages
 DELETE FROM messages WHERE tenant_id = :tenant_id AND client_id = ANY(:ids::text[])

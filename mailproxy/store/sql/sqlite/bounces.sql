@@ -44,6 +44,16 @@ FROM messages WHERE pk = :pk;
 SELECT seq, pk, tenant_id, client_id, account_id, status, payload, envelope_from
 FROM messages WHERE client_id = :client_id LIMIT 50;
 
+-- name: messages_by_header_message_id
+-- Messages that went out with this client-supplied Message-ID (§12.2 rule 2), optionally of
+-- one tenant and account (a PEC mailbox); the partial index of migration 009 answers it.
+SELECT seq, pk, tenant_id, client_id, account_id, status, payload, envelope_from
+FROM messages
+WHERE header_message_id = :message_id
+  AND (:tenant_id IS NULL OR tenant_id = :tenant_id)
+  AND (:account_id IS NULL OR account_id = :account_id)
+ORDER BY seq LIMIT 50;
+
 -- name: insert_bounce
 INSERT INTO bounces (tenant_id, message_seq, message_pk, message_id, recipient, type, code,
                      reason, fingerprint, created_ts)

@@ -83,16 +83,18 @@ SELECT seq, status, intake_error FROM messages WHERE tenant_id = ? AND client_id
 -- name: insert_message
 INSERT INTO messages (pk, tenant_id, client_id, account_id, status, queued, priority, due_ts,
                       deferred_ts, batch_code, retry_count, intake_error, is_pec, payload, raw,
-                      envelope_from, error, error_ts, created_ts, updated_ts)
+                      envelope_from, error, error_ts, created_ts, updated_ts,
+                      header_message_id)
 VALUES (:pk, :tenant_id, :client_id, :account_id, :status, :queued, :priority, :due_ts,
         :deferred_ts, :batch_code, 0, :intake_error, :is_pec, :payload, :raw,
-        :envelope_from, :error, :error_ts, :now, :now);
+        :envelope_from, :error, :error_ts, :now, :now, :header_message_id);
 
 -- name: upsert_message
 UPDATE messages SET account_id = :account_id, status = :status, queued = :queued,
        priority = :priority, due_ts = :due_ts, deferred_ts = :deferred_ts,
        batch_code = :batch_code, retry_count = 0, intake_error = 0, is_pec = :is_pec,
-       payload = :payload, raw = :raw, envelope_from = :envelope_from, date_ts = NULL, error = NULL, error_ts = NULL,
+       payload = :payload, raw = :raw, envelope_from = :envelope_from,
+       header_message_id = :header_message_id, date_ts = NULL, error = NULL, error_ts = NULL,
        updated_ts = :now
 WHERE seq = :seq;
 
