@@ -26,7 +26,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import asyncpg
 
-from mailproxy import policy
+from mailproxy import claimplan, policy
 from mailproxy.errors import ConfigError, StoreError
 from mailproxy.model import (
     Account,
@@ -37,11 +37,9 @@ from mailproxy.model import (
     Event,
     Failed,
     InstanceConfig,
-    LimitBehavior,
     NewMessage,
     Outcome,
     RateLimited,
-    RateLimits,
     Sent,
     SyncState,
     Tenant,
@@ -585,7 +583,7 @@ class PostgresStore:
             await _ex(c, "delete_account_block", tenant_id=tenant_id, account_id=account_id)
             for row in await _q(c, "open_messages_of_account", tenant_id=tenant_id,
                                 account_id=account_id):
-                await self._fail(c, row["seq"], tenant_id, "account deleted", None, now)
+                await _fail(c, row["seq"], tenant_id, "account deleted", None, now)
             return True
 
         return await self._run(op)
@@ -814,14 +812,6 @@ class PostgresStore:
             return done
         return await self._run(lambda c: claim.run(c, done))
 
-    async def _fail(
-        self, c: Conn, seq: int, tenant_id: str, error: str, code: int | None, now: int
-    ) -> None:
-        await _ex(c, "fail_message", status="error", error=error, now_int=now,
-                  now=float(now), seq=seq)
-        await _ex(c, "insert_event", seq=seq, tenant_id=tenant_id, event_type="error",
-                  event_ts=now, description=error, metadata=rows.dumps({"error_code": code}))
-
     async def record(
         self, owner: str, results: Sequence[tuple[Claimed, Outcome]], now: float
     ) -> list[bool]:
@@ -953,9 +943,9 @@ class PostgresStore:
                      else await _q(c, "expired_leases", now=now))
             for seq, tenant_id, retry_count in found:
                 if retry_count + 1 > retry_max:
-                    await self._fail(c, seq, tenant_id,
-                                     f"worker lost the message {retry_count + 1} times", None,
-                                     int(now))
+                    await _fail(c, seq, tenant_id,
+                                f"worker lost the message {retry_count + 1} times", None,
+                                int(now))
                 else:
                     await _ex(c, "requeue_lost", now=now, seq=seq)
             return len(found)
@@ -1115,8 +1105,7 @@ class _Plan:
     """One account to serve in a claim cycle, with its rate scopes and limits."""
 
     account: Account
-    tenant_limits: RateLimits | None
-    scopes: tuple[str, ...]
+    scopes: tuple[claimplan.Scope, ...]
 
 
 def _block_key(account: Account) -> str:
@@ -1126,16 +1115,11 @@ def _block_key(account: Account) -> str:
 def _plan(row: Any) -> _Plan:
     account = rows.account_config(row["tenant_id"], row["id"], json.loads(row["config"]))
     tenant_limits = rows.tenant_limits(json.loads(row["tenant_config"]))
-    scopes: list[str] = []
-    if account.limits.windows():
-        scopes.append(f"a:{account.tenant_id}/{account.id}")
-    if tenant_limits is not None and tenant_limits.windows():
-        scopes.append(f"t:{account.tenant_id}")
-    return _Plan(account, tenant_limits, tuple(scopes))
+    return _Plan(account, claimplan.rate_scopes(account, tenant_limits))
 
 
 class _Claim:
-    """One claim cycle: the same decisions as SqliteStore._claim.
+    """One claim cycle: gathers the inputs of claimplan and applies its steps.
 
     Accounts without limits are claimed together (one LATERAL query per run of them), by a
     statement of its own when no account has limits; otherwise the whole cycle is one
@@ -1166,10 +1150,7 @@ class _Claim:
         """The accounts to claim for, rotated by offset so that none is always last."""
         plans = [p for p in map(_plan, await _q(c, "claim_accounts"))
                  if p.account.key not in self.skip]
-        if plans:
-            shift = offset % len(plans)
-            plans = plans[shift:] + plans[:shift]
-        return plans
+        return claimplan.rotate(plans, offset)
 
     async def run(self, c: Conn, plans: list[_Plan], *, adopt: bool = False) -> ClaimBatch:
         self.claimed, self.blocked, self.limited = [], {}, []
@@ -1177,7 +1158,7 @@ class _Claim:
             got = await _q(c, "claimed_by", owner=self.owner,
                            until=self.now + self.lease_seconds)
             self.claimed.extend(_claimed(r, ()) for r in got)
-        scopes = sorted({s for p in plans for s in p.scopes})
+        scopes = sorted({s.name for p in plans for s in p.scopes})
         if scopes:
             await _val(c, "lock_scopes", scopes=scopes)
             plans = await self._unblocked(c, plans)
@@ -1229,57 +1210,54 @@ class _Claim:
 
     async def _claim_limited(self, c: Conn, plan: _Plan) -> None:
         account = plan.account
-        budget = await self._budget(c, plan)
-        n = min(account.batch_size, self.max_total - len(self.claimed))
-        if budget.allowed is not None and budget.allowed < n:
-            await self._over_limit(c, account, budget)
-            n = budget.allowed
-        await self._take(c, [(account, n)], plan.scopes)
+        step = claimplan.take(account, await self._budget(c, plan),
+                              self.max_total - len(self.claimed))
+        if step.heads:
+            await self._over_limit(c, account, step)
+        await self._take(c, [(account, step.n)], claimplan.scope_names(plan.scopes))
 
     async def _budget(self, c: Conn, plan: _Plan) -> policy.Budget:
-        """Budget of the account's scopes; in-flight is read before sends (never undercounts)."""
+        """Gather each scope's usage; in-flight is read before sends (never undercounts)."""
         account = plan.account
-        budgets: list[policy.Budget] = []
-        since = self.now_int - 86400
+        usages = []
+        since = self.now_int - claimplan.SENDS_HORIZON
         for scope in plan.scopes:
-            if scope.startswith("a:"):
-                limits = account.limits
+            if scope.tenant_wide:
+                in_flight = await _val(c, "count_sending_tenant", tenant_id=account.tenant_id)
+            else:
                 in_flight = await _val(c, "count_sending_account", tenant_id=account.tenant_id,
                                        account_id=account.id)
-            else:
-                limits = plan.tenant_limits or RateLimits()
-                in_flight = await _val(c, "count_sending_tenant", tenant_id=account.tenant_id)
-            sends = [(r["ts"], r["n"]) for r in await _q(c, "rate_sends", scope=scope,
+            sends = [(r["ts"], r["n"]) for r in await _q(c, "rate_sends", scope=scope.name,
                                                           since=since)]
-            budgets.append(policy.window_budget(limits, sends, int(in_flight), self.now_int))
-        return policy.combine_budgets(budgets)
+            usages.append(claimplan.Usage(scope, sends, int(in_flight)))
+        return claimplan.budget(usages, self.now_int)
 
-    async def _over_limit(self, c: Conn, account: Account, budget: policy.Budget) -> None:
-        """Apply limit_behavior to the due messages beyond the budget."""
-        allowed = budget.allowed or 0
-        reject = account.limit_behavior == LimitBehavior.REJECT
+    async def _over_limit(self, c: Conn, account: Account, step: claimplan.Take) -> None:
+        """Read the due heads and apply what the planner decides for those over the limit."""
         heads = await _q(c, "ready_head", tenant_id=account.tenant_id, account_id=account.id,
-                         n=allowed + (account.batch_size if reject else 1))
-        heads = heads[allowed:]
-        if not heads:
-            return
-        if reject:
-            for row in heads:
-                await self.store._fail(c, row["seq"], account.tenant_id, "rate_limit_exceeded",
-                                       429, self.now_int)
-                self.limited.append(RateLimited(account.tenant_id, account.id, deferred=False))
-            return
-        if allowed > 0 or budget.free_at is None:
-            return  # only in-flight reservations block: their outcome decides
-        seq = heads[0]["seq"]
-        until = budget.free_at
-        await _ex(c, "defer_rate_limited", until=until, now=self.now, seq=seq)
-        await _ex(c, "insert_event", seq=seq, tenant_id=account.tenant_id, event_type="deferred",
-                  event_ts=self.now_int, description="rate_limit",
-                  metadata=rows.dumps({"next_attempt_ts": until}))
-        await _ex(c, "set_meta", key=_block_key(account), value=str(until))
-        self.blocked[account.key] = until
-        self.limited.append(RateLimited(account.tenant_id, account.id, deferred=True))
+                         n=step.heads)
+        verdict = claimplan.over_limit(account, step, [r["seq"] for r in heads])
+        for seq in verdict.reject:
+            await _fail(c, seq, account.tenant_id, verdict.reason, verdict.code, self.now_int)
+        if verdict.defer is not None:
+            seq, until = verdict.defer, verdict.until
+            await _ex(c, "defer_rate_limited", until=until, now=self.now, seq=seq)
+            await _ex(c, "insert_event", seq=seq, tenant_id=account.tenant_id,
+                      event_type="deferred", event_ts=self.now_int,
+                      description=claimplan.DEFER_REASON,
+                      metadata=rows.dumps({"next_attempt_ts": until}))
+            await _ex(c, "set_meta", key=_block_key(account), value=str(until))
+            self.blocked[account.key] = until
+        self.limited.extend(verdict.limited(account))
+
+
+async def _fail(c: Conn, seq: int, tenant_id: str, error: str, code: int | None, now: int
+                ) -> None:
+    """Fail a message for good, with its error event."""
+    await _ex(c, "fail_message", status="error", error=error, now_int=now,
+              now=float(now), seq=seq)
+    await _ex(c, "insert_event", seq=seq, tenant_id=tenant_id, event_type="error",
+              event_ts=now, description=error, metadata=rows.dumps({"error_code": code}))
 
 
 def _claimed(r: Any, scopes: tuple[str, ...]) -> Claimed:

@@ -22,7 +22,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
 
-from mailproxy import policy
+from mailproxy import claimplan, policy
 from mailproxy.errors import StoreError
 from mailproxy.model import (
     Account,
@@ -33,11 +33,9 @@ from mailproxy.model import (
     Event,
     Failed,
     InstanceConfig,
-    LimitBehavior,
     NewMessage,
     Outcome,
     RateLimited,
-    RateLimits,
     Sent,
     SyncState,
     Tenant,
@@ -497,10 +495,7 @@ class SqliteStore:
             tid: (bool(active), json.loads(cfg), tuple(json.loads(susp)))
             for tid, active, cfg, susp in c.execute(Q["claim_tenants"]).fetchall()
         }
-        accounts = c.execute(Q["claim_accounts"]).fetchall()
-        if accounts:
-            shift = offset % len(accounts)
-            accounts = accounts[shift:] + accounts[:shift]
+        accounts = claimplan.rotate(c.execute(Q["claim_accounts"]).fetchall(), offset)
         claimed: list[Claimed] = []
         blocked: dict[tuple[str, str], int] = {}
         limited: list[RateLimited] = []
@@ -516,20 +511,20 @@ class SqliteStore:
                 continue
             account = rows.account_config(tenant_id, account_id, json.loads(cfg_text))
             held = rows.dumps(list(suspended))
-            tenant_limits = rows.tenant_limits(tcfg)
-            scopes, budget = self._budget(c, account, tenant_limits, now_int)
-            n = min(account.batch_size, remaining)
-            if budget.allowed is not None and budget.allowed < n:
-                self._over_limit(c, account, budget, held, now, blocked, limited)
-                n = budget.allowed
-            if n <= 0:
+            scopes = claimplan.rate_scopes(account, rows.tenant_limits(tcfg))
+            step = claimplan.take(account, self._budget(c, account, scopes, now_int),
+                                  remaining)
+            if step.heads:
+                self._over_limit(c, account, step, held, now, blocked, limited)
+            if step.n <= 0:
                 continue
             args = {"owner": owner, "until": now + lease_seconds, "now": now,
                     "now_int": now_int, "tenant_id": tenant_id, "account_id": account_id,
-                    "held": held, "n": n}
+                    "held": held, "n": step.n}
             got = c.execute(Q["claim_account"], args).fetchall()
             got.sort(key=lambda r: (r[5], r[0]))
-            claimed.extend(self._claimed(r, scopes) for r in got)
+            names = claimplan.scope_names(scopes)
+            claimed.extend(self._claimed(r, names) for r in got)
         return ClaimBatch(tuple(claimed), blocked, tuple(limited))
 
     @staticmethod
@@ -543,59 +538,49 @@ class SqliteStore:
             rate_scopes=scopes,
         )
 
+    @staticmethod
     def _budget(
-        self, c: sqlite3.Connection, account: Account, tenant_limits: RateLimits | None, now: int
-    ) -> tuple[tuple[str, ...], policy.Budget]:
-        scopes: list[str] = []
-        budgets: list[policy.Budget] = []
-        if account.limits.windows():
-            scope = f"a:{account.tenant_id}/{account.id}"
-            in_flight = c.execute(
-                Q["count_sending_account"], (account.tenant_id, account.id)
-            ).fetchone()[0]
-            sends = c.execute(Q["rate_sends"], (scope, now - 86400)).fetchall()
-            budgets.append(policy.window_budget(account.limits, sends, in_flight, now))
-            scopes.append(scope)
-        if tenant_limits is not None and tenant_limits.windows():
-            scope = f"t:{account.tenant_id}"
-            in_flight = c.execute(Q["count_sending_tenant"], (account.tenant_id,)).fetchone()[0]
-            sends = c.execute(Q["rate_sends"], (scope, now - 86400)).fetchall()
-            budgets.append(policy.window_budget(tenant_limits, sends, in_flight, now))
-            scopes.append(scope)
-        return tuple(scopes), policy.combine_budgets(budgets)
+        c: sqlite3.Connection, account: Account, scopes: Sequence[claimplan.Scope], now: int
+    ) -> policy.Budget:
+        """Gather each scope's recent sends and sends in flight for the planner."""
+        usages = []
+        for scope in scopes:
+            if scope.tenant_wide:
+                in_flight = c.execute(Q["count_sending_tenant"], (account.tenant_id,))
+            else:
+                in_flight = c.execute(Q["count_sending_account"],
+                                      (account.tenant_id, account.id))
+            count = in_flight.fetchone()[0]
+            sends = c.execute(Q["rate_sends"],
+                              (scope.name, now - claimplan.SENDS_HORIZON)).fetchall()
+            usages.append(claimplan.Usage(scope, sends, count))
+        return claimplan.budget(usages, now)
 
     def _over_limit(
         self,
         c: sqlite3.Connection,
         account: Account,
-        budget: policy.Budget,
+        step: claimplan.Take,
         held: str,
         now: float,
         blocked: dict[tuple[str, str], int],
         limited: list[RateLimited],
     ) -> None:
-        """Apply limit_behavior to the due messages beyond the budget."""
-        allowed = budget.allowed or 0
+        """Read the due heads and apply what the planner decides for those over the limit."""
         head_args = {"tenant_id": account.tenant_id, "account_id": account.id, "held": held,
-                     "n": allowed + (account.batch_size if account.limit_behavior ==
-                                     LimitBehavior.REJECT else 1)}
-        heads = c.execute(Q["ready_head"], head_args).fetchall()[allowed:]
-        if not heads:
-            return
-        if account.limit_behavior == LimitBehavior.REJECT:
-            for seq, _ in heads:
-                self._fail(c, seq, account.tenant_id, "rate_limit_exceeded", 429, int(now))
-                limited.append(RateLimited(account.tenant_id, account.id, deferred=False))
-            return
-        if allowed > 0 or budget.free_at is None:
-            return  # only in-flight reservations block: their outcome decides
-        seq = heads[0][0]
-        until = budget.free_at
-        c.execute(Q["defer_rate_limited"], {"until": until, "now": now, "seq": seq})
-        c.execute(Q["insert_event"], (seq, account.tenant_id, "deferred", int(now), "rate_limit",
-                                      rows.dumps({"next_attempt_ts": until})))
-        blocked[account.key] = until
-        limited.append(RateLimited(account.tenant_id, account.id, deferred=True))
+                     "n": step.heads}
+        heads = [seq for seq, _ in c.execute(Q["ready_head"], head_args).fetchall()]
+        verdict = claimplan.over_limit(account, step, heads)
+        for seq in verdict.reject:
+            self._fail(c, seq, account.tenant_id, verdict.reason, verdict.code, int(now))
+        if verdict.defer is not None:
+            seq, until = verdict.defer, verdict.until
+            c.execute(Q["defer_rate_limited"], {"until": until, "now": now, "seq": seq})
+            c.execute(Q["insert_event"], (seq, account.tenant_id, "deferred", int(now),
+                                          claimplan.DEFER_REASON,
+                                          rows.dumps({"next_attempt_ts": until})))
+            blocked[account.key] = until
+        limited.extend(verdict.limited(account))
 
     def _fail(
         self, c: sqlite3.Connection, seq: int, tenant_id: str, error: str, code: int | None,
