@@ -34,25 +34,25 @@ class SqliteOffloadIndex:
         self._store = store  # a SqliteStore: its _read/_write run on its threads
 
     async def put(self, f: OffloadedFile) -> None:
-        await self._store._write(lambda c: c.execute(_SQLITE["put_file"], _values(f)))
+        await self._store.run_write(lambda c: c.execute(_SQLITE["put_file"], _values(f)))
 
     async def get(self, file_id: str) -> OffloadedFile | None:
-        row = await self._store._read(
+        row = await self._store.run_read(
             lambda c: c.execute(_SQLITE["get_file"], (file_id,)).fetchone())
         return _file(row)
 
     async def mark_downloaded(self, file_id: str, now: int) -> None:
-        await self._store._write(
+        await self._store.run_write(
             lambda c: c.execute(_SQLITE["mark_downloaded"], (now, now, file_id)))
 
     async def due(self, now: int, limit: int) -> list[OffloadedFile]:
         def op(c: sqlite3.Connection) -> list[Any]:
             return c.execute(_SQLITE["due_files"], (now, limit)).fetchall()
 
-        return [f for f in map(_file, await self._store._read(op)) if f is not None]
+        return [f for f in map(_file, await self._store.run_read(op)) if f is not None]
 
     async def delete(self, file_id: str) -> None:
-        await self._store._write(lambda c: c.execute(_SQLITE["delete_file"], (file_id,)))
+        await self._store.run_write(lambda c: c.execute(_SQLITE["delete_file"], (file_id,)))
 
 
 class PostgresOffloadIndex:
@@ -60,20 +60,20 @@ class PostgresOffloadIndex:
         self._store = store  # a PostgresStore: its _run/_read retry lost connections
 
     async def put(self, f: OffloadedFile) -> None:
-        await self._store._run(lambda c: c.execute(_PG["put_file"], *_values(f)))
+        await self._store.run_write(lambda c: c.execute(_PG["put_file"], *_values(f)))
 
     async def get(self, file_id: str) -> OffloadedFile | None:
-        return _file(await self._store._read(lambda c: c.fetchrow(_PG["get_file"], file_id)))
+        return _file(await self._store.run_read(lambda c: c.fetchrow(_PG["get_file"], file_id)))
 
     async def mark_downloaded(self, file_id: str, now: int) -> None:
-        await self._store._run(lambda c: c.execute(_PG["mark_downloaded"], now, now, file_id))
+        await self._store.run_write(lambda c: c.execute(_PG["mark_downloaded"], now, now, file_id))
 
     async def due(self, now: int, limit: int) -> list[OffloadedFile]:
-        rows = await self._store._read(lambda c: c.fetch(_PG["due_files"], now, limit))
+        rows = await self._store.run_read(lambda c: c.fetch(_PG["due_files"], now, limit))
         return [f for f in map(_file, rows) if f is not None]
 
     async def delete(self, file_id: str) -> None:
-        await self._store._run(lambda c: c.execute(_PG["delete_file"], file_id))
+        await self._store.run_write(lambda c: c.execute(_PG["delete_file"], file_id))
 
 
 def offload_index(store: Any) -> SqliteOffloadIndex | PostgresOffloadIndex:

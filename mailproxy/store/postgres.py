@@ -353,7 +353,8 @@ class PostgresStore:
         return await self._run(fn, transaction=False)
 
     async def run_read(self, fn: Callable[[Conn], Awaitable[T]]) -> T:
-        """For companion stores (the dashboard): one read on a pooled connection."""
+        """For companion stores (dashboard, bounces, offload index): one read on a pooled
+        connection."""
         return await self._read(fn)
 
     async def run_write(self, fn: Callable[[Conn], Awaitable[T]]) -> T:

@@ -60,7 +60,7 @@ class PostgresBounces:
 
     async def list_bounces(self, tenant_id: str | None, *, before_id: int | None, limit: int
                            ) -> list[BounceView]:
-        found = await self._store._read(lambda c: _q(
+        found = await self._store.run_read(lambda c: _q(
             c, "list_bounces", tenant_id=tenant_id, before_id=before_id, limit=limit))
         return [bounce_view(r) for r in found]
 
@@ -74,7 +74,7 @@ class PostgresBounces:
             total = await _val(c, "count_suppressions", **args)
             return int(total), await _q(c, "list_suppressions", **args)
 
-        total, found = await self._store._run(op)
+        total, found = await self._store.run_write(op)
         return total, [suppression_view(r) for r in found]
 
     async def add_suppressions(self, tenant_id: str, entries: Sequence[NewSuppression],
@@ -86,7 +86,7 @@ class PostgresBounces:
                 added += await _ex(c, "add_suppression", **args)
             return added
 
-        return await self._store._run(op)
+        return await self._store.run_write(op)
 
     async def remove_suppressions(self, tenant_id: str, addresses: Sequence[str]) -> int:
         async def op(c: Conn) -> int:
@@ -96,36 +96,36 @@ class PostgresBounces:
                                      address=address)
             return removed
 
-        return await self._store._run(op)
+        return await self._store.run_write(op)
 
     async def suppressed_among(self, tenant_id: str, addresses: Sequence[str]) -> frozenset[str]:
-        found = await self._store._read(lambda c: _q(
+        found = await self._store.run_read(lambda c: _q(
             c, "suppressed_among", tenant_id=tenant_id, addresses=list(addresses)))
         return frozenset(r[0] for r in found)
 
     async def has_suppressions(self, tenant_id: str) -> bool:
-        found = await self._store._read(lambda c: _val(c, "any_suppression",
+        found = await self._store.run_read(lambda c: _val(c, "any_suppression",
                                                        tenant_id=tenant_id))
         return found is not None
 
     async def message_by_pk(self, pk: str) -> MessageRef | None:
-        found = await self._store._read(lambda c: _q(c, "message_by_pk", pk=pk))
+        found = await self._store.run_read(lambda c: _q(c, "message_by_pk", pk=pk))
         return message_ref(found[0]) if found else None
 
     async def messages_by_client_id(self, client_id: str) -> list[MessageRef]:
-        found = await self._store._read(lambda c: _q(c, "messages_by_client_id",
+        found = await self._store.run_read(lambda c: _q(c, "messages_by_client_id",
                                                      client_id=client_id))
         return [message_ref(r) for r in found]
 
     async def messages_by_message_id(self, message_id: str, tenant_id: str | None = None,
                                      account_id: str | None = None) -> list[MessageRef]:
-        found = await self._store._read(lambda c: _q(
+        found = await self._store.run_read(lambda c: _q(
             c, "messages_by_header_message_id", message_id=message_id, tenant_id=tenant_id,
             account_id=account_id))
         return [message_ref(r) for r in found]
 
     async def get_cursor(self, mailbox: str) -> MailboxCursor | None:
-        found = await self._store._read(lambda c: _q(c, "get_cursor", mailbox=mailbox))
+        found = await self._store.run_read(lambda c: _q(c, "get_cursor", mailbox=mailbox))
         if not found:
             return None
         row = found[0]
@@ -140,7 +140,7 @@ class PostgresBounces:
             await _ex(c, "put_cursor", **correlate.cursor_args(cursor, now))
             return out
 
-        return await self._store._run(op)
+        return await self._store.run_write(op)
 
     async def _record_one(self, c: Conn, record: BounceRecord, rule: SoftRule, now: int
                           ) -> Recorded:
@@ -184,7 +184,7 @@ class PostgresBounces:
             await _ex(c, "put_cursor", **correlate.cursor_args(cursor, now))
             return out
 
-        return await self._store._run(op)
+        return await self._store.run_write(op)
 
     async def pec_timeouts(self, tenant_id: str, account_id: str, before: int, now: int
                            ) -> int:
@@ -195,11 +195,11 @@ class PostgresBounces:
                 await _ex(c, "insert_pec_event", **correlate.timeout_args(seq, tenant, now))
             return len(found)
 
-        return await self._store._run(op)
+        return await self._store.run_write(op)
 
     async def acquire_lease(self, name: str, owner: str, now: float, until: float) -> bool:
-        return bool(await self._store._run(lambda c: _ex(
+        return bool(await self._store.run_write(lambda c: _ex(
             c, "acquire_lease", name=name, owner=owner, now=now, until=until)))
 
     async def release_lease(self, name: str, owner: str) -> None:
-        await self._store._run(lambda c: _ex(c, "release_lease", name=name, owner=owner))
+        await self._store.run_write(lambda c: _ex(c, "release_lease", name=name, owner=owner))

@@ -234,7 +234,7 @@ class SqliteStore:
         return out
 
     async def run_read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
-        """For companion stores (the dashboard): fn on the reader connection."""
+        """For companion stores (dashboard, bounces, offload index): fn on the reader connection."""
         return await self._read(fn)
 
     async def run_write(self, fn: Callable[[sqlite3.Connection], T]) -> T:

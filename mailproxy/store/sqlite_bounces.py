@@ -76,7 +76,7 @@ class SqliteBounces:
     async def list_bounces(self, tenant_id: str | None, *, before_id: int | None, limit: int
                            ) -> list[BounceView]:
         args = {"tenant_id": tenant_id, "before_id": before_id, "limit": limit}
-        found = await self._store._read(lambda c: c.execute(B["list_bounces"], args).fetchall())
+        found = await self._store.run_read(lambda c: c.execute(B["list_bounces"], args).fetchall())
         return [bounce_view(r) for r in found]
 
     async def list_suppressions(
@@ -89,7 +89,7 @@ class SqliteBounces:
             total = c.execute(B["count_suppressions"], args).fetchone()[0]
             return int(total), c.execute(B["list_suppressions"], args).fetchall()
 
-        total, found = await self._store._read(op)
+        total, found = await self._store.run_read(op)
         return total, [suppression_view(r) for r in found]
 
     async def add_suppressions(self, tenant_id: str, entries: Sequence[NewSuppression],
@@ -99,7 +99,7 @@ class SqliteBounces:
             return sum(c.execute(add, correlate.suppression_args(tenant_id, e, now)).rowcount
                        for e in entries)
 
-        return await self._store._write(op)
+        return await self._store.run_write(op)
 
     async def remove_suppressions(self, tenant_id: str, addresses: Sequence[str]) -> int:
         def op(c: sqlite3.Connection) -> int:
@@ -107,26 +107,26 @@ class SqliteBounces:
                                  {"tenant_id": tenant_id, "address": a}).rowcount
                        for a in addresses)
 
-        return await self._store._write(op)
+        return await self._store.run_write(op)
 
     async def suppressed_among(self, tenant_id: str, addresses: Sequence[str]) -> frozenset[str]:
         args = {"tenant_id": tenant_id, "addresses": json.dumps(list(addresses))}
-        found = await self._store._read(
+        found = await self._store.run_read(
             lambda c: c.execute(B["suppressed_among"], args).fetchall())
         return frozenset(r[0] for r in found)
 
     async def has_suppressions(self, tenant_id: str) -> bool:
-        row = await self._store._read(
+        row = await self._store.run_read(
             lambda c: c.execute(B["any_suppression"], {"tenant_id": tenant_id}).fetchone())
         return row is not None
 
     async def message_by_pk(self, pk: str) -> MessageRef | None:
-        row = await self._store._read(
+        row = await self._store.run_read(
             lambda c: c.execute(B["message_by_pk"], {"pk": pk}).fetchone())
         return None if row is None else message_ref(row)
 
     async def messages_by_client_id(self, client_id: str) -> list[MessageRef]:
-        found = await self._store._read(
+        found = await self._store.run_read(
             lambda c: c.execute(B["messages_by_client_id"], {"client_id": client_id})
             .fetchall())
         return [message_ref(r) for r in found]
@@ -134,12 +134,12 @@ class SqliteBounces:
     async def messages_by_message_id(self, message_id: str, tenant_id: str | None = None,
                                      account_id: str | None = None) -> list[MessageRef]:
         args = {"message_id": message_id, "tenant_id": tenant_id, "account_id": account_id}
-        found = await self._store._read(
+        found = await self._store.run_read(
             lambda c: c.execute(B["messages_by_header_message_id"], args).fetchall())
         return [message_ref(r) for r in found]
 
     async def get_cursor(self, mailbox: str) -> MailboxCursor | None:
-        row = await self._store._read(
+        row = await self._store.run_read(
             lambda c: c.execute(B["get_cursor"], {"mailbox": mailbox}).fetchone())
         return None if row is None else MailboxCursor(row[0], int(row[1]), int(row[2]))
 
@@ -152,7 +152,7 @@ class SqliteBounces:
             c.execute(B["put_cursor"], correlate.cursor_args(cursor, now))
             return out
 
-        return await self._store._write(op)
+        return await self._store.run_write(op)
 
     def _record_one(self, c: sqlite3.Connection, record: BounceRecord, rule: SoftRule,
                     now: int) -> Recorded:
@@ -197,7 +197,7 @@ class SqliteBounces:
             c.execute(B["put_cursor"], correlate.cursor_args(cursor, now))
             return out
 
-        return await self._store._write(op)
+        return await self._store.run_write(op)
 
     async def pec_timeouts(self, tenant_id: str, account_id: str, before: int, now: int
                            ) -> int:
@@ -208,13 +208,13 @@ class SqliteBounces:
                 c.execute(B["insert_pec_event"], correlate.timeout_args(seq, tenant, now))
             return len(found)
 
-        return await self._store._write(op)
+        return await self._store.run_write(op)
 
     async def acquire_lease(self, name: str, owner: str, now: float, until: float) -> bool:
         args = {"name": name, "owner": owner, "now": now, "until": until}
-        return bool(await self._store._write(
+        return bool(await self._store.run_write(
             lambda c: c.execute(B["acquire_lease"], args).rowcount))
 
     async def release_lease(self, name: str, owner: str) -> None:
-        await self._store._write(
+        await self._store.run_write(
             lambda c: c.execute(B["release_lease"], {"name": name, "owner": owner}))
