@@ -17,6 +17,7 @@ import fcntl
 import json
 import os
 import sqlite3
+from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -356,9 +357,17 @@ class SqliteStore:
 
     async def enqueue(self, items: Sequence[NewMessage], now: float) -> list[str | None]:
         """Store each item in one transaction; per item None (queued) or a rejection reason."""
-        return await self._write(lambda c: [self._enqueue_one(c, m, now) for m in items])
+        def op(c: sqlite3.Connection) -> list[str | None]:
+            added: Counter[tuple[str, str]] = Counter()
+            reasons = [self._enqueue_one(c, m, now, added) for m in items]
+            if added:  # new rows' status counters, once per (tenant, status): migration 010
+                c.executemany(Q["count_added"], [(*key, n) for key, n in added.items()])
+            return reasons
 
-    def _enqueue_one(self, c: sqlite3.Connection, m: NewMessage, now: float) -> str | None:
+        return await self._write(op)
+
+    def _enqueue_one(self, c: sqlite3.Connection, m: NewMessage, now: float,
+                     added: Counter[tuple[str, str]]) -> str | None:
         existing = c.execute(Q["message_state"], (m.tenant_id, m.id)).fetchone()
         if existing is not None:
             seq, status, intake_error = existing
@@ -382,9 +391,11 @@ class SqliteStore:
             cur = c.execute(Q["insert_message"], values)
             c.execute(Q["insert_event"], (cur.lastrowid, m.tenant_id, "error", int(now),
                                           m.error, rows.dumps({"error_code": None})))
+            added[m.tenant_id, "error"] += 1
             return m.error
         values.update(intake_error=0, error=None, error_ts=None)
         c.execute(Q["insert_message"], values)
+        added[m.tenant_id, values["status"]] += 1
         return None
 
     # -- messages: queries -------------------------------------------------------------------

@@ -49,6 +49,10 @@ async def test_counters_follow_every_transition(store: Store) -> None:
                          new("later", deferred_ts=int(T0) + 600),
                          new("b1", tenant_id="beta")], T0)
     await check_counts(dash, store, T0, ("acme", "beta"))
+    # a corrected resubmission replaces the intake error, and a duplicate adds nothing
+    assert await store.enqueue([new("bad"), new(0), new("b2", tenant_id="beta")], T0) == [
+        None, None, None]
+    await check_counts(dash, store, T0, ("acme", "beta"))
     batch = await store.claim("w1", T0, LEASE, 3)
     await check_counts(dash, store, T0, ("acme", "beta"))
     m0, m1, m2 = batch.messages[:3]

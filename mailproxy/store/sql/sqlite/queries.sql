@@ -89,6 +89,10 @@ VALUES (:pk, :tenant_id, :client_id, :account_id, :status, :queued, :priority, :
         :deferred_ts, :batch_code, 0, :intake_error, :is_pec, :payload, :raw,
         :envelope_from, :error, :error_ts, :now, :now, :header_message_id);
 
+-- name: count_added
+INSERT INTO status_counts (tenant_id, status, n) VALUES (?, ?, ?)
+ON CONFLICT (tenant_id, status) DO UPDATE SET n = n + excluded.n;
+
 -- name: upsert_message
 UPDATE messages SET account_id = :account_id, status = :status, queued = :queued,
        priority = :priority, due_ts = :due_ts, deferred_ts = :deferred_ts,
