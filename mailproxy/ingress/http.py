@@ -104,7 +104,7 @@ class Unprocessable(Exception):
 
 
 def _json(data: Any, status: int = 200) -> web.Response:
-    text = json.dumps(data, separators=(",", ":"), ensure_ascii=False)
+    text = jsonsafe.dumps(data)
     try:
         body = text.encode("utf-8")
     except UnicodeEncodeError:  # a lone surrogate echoed back (a rejected id): escape it

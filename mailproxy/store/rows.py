@@ -10,6 +10,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 from typing import Any, Protocol
 
+from mailproxy import jsonsafe
 from mailproxy.bounces.correlate import sent_message_id
 from mailproxy.model import (
     Account,
@@ -64,7 +65,7 @@ def ts_text(ts: float) -> str:
 
 
 def dumps(value: Any) -> str:
-    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+    return jsonsafe.dumps(value)
 
 
 def _limits(data: Mapping[str, Any] | None) -> RateLimits | None:

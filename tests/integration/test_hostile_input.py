@@ -108,3 +108,25 @@ async def test_a_valid_surrogate_pair_is_kept(api: Api, relay: Relay) -> None:
     assert status == 200 and answer["queued"] == 1, answer
     [got] = await api.messages()
     assert got["message"]["subject"] == "smile \U0001f600", got
+
+
+@pytest.mark.parametrize("number", [b"NaN", b"-Infinity", b"1e400"])
+async def test_a_number_json_cannot_hold_is_invalid_json_naming_it(api: Api, number: bytes
+                                                                  ) -> None:
+    await api.tenant()
+    body = b'{"messages": [{"id": "m1", "tenant_id": "acme", "x": ' + number + b"}]}"
+    status, answer = await _raw(api, "POST", "/commands/add-messages", body)
+    assert status == 422, answer  # as any body that is not JSON (§3.1)
+    assert number.lstrip(b"-").decode() in str(answer["detail"]), answer
+    assert await api.messages() == []
+
+
+async def test_numbers_of_any_size_are_stored_exactly(api: Api, relay: Relay) -> None:
+    await api.tenant()
+    await api.account(relay)
+    extra = {"big": 2**80, "small": -(2**70), "float": 0.1, "exp": 1e300}
+    body = json.dumps({"messages": [message(1, **extra)]}).encode()
+    status, answer = await _raw(api, "POST", "/commands/add-messages", body)
+    assert status == 200 and answer["queued"] == 1, answer
+    [got] = await api.messages()
+    assert {k: got["message"][k] for k in extra} == extra, got
