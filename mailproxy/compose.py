@@ -359,17 +359,20 @@ def _attachment_headers(filename: str, ctype: str, cte: str) -> list[str]:
     ]
 
 
-def _entity_bytes(headers: list[str], body: bytes) -> bytes:
-    return "\r\n".join(headers).encode("utf-8") + b"\r\n\r\n" + body
-
-
 def _multipart(
     subtype: str, tag: str, pk: str, parts: list[tuple[list[str], bytes]]
 ) -> tuple[list[str], bytes]:
-    """A multipart entity whose boundary derives from the pk and occurs in no part.
+    headers, pieces = _multipart_pieces(subtype, tag, pk, parts)
+    return headers, b"".join(pieces)
 
-    Joined once (no copy of each part first). Base64 lines cannot hold a boundary (`_` is
-    not in their alphabet), so large pre-encoded attachments are not searched.
+
+def _multipart_pieces(
+    subtype: str, tag: str, pk: str, parts: list[tuple[list[str], bytes]]
+) -> tuple[list[str], list[bytes]]:
+    """A multipart entity whose boundary derives from the pk and occurs in no part, as the
+    pieces of its body: the message is joined once, at the top (no copy of a part first).
+    Base64 lines cannot hold a boundary (`_` is not in their alphabet), so large
+    pre-encoded attachments are not searched.
     """
     heads = ["\r\n".join(h).encode("utf-8") for h, _body in parts]
     base = "=_" + tag + "_" + re.sub(r"[^A-Za-z0-9\-]", "", pk)[:50]
@@ -383,8 +386,7 @@ def _multipart(
     for head, (_h, part_body) in zip(heads, parts, strict=True):
         pieces += [delimiter, b"\r\n", head, b"\r\n\r\n", part_body, b"\r\n"]
     pieces += [delimiter, b"--\r\n"]
-    body = b"".join(pieces)
-    return [_with_params(f"Content-Type: multipart/{subtype}", [f'boundary="{boundary}"'])], body
+    return [_with_params(f"Content-Type: multipart/{subtype}", [f'boundary="{boundary}"'])], pieces
 
 
 def _holds(boundary: bytes, head: bytes, body: bytes) -> bool:
@@ -393,7 +395,8 @@ def _holds(boundary: bytes, head: bytes, body: bytes) -> bool:
 
 def _body_entity(
     content: Content, pk: str, attachments: Sequence[tuple[str, str, bytes]]
-) -> tuple[list[str], bytes]:
+) -> tuple[list[str], list[bytes]]:
+    """The headers of the message's top entity and the pieces of its body."""
     if content.html_body and content.body:
         entity = _multipart(
             "alternative",
@@ -406,9 +409,9 @@ def _body_entity(
     else:
         entity = _text_entity(content.body, "html" if content.body_is_html else "plain")
     if not attachments:
-        return entity
+        return entity[0], [entity[1]]
     parts = [entity, *(_attachment_entity(f, t, d) for f, t, d in attachments)]
-    return _multipart("mixed", "mix", pk, parts)
+    return _multipart_pieces("mixed", "mix", pk, parts)
 
 
 def build_message(
@@ -429,7 +432,7 @@ def build_message(
     entity_headers, body = _body_entity(content, pk, attachments)
     headers.append("MIME-Version: 1.0")
     headers.extend(entity_headers)
-    return _entity_bytes(headers, body)
+    return b"".join(["\r\n".join(headers).encode("utf-8"), b"\r\n\r\n", *body])
 
 
 # --- raw messages ----------------------------------------------------------------------

@@ -35,7 +35,7 @@ class Exchange(Protocol):
 
     async def reply(self) -> aiosmtplib.SMTPResponse: ...
 
-    async def content(self, data: bytes) -> aiosmtplib.SMTPResponse: ...
+    async def content(self, pieces: Sequence[bytes]) -> aiosmtplib.SMTPResponse: ...
 
     async def settle(self) -> bool: ...
 
@@ -62,11 +62,12 @@ class OneByOne:
     async def reply(self) -> aiosmtplib.SMTPResponse:
         return await self._smtp.execute_command(self._commands.popleft())
 
-    async def content(self, data: bytes) -> aiosmtplib.SMTPResponse:
+    async def content(self, pieces: Sequence[bytes]) -> aiosmtplib.SMTPResponse:
         protocol = self._smtp.protocol
         if protocol is None:
             raise aiosmtplib.SMTPServerDisconnected("Connection lost")
-        protocol.write(data)
+        for piece in pieces:
+            protocol.write(piece)
         return await protocol.read_response()
 
     async def settle(self) -> bool:
@@ -94,8 +95,9 @@ class Pipeline:
         transport.set_protocol(self._replies)
 
     def send(self, commands: Sequence[bytes], tail: bytes = b"") -> None:
-        """One write: the commands, then `tail` (the content of a BDAT among them)."""
-        self._write(b"".join([*(command + b"\r\n" for command in commands), tail]),
+        """One write: the commands, then `tail` (the content of a BDAT among them). The
+        content is handed over as a separate buffer (a gathered write), not copied."""
+        self._write([b"".join([command + b"\r\n" for command in commands]), tail],
                     len(commands))
 
     async def reply(self) -> aiosmtplib.SMTPResponse:
@@ -105,8 +107,8 @@ class Pipeline:
             self._transport.close()
         return reply
 
-    async def content(self, data: bytes) -> aiosmtplib.SMTPResponse:
-        self._write(data, 1)
+    async def content(self, pieces: Sequence[bytes]) -> aiosmtplib.SMTPResponse:
+        self._write(pieces, 1)
         return await self.reply()
 
     async def settle(self) -> bool:
@@ -127,10 +129,10 @@ class Pipeline:
         if not self._transport.is_closing():
             self._transport.set_protocol(self._protocol)
 
-    def _write(self, data: bytes, replies: int) -> None:
+    def _write(self, pieces: Sequence[bytes], replies: int) -> None:
         if self._transport.is_closing():
             raise aiosmtplib.SMTPServerDisconnected("Connection lost")
-        self._transport.write(data)
+        self._transport.writelines([piece for piece in pieces if piece])
         self._due += replies
 
 

@@ -53,7 +53,7 @@ EMPTY_CLAIM_GAP = 0.02
 class Sender(Protocol):
     async def send(
         self, account: Account, sender: str, recipients: Sequence[str], data: bytes, *,
-        smtputf8: bool = False, eightbit: bool = False,
+        smtputf8: bool = False, eightbit: bool = False, crlf: bool = False,
     ) -> tuple[RecipientFailure, ...]: ...
 
     def discard(self, tenant_id: str, account_id: str) -> None: ...
@@ -378,7 +378,7 @@ class Worker:
         if account is None:
             return Failed("account deleted")
         try:
-            sender, recipients, data = self._build(message, prepared)
+            sender, recipients, data, composed = self._build(message, prepared)
         except (intake.Rejected, ValueError) as exc:
             return Failed(str(exc))
         dropped: tuple[dict[str, str | None], ...] = ()
@@ -387,12 +387,13 @@ class Worker:
             if not recipients:
                 return Failed("suppressed", suppressed=True)
         utf8 = needs_smtputf8(sender) or any(needs_smtputf8(r) for r in recipients)
-        # 8-bit bytes (raw or SMTP-submitted content) go out with BODY=8BITMIME (§9.6).
-        eightbit = not data.isascii()
+        # 8-bit bytes (raw or SMTP-submitted content) go out with BODY=8BITMIME (§9.6);
+        # composed mail is 7-bit by construction (tests/unit/test_compose.py proves it).
+        eightbit = not composed and not data.isascii()
         started = asyncio.get_running_loop().time()
         try:
             refused = await self._sender.send(account, sender, recipients, data, smtputf8=utf8,
-                                              eightbit=eightbit)
+                                              eightbit=eightbit, crlf=composed)
         except UnknownHost as exc:
             outcome = self._unknown_host(message, account, str(exc))
             kind = "temporary" if isinstance(outcome, Deferred) else "permanent"
@@ -441,11 +442,12 @@ class Worker:
                         next_ts=math.ceil(deadline), retry_count=message.retry_count + 1)
 
     def _build(self, message: Claimed, prepared: Prepared | None = None
-               ) -> tuple[str, list[str], bytes]:
-        """Envelope sender, recipients and the bytes to send."""
+               ) -> tuple[str, list[str], bytes, bool]:
+        """Envelope sender, recipients, the bytes to send, and whether compose built them
+        (CRLF line ends only, by construction) rather than taking them from a raw message."""
         raw = prepared.raw if prepared is not None and prepared.raw is not None else message.raw
         if raw is not None and message.envelope_from is not None:
-            return self._build_submitted(message, raw)
+            return (*self._build_submitted(message, raw), False)
         parsed = prepared.content if prepared is not None else None
         content = parsed or intake.content_of(message.payload)
         sender = _addr(content.return_path or self.bounce_return_path or content.from_addr)
@@ -456,7 +458,7 @@ class Worker:
                 from_domain=sender.rpartition("@")[2] or None,
                 genro_header=self._s.genro_header, hostname=self._hostname,
             )
-            return sender, recipients, data
+            return sender, recipients, data, False
         if prepared is not None:
             body = content.body if prepared.body is None else prepared.body
             html = content.html_body if prepared.html_body is None else prepared.html_body
@@ -469,7 +471,7 @@ class Worker:
             attachments=files,
             genro_header=self._s.genro_header, hostname=self._hostname,
         )
-        return sender, recipients, data
+        return sender, recipients, data, True
 
     def _build_submitted(self, message: Claimed, raw: bytes) -> tuple[str, list[str], bytes]:
         """SMTP-submitted mail: the envelope as received, control headers removed."""

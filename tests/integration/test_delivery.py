@@ -14,9 +14,10 @@ from typing import Any
 
 import pytest
 
-from mailproxy import delivery
+from mailproxy import compose, delivery
 from mailproxy.delivery import SmtpPool
 from mailproxy.errors import PermanentFailure, RecipientFailure, TemporaryFailure
+from mailproxy.model import Content
 from tests.relay import Relay  # the relay and make_relay fixtures come from tests/conftest.py
 
 MESSAGE = (
@@ -105,6 +106,27 @@ async def test_dots_at_line_starts_survive_the_transfer(relay: Relay, pool: Smtp
 
     [got] = await relay.wait_for(1)
     assert got.content == data + b"\r\n"
+
+
+async def test_a_dot_line_after_many_dots_is_still_stuffed(relay: Relay, pool: SmtpPool) -> None:
+    # Past the first dozens of dots the check gives up looking and stuffs the whole message.
+    data = b"Subject: x\r\n\r\n" + b"a.b.c.d\r\n" * 40 + b".late\r\n"
+    await send(pool, relay, data=data)
+
+    [got] = await relay.wait_for(1)
+    assert got.content == data
+
+
+async def test_composed_message_is_sent_byte_for_byte(relay: Relay, pool: SmtpPool) -> None:
+    body = "intro\n.dot line\n" + "x" * 50 + "\n"
+    data = compose.build_message(
+        Content(from_addr="a@example.com", to=("b@example.org",), subject="s", body=body),
+        pk="pk-1", client_id="c-1", date_ts=1767225600,
+        attachments=[("r.pdf", "application/pdf", bytes(range(256)) * 40)])
+    await send(pool, relay, data=data, crlf=True)
+
+    [got] = await relay.wait_for(1)
+    assert got.content == bytes(data)
 
 
 async def test_connection_is_reused_without_extra_round_trips(relay: Relay, pool: SmtpPool) -> None:

@@ -9,6 +9,8 @@ from email.message import EmailMessage, MIMEPart
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from mailproxy.compose import (
     build_message,
@@ -367,6 +369,32 @@ def test_line_ends_are_normalised_to_crlf() -> None:
     data = _build(_content(body="a\r\nb\rc\nd"))
     _assert_wire_form(data)
     assert data.endswith(b"\r\n\r\na\r\nb\r\nc\r\nd\r\n")
+
+
+_ANY_TEXT = st.text(alphabet=st.characters(codec="utf-8"), max_size=300)
+
+
+@settings(max_examples=300, deadline=None)
+@given(subject=_ANY_TEXT, body=_ANY_TEXT, html=_ANY_TEXT,
+       name=st.sampled_from(["X-Tag", "Keywords", "Comments"]), value=_ANY_TEXT,
+       filename=_ANY_TEXT, data=st.binary(max_size=300),
+       mime=st.one_of(st.sampled_from(["text/plain", "message/rfc822", "application/pdf", ""]),
+                      _ANY_TEXT))
+def test_every_composed_message_is_in_wire_form(
+    subject: str, body: str, html: str, name: str, value: str, filename: str, mime: str,
+    data: bytes,
+) -> None:
+    """build_message promises CRLF line ends only and a final CRLF, which the worker vouches
+    for to delivery (no second scan): any input either keeps that promise or is refused."""
+    content = _content(subject=subject, body=body, html_body=html or None,
+                       headers=((name, value),))
+    try:
+        message = _build(content, attachments=[(filename, mime, data), ("t.txt", mime, data)])
+    except ValueError:
+        return
+    assert message.count(b"\n") == message.count(b"\r\n") == message.count(b"\r")
+    assert message.isascii()
+    assert message.endswith(b"\r\n")
 
 
 def test_missing_final_newline_is_added_like_the_email_package() -> None:

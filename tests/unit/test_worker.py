@@ -36,7 +36,7 @@ class FakeSender:
         self.fail_with: Exception | None = None
 
     async def send(self, account: Account, sender: str, recipients: Sequence[str], data: bytes,
-                   *, smtputf8: bool = False, eightbit: bool = False
+                   *, smtputf8: bool = False, eightbit: bool = False, crlf: bool = False
                    ) -> tuple[RecipientFailure, ...]:
         await self.gate.wait()
         if self.fail_with is not None:
