@@ -11,6 +11,7 @@ after their TTL and evict least-recently-used entries beyond their size budget.
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import os
 import tempfile
@@ -27,6 +28,7 @@ def _is_hex(name: str, length: int) -> bool:
     return len(name) == length and set(name) <= _HEX
 
 
+@functools.lru_cache(maxsize=4096)
 def scope_of(tenant_id: str) -> str:
     """The directory (and key prefix) of one tenant's entries: a hash, so any tenant id
     is a safe path component."""
@@ -162,11 +164,14 @@ class Cache:
             self._drop_memory(key)
         entry = self._disk.get(key)
         if entry is not None:
-            path = self._disk_path(key)
-            if now - entry[0] <= self.limits.disk_ttl and path.exists():
+            # A string path and os.path: a hit is the warm path of every message that
+            # names a large cached file, and pathlib's joins cost more than the stat.
+            scope = key.partition("/")[0]
+            file = os.path.join(self.directory, scope, md5[:2], md5)
+            if now - entry[0] <= self.limits.disk_ttl and os.path.exists(file):
                 self._disk.move_to_end(key)
                 self.hits += 1
-                return Blob(md5, entry[1], path=path)
+                return Blob(md5, entry[1], path=Path(file))
             self._drop_disk(key)
         self.misses += 1
         return None
