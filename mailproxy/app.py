@@ -70,7 +70,7 @@ class Parts:
     listener: smtp.SmtpListener | None = None
 
 
-PARTS = web.AppKey("parts", object)
+PARTS = web.AppKey("parts", Parts)
 
 
 def admin_token(settings: Settings) -> str:
@@ -286,7 +286,8 @@ def make_app(parts: Parts) -> web.Application:
     app[http.SERVICE] = parts.service
     if parts.bounces is not None:
         app[http.BOUNCES] = parts.bounces
-    app[http.STATUS_INFO] = {"worker": parts.worker, "instance_id": parts.instance_id}
+    app[http.STATUS_INFO] = http.StatusInfo(parts.instance_id,
+                                            worker_active=lambda: parts.worker.active)
     app[http.METRICS] = parts.metrics
     app[OFFLOADER] = parts.offloader
     http.add_routes(app)
