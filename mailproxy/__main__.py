@@ -1,3 +1,3 @@
-from mailproxy.cli import main
+from mailproxy.cli.main import main
 
 raise SystemExit(main())

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import os
 import secrets
@@ -41,7 +42,7 @@ from mailproxy.offload.http import OFFLOADER
 from mailproxy.offload.service import Offloader
 from mailproxy.policy import RetryPolicy
 from mailproxy.reports import Reporter, ReporterSettings
-from mailproxy.service import Clock, MailService, Store, SystemClock, WakeSource
+from mailproxy.service import Clock, MailService, Store, SystemClock, WakeSource, tenant_in_scope
 from mailproxy.store import open_bounce_store, open_dashboard_store, open_store, rows
 from mailproxy.store.offload_index import offload_index
 from mailproxy.submission import AuthThrottle, SmtpSubmission
@@ -50,9 +51,6 @@ from mailproxy.vault import Vault, load_key, write_private
 from mailproxy.worker import Observer, Worker, WorkerSettings
 
 log = logging.getLogger("mailproxy")
-
-PARTS = web.AppKey("parts", object)
-
 
 @dataclass
 class Parts:
@@ -66,10 +64,13 @@ class Parts:
     metrics: Metrics
     fetcher: Fetcher
     offloader: Offloader
+    bounces: BounceService | None  # None: the dashboard's empty state (a test builds it)
+    bounce_runner: BounceRunner
+    pec_runner: PecRunner
     listener: smtp.SmtpListener | None = None
-    bounces: BounceService | None = None
-    bounce_runner: BounceRunner | None = None
-    pec_runner: PecRunner | None = None
+
+
+PARTS = web.AppKey("parts", Parts)
 
 
 def admin_token(settings: Settings) -> str:
@@ -95,7 +96,12 @@ async def build(
     resolver: Resolver = system_resolver,
 ) -> Parts:
     """Open the store and wire the parts; nothing runs yet. `resolver` looks relay hosts
-    up (tests give one that answers without DNS traffic)."""
+    up (tests give one that answers without DNS traffic).
+
+    Parts are built in dependency order and get all they use through their constructors:
+    the report loop, the suppression filter and the worker, the bounce use cases (whose scope
+    check needs only the store), the SMTP listener, the pollers, and last the service that
+    drives them. Nothing is attached afterwards."""
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     key = load_key(settings.encryption_key, settings.data_dir,
                    may_generate=not settings.is_postgres)
@@ -125,75 +131,86 @@ async def build(
                           store.get_tenant, clock.now)
     preparer = MessagePreparer(fetcher, store.get_tenant,
                                lambda auth: rows.open_attachment_auth(auth, vault), offloader)
-    worker = Worker(
-        store, pool, clock,
-        WorkerSettings(
-            owner=instance_id,
-            concurrency=settings.send_concurrency,
-            per_account=settings.send_concurrency_per_account,
-            loop_interval=settings.send_loop_interval,
-            lease_seconds=settings.lease_seconds,
-            renew_seconds=settings.lease_renew_seconds,
-            retry=RetryPolicy(settings.retry_max, settings.retry_base_seconds,
-                              settings.retry_factor, settings.retry_max_delay_seconds),
-            genro_header=settings.compat_genro_header,
-            unknown_host_grace=settings.smtp_unknown_host_grace_seconds,
-        ),
-        observer or DeliveryLog(metrics), preparer,
+    sync_rules = _sync_rules(settings)
+    reporter = _reporter(settings, store, clock, instance_id, sync_rules, metrics)
+    bounce_store = open_bounce_store(store)
+    suppressions = SuppressionFilter(bounce_store, clock)
+    worker = Worker(store, pool, clock, _worker_settings(settings, instance_id),
+                    observer or DeliveryLog(metrics), preparer,
+                    suppressions=suppressions, on_events=reporter.wake)
+    token = admin_token(settings)
+    await _apply_bounce_settings(settings, store)
+    bounces = BounceService(
+        store=bounce_store, clock=clock, scope=functools.partial(tenant_in_scope, store),
+        filter=suppressions,
+        soft_rule=SoftRule(settings.bounce_soft_limit, settings.bounce_soft_window_seconds),
+        observer=metrics, on_events=reporter.wake,
     )
+    listener = None
+    if settings.smtp_port or settings.smtp_tls_port:
+        try:
+            listener = _smtp_listener(settings, store, clock, worker, suppressions)
+        except ConfigError:
+            await store.close()
+            raise
+    runner = BounceRunner(
+        store, bounces, bounce_store, clock, instance_id,
+        Handling(settings.bounce_mark_seen, settings.bounce_processed_folder,
+                 ca_file=settings.bounce_imap_ca_file),
+        return_path=worker.set_bounce_return_path, sending=worker.sending,
+    )
+    pec = PecRunner(store, bounces, bounce_store, clock, instance_id,
+                    interval=settings.pec_poll_interval, timeout=settings.pec_timeout_seconds,
+                    ca_file=settings.bounce_imap_ca_file)
+    token_path = settings.data_dir / "api_token"
     service = MailService(
         store=store, clock=clock,
         rules=intake.IntakeRules(default_priority=Priority(settings.default_priority),
                                  max_raw_size=settings.smtp_max_size,
                                  fetch_modes=intake.fetch_modes(bool(fetcher.roots))),
-        admin_token=admin_token(settings), waker=worker,
+        sync_rules=sync_rules, retention_seconds=settings.report_retention_seconds,
+        admin_token=token, token_source=settings.api_token_source,
+        token_writer=lambda new: write_private(token_path, new + "\n"),
+        waker=worker, reports=reporter, bounce_control=runner,
+        account_listeners=(worker, metrics),
+        change_listeners=() if listener is None else (listener.submission.changed,),
     )
-    service.account_listeners.append(worker)
-    rules = sync.SyncRules(
+    return Parts(settings, store, service, worker, pool, instance_id, reporter, metrics,
+                 fetcher, offloader, bounces, runner, pec, listener)
+
+
+def _worker_settings(settings: Settings, instance_id: str) -> WorkerSettings:
+    return WorkerSettings(
+        owner=instance_id,
+        concurrency=settings.send_concurrency,
+        per_account=settings.send_concurrency_per_account,
+        loop_interval=settings.send_loop_interval,
+        lease_seconds=settings.lease_seconds,
+        renew_seconds=settings.lease_renew_seconds,
+        retry=RetryPolicy(settings.retry_max, settings.retry_base_seconds,
+                          settings.retry_factor, settings.retry_max_delay_seconds),
+        genro_header=settings.compat_genro_header,
+        unknown_host_grace=settings.smtp_unknown_host_grace_seconds,
+    )
+
+
+def _sync_rules(settings: Settings) -> sync.SyncRules:
+    return sync.SyncRules(
         interval=settings.sync_interval, resync_delay=settings.sync_resync_delay,
         fallback_url=settings.client_sync_url, fallback_token=settings.client_sync_token,
         fallback_user=settings.client_sync_user, fallback_password=settings.client_sync_password,
     )
-    reporter = Reporter(store, clock, ReporterSettings(
+
+
+def _reporter(settings: Settings, store: Store, clock: Clock, instance_id: str,
+              rules: sync.SyncRules, metrics: Metrics) -> Reporter:
+    return Reporter(store, clock, ReporterSettings(
         owner=instance_id, rules=rules, timeout=settings.report_timeout_seconds,
         concurrency=settings.report_concurrency,
         retention_seconds=settings.report_retention_seconds,
         command_log_days=settings.command_log_retention_days,
         allow_private=AllowList.parse(settings.attachment_allow_private),
     ), observer=metrics)
-    service.reports = reporter
-    service.sync_rules = rules
-    service.retention_seconds = settings.report_retention_seconds
-    service.token_source = settings.api_token_source
-    token_path = settings.data_dir / "api_token"
-    service.token_writer = lambda token: write_private(token_path, token + "\n")
-    worker.on_events = reporter.wake
-    await _apply_bounce_settings(settings, store)
-    bounces = _bounce_service(settings, store, clock, service, metrics)
-    bounces.on_events = reporter.wake
-    worker.suppressions = bounces.filter
-    listener = None
-    if settings.smtp_port or settings.smtp_tls_port:
-        try:
-            listener = _smtp_listener(settings, store, clock, worker, bounces.filter)
-        except ConfigError:
-            await store.close()
-            raise
-    service.account_listeners.append(metrics)
-    if listener is not None:
-        service.change_listeners.append(listener.submission.changed)
-    runner = BounceRunner(
-        store, bounces, bounces.store, clock, instance_id,
-        Handling(settings.bounce_mark_seen, settings.bounce_processed_folder,
-                 ca_file=settings.bounce_imap_ca_file),
-        return_path=worker.set_bounce_return_path, sending=worker.sending,
-    )
-    service.bounce_control = runner
-    pec = PecRunner(store, bounces, bounces.store, clock, instance_id,
-                    interval=settings.pec_poll_interval, timeout=settings.pec_timeout_seconds,
-                    ca_file=settings.bounce_imap_ca_file)
-    return Parts(settings, store, service, worker, pool, instance_id, reporter, metrics,
-                 fetcher, offloader, listener, bounces, runner, pec)
 
 
 async def _download_secret(settings: Settings, store: Store, vault: Vault) -> bytes:
@@ -224,17 +241,6 @@ def _fetcher(settings: Settings) -> Fetcher:
         timeout=settings.attachment_timeout_seconds,
         concurrency=settings.attachment_concurrency,
     ), Cache(cache_dir, limits))
-
-
-def _bounce_service(settings: Settings, store: Store, clock: Clock, service: MailService,
-                    metrics: Metrics) -> BounceService:
-    bounce_store = open_bounce_store(store)
-    return BounceService(
-        store=bounce_store, clock=clock, scope=service.tenant_in_scope,
-        filter=SuppressionFilter(bounce_store, clock),
-        soft_rule=SoftRule(settings.bounce_soft_limit, settings.bounce_soft_window_seconds),
-        observer=metrics,
-    )
 
 
 _BOUNCE_FIELDS = ("bounce_enabled", "bounce_imap_host", "bounce_imap_port", "bounce_imap_user",
@@ -280,7 +286,8 @@ def make_app(parts: Parts) -> web.Application:
     app[http.SERVICE] = parts.service
     if parts.bounces is not None:
         app[http.BOUNCES] = parts.bounces
-    app[http.STATUS_INFO] = {"worker": parts.worker, "instance_id": parts.instance_id}
+    app[http.STATUS_INFO] = http.StatusInfo(parts.instance_id,
+                                            worker_active=lambda: parts.worker.active)
     app[http.METRICS] = parts.metrics
     app[OFFLOADER] = parts.offloader
     http.add_routes(app)
@@ -296,13 +303,11 @@ def make_app(parts: Parts) -> web.Application:
             await parts.store.listen(parts.worker.wake)
         await parts.metrics.refresh()
         cleanup = asyncio.create_task(parts.offloader.run_cleanup(), name="offload-cleanup")
-        for runner in (parts.bounce_runner, parts.pec_runner):
-            if runner is not None:
-                await runner.start()
+        await parts.bounce_runner.start()
+        await parts.pec_runner.start()
         yield
-        for runner in (parts.bounce_runner, parts.pec_runner):
-            if runner is not None:
-                await runner.stop()
+        await parts.bounce_runner.stop()
+        await parts.pec_runner.stop()
         cleanup.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await cleanup

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, fields, replace
 from typing import Any, Protocol, runtime_checkable
 
 from mailproxy import audit, intake, jsonsafe, sync
@@ -59,6 +59,15 @@ class ReportControl(Protocol):
     def wake(self) -> None: ...
 
     def run_now(self, tenant_id: str | None) -> None: ...
+
+
+class AccountListener(Protocol):
+    """Told when an account changes or a tenant goes (the worker drops what it cached, the
+    metrics their series)."""
+
+    def account_changed(self, tenant_id: str, account_id: str) -> None: ...
+
+    def tenant_deleted(self, tenant_id: str) -> None: ...
 
 
 class Store(Protocol):
@@ -172,22 +181,26 @@ class SubmitResult:
         return self.queued == 0 and any(r.reason not in benign for r in self.rejected)
 
 
-@dataclass
+@dataclass(kw_only=True)
 class MailService:
+    """The use cases. Every part they drive comes in at construction (app.build wires them
+    in dependency order), so a service without a reporter or a waker cannot be built by
+    mistake; afterwards only the admin token changes, through PUT /instance."""
+
     store: Store
     clock: Clock
     rules: intake.IntakeRules
+    sync_rules: sync.SyncRules
+    retention_seconds: int  # the default age of POST /commands/cleanup
     admin_token: str
-    waker: Waker | None = None
-    account_listeners: list[Any] = field(default_factory=list)
+    token_source: str  # "env" / "file": the admin token is not ours to change
+    token_writer: Callable[[str], None]  # keeps a replaced (generated) admin token
+    waker: Waker
+    reports: ReportControl
+    bounce_control: BounceControl
+    account_listeners: Sequence[AccountListener]
     # Called after any tenant or account change (the SMTP MAIL FROM check cache).
-    change_listeners: list[Callable[[], None]] = field(default_factory=list)
-    reports: ReportControl | None = None
-    sync_rules: sync.SyncRules = field(default_factory=sync.SyncRules)
-    retention_seconds: int = 604800
-    token_source: str = "generated"  # "env" / "file": the admin token is not ours to change
-    token_writer: Callable[[str], None] | None = None
-    bounce_control: BounceControl | None = None
+    change_listeners: Sequence[Callable[[], None]]
 
     # -- auth --------------------------------------------------------------------------------
 
@@ -203,12 +216,7 @@ class MailService:
 
     async def tenant_in_scope(self, caller: Caller, tenant_id: str) -> Tenant:
         """The tenant named by a request, if the caller may act on it (403/404 otherwise)."""
-        if not caller.admin and caller.tenant_id != tenant_id:
-            raise Forbidden("Token not authorized for this tenant")
-        tenant = await self.store.get_tenant(tenant_id)
-        if tenant is None:
-            raise NotFound("tenant not found")
-        return tenant
+        return await tenant_in_scope(self.store, caller, tenant_id)
 
     async def list_all_messages(
         self, caller: Caller, *, active_only: bool, status: str | None, include_history: bool,
@@ -262,7 +270,7 @@ class MailService:
                 urgent = urgent or message.priority == Priority.IMMEDIATE
             else:
                 rejected.append(Rejection(index, message.id, reason))
-        if queued and self.waker is not None:
+        if queued:
             self.waker.wake(urgent)
         if rejected:
             self.wake_reports()  # intake errors are stored as reportable error events
@@ -409,15 +417,13 @@ class MailService:
         else:
             batches = [b for b in batches if b != batch_code]
         await self.store.set_suspended(tenant_id, batches)
-        if self.waker is not None:
-            self.waker.wake()
+        self.waker.wake()
         return batches, await self.store.count_open(tenant_id, batch_code)
 
     # -- delivery reports --------------------------------------------------------------------
 
     def wake_reports(self) -> None:
-        if self.reports is not None:
-            self.reports.wake()
+        self.reports.wake()
 
     async def run_now(self, caller: Caller, tenant_id: str | None) -> None:
         """Wake dispatcher and report loop; for one tenant also clear its report timers."""
@@ -427,10 +433,8 @@ class MailService:
             await self.tenant_in_scope(caller, tenant_id)
             state = await self.store.get_sync_state(tenant_id)
             await self.store.put_sync_state(sync.cleared(state))
-        if self.waker is not None:
-            self.waker.wake()
-        if self.reports is not None:
-            self.reports.run_now(tenant_id)
+        self.waker.wake()
+        self.reports.run_now(tenant_id)
 
     async def cleanup(self, caller: Caller, tenant_id: str, older_than: int | None) -> int:
         """Purge the tenant's final, fully acknowledged messages older than the threshold."""
@@ -487,8 +491,7 @@ class MailService:
             raise InvalidRequest("api_token must be non-empty printable ASCII without spaces")
 
     def _replace_admin_token(self, token: str) -> None:
-        if self.token_writer is not None:
-            self.token_writer(token)
+        self.token_writer(token)
         self.admin_token = token
         log.info("admin API token replaced through PUT /instance")
 
@@ -498,8 +501,7 @@ class MailService:
         config = await self.store.get_instance()
         if config.bounce_enabled and not config.bounce_imap_host:
             raise InvalidRequest("bounce enabled but no IMAP host configured")
-        if self.bounce_control is not None:
-            await self.bounce_control.reload()
+        await self.bounce_control.reload()
         return config.bounce_enabled
 
     # -- command log -------------------------------------------------------------------------
@@ -564,6 +566,17 @@ def apply_instance_fields(base: InstanceConfig, body: Mapping[str, Any]) -> Inst
         else:
             changes[name] = value
     return replace(base, **changes)
+
+
+async def tenant_in_scope(store: Store, caller: Caller, tenant_id: str) -> Tenant:
+    """MailService.tenant_in_scope, needing only the store: the bounce use cases check scope
+    with it, so they are built before the service that drives their poller."""
+    if not caller.admin and caller.tenant_id != tenant_id:
+        raise Forbidden("Token not authorized for this tenant")
+    tenant = await store.get_tenant(tenant_id)
+    if tenant is None:
+        raise NotFound("tenant not found")
+    return tenant
 
 
 async def tenant_for_token(store: Store, token: str, now: float) -> Tenant | None:

@@ -104,7 +104,8 @@ class WorkerSettings:
 class Worker:
     def __init__(
         self, store: Store, sender: Sender, clock: Clock, settings: WorkerSettings,
-        observer: Observer | None = None, preparer: Preparer | None = None,
+        observer: Observer | None = None, preparer: Preparer | None = None, *,
+        suppressions: SuppressionCheck | None = None, on_events: Callable[[], None] | None = None,
     ) -> None:
         self._store = store
         self._preparer = preparer
@@ -129,8 +130,8 @@ class Worker:
         self._renewer: asyncio.Task[None] | None = None
         self.active = False
         # Called when stored outcomes created reportable events (the reporter's wake).
-        self.on_events: Callable[[], None] | None = None
-        self.suppressions: SuppressionCheck | None = None
+        self._on_events = on_events
+        self._suppressions = suppressions
         # Envelope sender of REST messages without their own (the bounce poller sets it).
         self.bounce_return_path = settings.bounce_return_path
 
@@ -350,8 +351,8 @@ class Worker:
             self._events_created()
 
     def _events_created(self) -> None:
-        if self.on_events is not None:
-            self.on_events()
+        if self._on_events is not None:
+            self._on_events()
 
     async def _account(self, tenant_id: str, account_id: str) -> Account | None:
         key = (tenant_id, account_id)
@@ -382,7 +383,7 @@ class Worker:
         except (intake.Rejected, ValueError) as exc:
             return Failed(str(exc))
         dropped: tuple[dict[str, str | None], ...] = ()
-        if self.suppressions is not None:
+        if self._suppressions is not None:
             recipients, dropped = await self._drop_suppressed(message.tenant_id, recipients)
             if not recipients:
                 return Failed("suppressed", suppressed=True)
@@ -415,8 +416,8 @@ class Worker:
     async def _drop_suppressed(self, tenant_id: str, recipients: list[str]
                                ) -> tuple[list[str], tuple[dict[str, str | None], ...]]:
         """Recipients left to mail, and the suppressed ones as failed_recipients (§12.3)."""
-        assert self.suppressions is not None
-        banned = await self.suppressions.suppressed(tenant_id, recipients)
+        assert self._suppressions is not None
+        banned = await self._suppressions.suppressed(tenant_id, recipients)
         if not banned:
             return recipients, ()
         kept = [r for r in recipients if r.lower() not in banned]

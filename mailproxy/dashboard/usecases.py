@@ -216,7 +216,7 @@ class Dashboard:
             raise Conflict(f"{result.matched} messages match now, not {expected}; "
                            "confirm the new count")
         if result.changed:
-            if action == "retry" and self.service.waker is not None:
+            if action == "retry":
                 self.service.waker.wake()
             if action == "cancel":
                 self.service.wake_reports()

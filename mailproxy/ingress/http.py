@@ -6,6 +6,7 @@ import json
 import logging
 import re
 from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
 from aiohttp import web
@@ -69,7 +70,17 @@ log = logging.getLogger("mailproxy.http")
 
 SERVICE = web.AppKey("service", MailService)
 BOUNCES = web.AppKey("bounces", BounceService)
-STATUS_INFO = web.AppKey("status_info", dict)
+
+
+@dataclass(frozen=True, slots=True)
+class StatusInfo:
+    """What GET /status tells of this process besides the queue."""
+
+    instance_id: str  # the lease owner id, made at each start
+    worker_active: Callable[[], bool]
+
+
+STATUS_INFO = web.AppKey("status_info", StatusInfo)
 CALLER = web.RequestKey("caller", Caller)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -268,8 +279,8 @@ async def status(request: web.Request) -> web.Response:
     await _caller(request)
     info = request.app[STATUS_INFO]
     pending = await request.app[SERVICE].store.count_open()
-    return _json({"ok": True, "active": bool(info["worker"].active), "version": __version__,
-                  "instance_id": info["instance_id"], "pending_messages": pending})
+    return _json({"ok": True, "active": info.worker_active(), "version": __version__,
+                  "instance_id": info.instance_id, "pending_messages": pending})
 
 
 @documented(Spec("Enqueue up to 1000 messages (§4)", "auth", body=AddMessagesBody,

@@ -22,8 +22,8 @@ from pathlib import Path
 
 import pytest
 
-from mailproxy import cli as cli_main
-from mailproxy.admin import instances
+from mailproxy.cli import instances
+from mailproxy.cli import main as cli_main
 from tests.e2e.test_cli import ROOT, Cli
 from tests.relay import Relay, free_port
 
@@ -143,7 +143,7 @@ def test_start_elsewhere_beside_a_foreign_server_on_the_first_port_is_refused(
     for name in [n for n in os.environ if n.startswith("GMP_")]:
         monkeypatch.delenv(name)
     monkeypatch.setattr(instances, "FIRST_PORT", int(url.rsplit(":", 1)[1]))
-    monkeypatch.setattr("mailproxy.admin.lifecycle.FIRST_PORT", instances.FIRST_PORT)
+    monkeypatch.setattr("mailproxy.cli.lifecycle.FIRST_PORT", instances.FIRST_PORT)
     try:
         assert cli_main.main(["start", "default"]) == 1
     finally:  # had it started one anyway, it must not outlive the test

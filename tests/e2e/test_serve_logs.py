@@ -10,6 +10,7 @@ from typing import Any
 
 import aiohttp
 
+from mailproxy import __version__
 from tests.conftest import eventually
 from tests.procs import TOKEN, ServeProcess
 from tests.relay import Relay
@@ -79,5 +80,8 @@ async def test_start_up_names_the_urls_and_the_root_redirects_to_the_dashboard(
     finally:
         assert server.stop() == 0
     log = server.log_path.read_text()
+    # the version, not the lease owner id, follows the command's name
+    assert (f"mail-proxy {__version__} listening on http://127.0.0.1:{server.port} "
+            "(instance ") in log, log
     assert f"API reference: http://127.0.0.1:{server.port}/docs" in log, log
     assert not log.lstrip().startswith("{")  # text is the default format

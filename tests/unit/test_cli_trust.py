@@ -1,4 +1,4 @@
-"""Which URLs and command lines the CLI trusts in a data directory (mailproxy.admin.trust)."""
+"""Which URLs and command lines the CLI trusts in a data directory (mailproxy.cli.trust)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from mailproxy.admin.trust import is_loopback_url, is_server_process, serves
+from mailproxy.cli.trust import is_loopback_url, is_server_process, serves
 
 
 @pytest.mark.parametrize(("url", "trusted"), [

@@ -14,6 +14,7 @@ from mailproxy.errors import RecipientFailure, TemporaryFailure
 from mailproxy.model import Account, Priority
 from mailproxy.service import Caller, MailService
 from mailproxy.store.sqlite import SqliteStore
+from mailproxy.sync import SyncRules
 from mailproxy.worker import EMPTY_CLAIM_GAP, Worker, WorkerSettings
 from tests.conftest import FakeClock, message
 
@@ -56,9 +57,27 @@ async def store() -> AsyncIterator[SqliteStore]:
     await s.close()
 
 
+class Untended:
+    """The waker, report loop and bounce poller of a service whose worker a test runs."""
+
+    def wake(self, urgent: bool = False) -> None:
+        return None
+
+    def run_now(self, tenant_id: str | None) -> None:
+        return None
+
+    async def reload(self) -> None:
+        return None
+
+
 async def _service(store: SqliteStore, clock: FakeClock) -> MailService:
-    service = MailService(store=store, clock=clock, admin_token="admin",
-                          rules=intake.IntakeRules(Priority.MEDIUM, 10_000_000))
+    untended = Untended()
+    service = MailService(
+        store=store, clock=clock, rules=intake.IntakeRules(Priority.MEDIUM, 10_000_000),
+        sync_rules=SyncRules(), retention_seconds=604800, admin_token="admin",
+        token_source="env", token_writer=lambda _token: None, waker=untended,
+        reports=untended, bounce_control=untended, account_listeners=(), change_listeners=(),
+    )
     await service.put_tenant(Caller(), {"id": "acme"})
     await service.put_account(Caller(), {"id": "main", "tenant_id": "acme",
                                          "host": "127.0.0.1", "port": 25})

@@ -12,9 +12,9 @@ from email.utils import getaddresses
 from pathlib import Path
 from typing import Any
 
-from mailproxy.admin.instances import Instance, require_running
-from mailproxy.admin.rest import ApiError, Rest
-from mailproxy.admin.ui import (
+from mailproxy.cli.instances import Instance, require_running
+from mailproxy.cli.rest import ApiError, Rest
+from mailproxy.cli.ui import (
     FAILED,
     OK,
     USAGE,

@@ -17,9 +17,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from mailproxy import runstate
-from mailproxy.admin.rest import Rest, not_running
-from mailproxy.admin.trust import is_loopback_url, is_server_process
-from mailproxy.admin.ui import FAILED, NOT_RUNNING, USAGE, CliError
+from mailproxy.cli.rest import Rest, not_running
+from mailproxy.cli.trust import is_loopback_url, is_server_process
+from mailproxy.cli.ui import FAILED, NOT_RUNNING, USAGE, CliError
 from mailproxy.config import Settings, load_settings
 from mailproxy.errors import ConfigError
 

@@ -8,7 +8,7 @@ import urllib.parse
 import urllib.request
 from typing import Any
 
-from mailproxy.admin.ui import FAILED, NOT_RUNNING, CliError
+from mailproxy.cli.ui import FAILED, NOT_RUNNING, CliError
 
 
 class ApiError(CliError):

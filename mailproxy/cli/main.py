@@ -8,9 +8,9 @@ import sys
 from collections.abc import Sequence
 
 from mailproxy import __version__, logs
-from mailproxy.admin import commands, lifecycle
-from mailproxy.admin.instances import Instance, all_instances
-from mailproxy.admin.ui import FAILED, NOT_RUNNING, OK, USAGE, CliError, Ctx
+from mailproxy.cli import commands, lifecycle
+from mailproxy.cli.instances import Instance, all_instances
+from mailproxy.cli.ui import FAILED, NOT_RUNNING, OK, USAGE, CliError, Ctx
 from mailproxy.config import load_settings, settings_table
 from mailproxy.errors import ConfigError, StoreError
 

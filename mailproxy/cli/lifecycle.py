@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from mailproxy import __version__
-from mailproxy.admin.instances import (
+from mailproxy.cli.instances import (
     FIRST_PORT,
     Instance,
     all_instances,
@@ -21,8 +21,8 @@ from mailproxy.admin.instances import (
     unknown_instance,
     wait_healthy,
 )
-from mailproxy.admin.rest import ApiError
-from mailproxy.admin.ui import FAILED, OK, CliError, Ctx, pairs, table
+from mailproxy.cli.rest import ApiError
+from mailproxy.cli.ui import FAILED, OK, CliError, Ctx, pairs, table
 from mailproxy.tokens import new_token
 
 

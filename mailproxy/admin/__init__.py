@@ -1,1 +1,0 @@
-"""The mail-proxy operations commands: instances, and REST calls to a running one."""
