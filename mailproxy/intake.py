@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from mailproxy import policy
+from mailproxy import compose, policy
 from mailproxy.addresses import check_address, parse_address_list, split_address
 from mailproxy.model import Attachment, Content, NewMessage, Priority
 
@@ -131,7 +131,10 @@ def _attachment(data: Mapping[str, Any]) -> Attachment:
     if md5 is not None and not _MD5.match(md5):
         raise Rejected("invalid attachment: content_md5 must be 32 hex characters")
     if mode == "base64":
-        decode_base64(path)
+        try:
+            compose.decode_base64(path)
+        except ValueError as exc:
+            raise Rejected(str(exc)) from None
     return Attachment(filename=filename, storage_path=path, fetch_mode=mode,
                       mime_type=data.get("mime_type"), content_md5=md5)
 
@@ -139,16 +142,6 @@ def _attachment(data: Mapping[str, Any]) -> Attachment:
 def _unavailable(mode: str) -> str:
     hint = " (GMP_ATTACHMENT_ROOTS is not set)" if mode == "filesystem" else ""
     return f"invalid attachment: fetch_mode {mode} is not available on this instance{hint}"
-
-
-def decode_base64(path: str) -> bytes:
-    """Decode base64 attachment data; a `base64:` prefix and missing padding are tolerated."""
-    text = path[len("base64:"):] if path.startswith("base64:") else path
-    text = "".join(text.split())
-    try:
-        return base64.b64decode(text + "=" * (-len(text) % 4), validate=True)
-    except (binascii.Error, ValueError):
-        raise Rejected("invalid attachment: bad base64 data") from None
 
 
 def _raw(value: str, limit: int) -> bytes:

@@ -495,6 +495,6 @@ def _fetch_inline(attachment: Attachment) -> tuple[str, str, bytes]:
     if attachment.fetch_mode != "base64":
         raise intake.Rejected(f"invalid attachment: fetch_mode {attachment.fetch_mode} "
                               "is not available on this instance")
-    data = intake.decode_base64(attachment.storage_path)
+    data = compose.decode_base64(attachment.storage_path)
     mime = attachment.mime_type or mimetypes.guess_type(attachment.filename)[0]
     return attachment.filename, mime or "application/octet-stream", data
