@@ -173,7 +173,7 @@ def _deferred_ts(value: Any) -> int | None:
 
 
 def content_of(item: Mapping[str, Any]) -> Content:
-    """Parse the stored payload into Content, checking every value (raises Rejected)."""
+    """Parse a submitted message into Content, checking every value (raises Rejected)."""
     raw_value = item.get("raw")
     if raw_value is not None and any(item.get(k) is not None for k in STRUCTURED):
         raise Rejected("invalid payload: raw excludes structured fields")
@@ -209,13 +209,17 @@ def build(
     item: Mapping[str, Any], *, account_exists: bool, is_pec: bool, rules: IntakeRules,
     default_priority: Priority | None,
 ) -> NewMessage:
-    """A NewMessage for a message whose id and tenant passed; `error` set when invalid."""
+    """A NewMessage for a message whose id and tenant passed; `error` set when invalid.
+
+    The Content built here is stored with the row and is what the worker sends: a message
+    is judged once, by the rules of the release that accepted it."""
     tenant_id, client_id = item["tenant_id"], item["id"]
     priority = policy.parse_priority(item.get("priority"))
     if priority is None:
         priority = default_priority if default_priority is not None else rules.default_priority
     payload = dict(item)
     raw: bytes | None = None
+    content: Content | None = None
     error: str | None = None
     deferred_ts: int | None = None
     batch_code = item.get("batch_code")
@@ -229,7 +233,8 @@ def build(
             raise Rejected("invalid payload: id contains control characters")
         if batch_code is not None and len(batch_code) > 64:
             raise Rejected("invalid payload: batch_code longer than 64 characters")
-        for attachment in content_of(item).attachments:
+        content = content_of(item)
+        for attachment in content.attachments:
             if attachment.fetch_mode not in rules.fetch_modes:
                 raise Rejected(_unavailable(attachment.fetch_mode))
         deferred_ts = _deferred_ts(item.get("deferred_ts"))
@@ -239,11 +244,11 @@ def build(
             payload["raw_size"] = len(raw)
     except Rejected as exc:
         error = str(exc)
-        raw = None
+        raw = content = None
         if "raw" in payload:
             payload["raw_size"] = len(str(payload.pop("raw")))
     return NewMessage(
         tenant_id=tenant_id, id=client_id, account_id=item.get("account_id") or None,
         priority=priority, deferred_ts=deferred_ts, batch_code=batch_code, payload=payload,
-        raw=raw, error=error, is_pec=is_pec,
+        raw=raw, content=content, error=error, is_pec=is_pec,
     )
