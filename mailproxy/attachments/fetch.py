@@ -12,7 +12,6 @@ from mailproxy.attachments.cache import Blob, Cache, Spool
 from mailproxy.attachments.names import FetchError
 from mailproxy.attachments.sources import HttpSource, Request, origin, read_file, sandboxed
 from mailproxy.compose import decode_base64
-from mailproxy.intake import infer_fetch_mode
 from mailproxy.model import Attachment, ClientAuth, Tenant
 from mailproxy.netguard import AllowList
 
@@ -67,7 +66,7 @@ class Fetcher:
     async def _content(self, tenant: Tenant, attachment: Attachment, auth: ClientAuth | None,
                        scope: object) -> Blob:
         filename = attachment.filename
-        mode = attachment.fetch_mode or infer_fetch_mode(attachment.storage_path)
+        mode = attachment.fetch_mode  # set at intake, inferred there when not given
         key = names.cache_key(attachment.content_md5, filename)
         if mode == "base64":
             try:
