@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from mailproxy import policy
+from mailproxy import compose, policy
 from mailproxy.addresses import check_address, parse_address_list, split_address
 from mailproxy.model import Attachment, Content, NewMessage, Priority
 
@@ -131,7 +131,10 @@ def _attachment(data: Mapping[str, Any]) -> Attachment:
     if md5 is not None and not _MD5.match(md5):
         raise Rejected("invalid attachment: content_md5 must be 32 hex characters")
     if mode == "base64":
-        decode_base64(path)
+        try:
+            compose.decode_base64(path)
+        except ValueError as exc:
+            raise Rejected(str(exc)) from None
     return Attachment(filename=filename, storage_path=path, fetch_mode=mode,
                       mime_type=data.get("mime_type"), content_md5=md5)
 
@@ -139,16 +142,6 @@ def _attachment(data: Mapping[str, Any]) -> Attachment:
 def _unavailable(mode: str) -> str:
     hint = " (GMP_ATTACHMENT_ROOTS is not set)" if mode == "filesystem" else ""
     return f"invalid attachment: fetch_mode {mode} is not available on this instance{hint}"
-
-
-def decode_base64(path: str) -> bytes:
-    """Decode base64 attachment data; a `base64:` prefix and missing padding are tolerated."""
-    text = path[len("base64:"):] if path.startswith("base64:") else path
-    text = "".join(text.split())
-    try:
-        return base64.b64decode(text + "=" * (-len(text) % 4), validate=True)
-    except (binascii.Error, ValueError):
-        raise Rejected("invalid attachment: bad base64 data") from None
 
 
 def _raw(value: str, limit: int) -> bytes:
@@ -180,7 +173,7 @@ def _deferred_ts(value: Any) -> int | None:
 
 
 def content_of(item: Mapping[str, Any]) -> Content:
-    """Parse the stored payload into Content, checking every value (raises Rejected)."""
+    """Parse a submitted message into Content, checking every value (raises Rejected)."""
     raw_value = item.get("raw")
     if raw_value is not None and any(item.get(k) is not None for k in STRUCTURED):
         raise Rejected("invalid payload: raw excludes structured fields")
@@ -216,13 +209,17 @@ def build(
     item: Mapping[str, Any], *, account_exists: bool, is_pec: bool, rules: IntakeRules,
     default_priority: Priority | None,
 ) -> NewMessage:
-    """A NewMessage for a message whose id and tenant passed; `error` set when invalid."""
+    """A NewMessage for a message whose id and tenant passed; `error` set when invalid.
+
+    The Content built here is stored with the row and is what the worker sends: a message
+    is judged once, by the rules of the release that accepted it."""
     tenant_id, client_id = item["tenant_id"], item["id"]
     priority = policy.parse_priority(item.get("priority"))
     if priority is None:
         priority = default_priority if default_priority is not None else rules.default_priority
     payload = dict(item)
     raw: bytes | None = None
+    content: Content | None = None
     error: str | None = None
     deferred_ts: int | None = None
     batch_code = item.get("batch_code")
@@ -236,7 +233,8 @@ def build(
             raise Rejected("invalid payload: id contains control characters")
         if batch_code is not None and len(batch_code) > 64:
             raise Rejected("invalid payload: batch_code longer than 64 characters")
-        for attachment in content_of(item).attachments:
+        content = content_of(item)
+        for attachment in content.attachments:
             if attachment.fetch_mode not in rules.fetch_modes:
                 raise Rejected(_unavailable(attachment.fetch_mode))
         deferred_ts = _deferred_ts(item.get("deferred_ts"))
@@ -246,11 +244,11 @@ def build(
             payload["raw_size"] = len(raw)
     except Rejected as exc:
         error = str(exc)
-        raw = None
+        raw = content = None
         if "raw" in payload:
             payload["raw_size"] = len(str(payload.pop("raw")))
     return NewMessage(
         tenant_id=tenant_id, id=client_id, account_id=item.get("account_id") or None,
         priority=priority, deferred_ts=deferred_ts, batch_code=batch_code, payload=payload,
-        raw=raw, error=error, is_pec=is_pec,
+        raw=raw, content=content, error=error, is_pec=is_pec,
     )

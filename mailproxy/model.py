@@ -171,6 +171,9 @@ class NewMessage:
     batch_code: str | None
     payload: dict[str, Any]
     raw: bytes | None = None
+    # What intake made of the payload, stored with it; None for an intake error. A row
+    # stored without it is read as the rows of earlier releases are (store/legacy.py).
+    content: Content | None = None
     error: str | None = None
     is_pec: bool = False
     envelope_from: str | None = None
@@ -178,7 +181,9 @@ class NewMessage:
 
 @dataclass(frozen=True, slots=True)
 class Claimed:
-    """A message claimed under a lease, with all it needs to be sent."""
+    """A message claimed under a lease, with all it needs to be sent: `content` is what
+    intake accepted (never checked again); `payload` is the message as submitted, read
+    only for the attachment credentials sealed in it."""
 
     pk: str
     tenant_id: str
@@ -190,6 +195,7 @@ class Claimed:
     date_ts: int
     payload: dict[str, Any]
     raw: bytes | None
+    content: Content
     seq: int = 0
     envelope_from: str | None = None
     rate_scopes: tuple[str, ...] = ()
@@ -205,7 +211,6 @@ class Prepared:
     body: str | None = None
     html_body: str | None = None
     raw: bytes | None = None
-    content: Content | None = None  # the payload already parsed, not parsed again
 
 
 @dataclass(frozen=True, slots=True)

@@ -24,7 +24,7 @@ from mailproxy import compose
 from mailproxy.addresses import check_address
 from mailproxy.bounces.service import SuppressionCheck
 from mailproxy.errors import StoreError
-from mailproxy.model import NewMessage, Priority
+from mailproxy.model import Content, NewMessage, Priority
 from mailproxy.policy import PRIORITY_LABELS
 from mailproxy.service import Clock, Store, Waker, tenant_for_token
 from mailproxy.tokens import check_password, hash_password
@@ -298,6 +298,7 @@ class SmtpSubmission:
             return Submitted(Acceptance.INVALID_CONTROL, detail=str(exc))
         client_id = control.client_id or f"smtp-{uuid.uuid4()}"
         login = sender.login
+        subject = _decoded_subject(headers.get("subject"))
         payload: dict[str, Any] = {
             "id": client_id,
             "tenant_id": login.tenant_id,
@@ -305,12 +306,14 @@ class SmtpSubmission:
             "from": sender.address,
             "to": list(recipients),
             "raw_size": len(raw),
-            "subject": _decoded_subject(headers.get("subject")),
+            "subject": subject,
         }
+        # Sent as received: the envelope is the content (the raw bytes are stored beside it).
+        content = Content(from_addr=sender.address, to=tuple(recipients), subject=subject or "")
         message = NewMessage(
             tenant_id=login.tenant_id, id=client_id, account_id=login.account_id,
             priority=control.priority, deferred_ts=control.deferred_ts,
-            batch_code=control.batch_code, payload=payload, raw=raw,
+            batch_code=control.batch_code, payload=payload, raw=raw, content=content,
             is_pec=sender.is_pec, envelope_from=sender.address,
         )
         [reason] = await self.store.enqueue([message], self.clock.now())

@@ -14,7 +14,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Protocol
 
-from mailproxy import compose, intake
+from mailproxy import compose
 from mailproxy.addresses import needs_smtputf8, split_address
 from mailproxy.bounces.service import SuppressionCheck
 from mailproxy.errors import (
@@ -380,7 +380,7 @@ class Worker:
             return Failed("account deleted")
         try:
             sender, recipients, data, composed = self._build(message, prepared)
-        except (intake.Rejected, ValueError) as exc:
+        except ValueError as exc:
             return Failed(str(exc))
         dropped: tuple[dict[str, str | None], ...] = ()
         if self._suppressions is not None:
@@ -449,8 +449,7 @@ class Worker:
         raw = prepared.raw if prepared is not None and prepared.raw is not None else message.raw
         if raw is not None and message.envelope_from is not None:
             return (*self._build_submitted(message, raw), False)
-        parsed = prepared.content if prepared is not None else None
-        content = parsed or intake.content_of(message.payload)
+        content = message.content
         sender = _addr(content.return_path or self.bounce_return_path or content.from_addr)
         recipients = [_addr(a) for a in content.recipients]
         if raw is not None:
@@ -482,7 +481,7 @@ class Worker:
             from_domain=sender.rpartition("@")[2] or None, genro_header=self._s.genro_header,
             hostname=self._hostname, strip_headers=CONTROL_HEADERS,
         )
-        return sender, list(message.payload.get("to") or []), data
+        return sender, list(message.content.to), data
 
 
 def _addr(item: str) -> str:
@@ -496,8 +495,8 @@ def _addr(item: str) -> str:
 def _fetch_inline(attachment: Attachment) -> tuple[str, str, bytes]:
     """Attachment content for the inline mode (the only one this instance fetches)."""
     if attachment.fetch_mode != "base64":
-        raise intake.Rejected(f"invalid attachment: fetch_mode {attachment.fetch_mode} "
-                              "is not available on this instance")
-    data = intake.decode_base64(attachment.storage_path)
+        raise ValueError(f"invalid attachment: fetch_mode {attachment.fetch_mode} "
+                         "is not available on this instance")
+    data = compose.decode_base64(attachment.storage_path)
     mime = attachment.mime_type or mimetypes.guess_type(attachment.filename)[0]
     return attachment.filename, mime or "application/octet-stream", data

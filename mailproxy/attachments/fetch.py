@@ -11,7 +11,7 @@ from mailproxy.attachments import names
 from mailproxy.attachments.cache import Blob, Cache, Spool
 from mailproxy.attachments.names import FetchError
 from mailproxy.attachments.sources import HttpSource, Request, origin, read_file, sandboxed
-from mailproxy.intake import Rejected, decode_base64, infer_fetch_mode
+from mailproxy.compose import decode_base64
 from mailproxy.model import Attachment, ClientAuth, Tenant
 from mailproxy.netguard import AllowList
 
@@ -66,12 +66,12 @@ class Fetcher:
     async def _content(self, tenant: Tenant, attachment: Attachment, auth: ClientAuth | None,
                        scope: object) -> Blob:
         filename = attachment.filename
-        mode = attachment.fetch_mode or infer_fetch_mode(attachment.storage_path)
+        mode = attachment.fetch_mode  # set at intake, inferred there when not given
         key = names.cache_key(attachment.content_md5, filename)
         if mode == "base64":
             try:
                 data = decode_base64(attachment.storage_path)
-            except Rejected:
+            except ValueError:
                 raise FetchError(filename, "bad base64 data", temporary=False) from None
             return self._verified(tenant, filename, key, Spool.of(data), cache=False)
         if key is not None:

@@ -10,7 +10,7 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from mailproxy import compose, intake
+from mailproxy import compose
 from mailproxy.attachments.fetch import Fetched, Fetcher
 from mailproxy.attachments.names import FetchError
 from mailproxy.errors import PermanentFailure, TemporaryFailure
@@ -70,15 +70,12 @@ class MessagePreparer:
             tenant = await self._tenant(message.tenant_id)
             rewritten = await self.offload.raw(message, tenant, message.raw)
             return None if rewritten is None else Prepared(raw=rewritten)
-        attachments = message.payload.get("attachments")
-        if not attachments:
+        content = message.content
+        if not content.attachments:
             return None  # the common case: nothing to fetch, no tenant lookup
-        try:
-            content = intake.content_of(message.payload)
-        except intake.Rejected as exc:
-            raise PermanentFailure(str(exc)) from None
         tenant = await self._tenant(message.tenant_id)
-        files = await self._fetch_all(message, tenant, content.attachments, attachments)
+        stored = message.payload.get("attachments") or ()
+        files = await self._fetch_all(message, tenant, content.attachments, stored)
         done = Offloaded(tuple(files))
         if self.offload is not None:
             done = await self.offload.structured(message, tenant, content, files)
@@ -86,8 +83,7 @@ class MessagePreparer:
             parts = tuple((f.filename, f.mime_type, self._encoded(f)) for f in done.kept)
         except FileNotFoundError:  # evicted from the disk tier meanwhile: fetch again later
             raise TemporaryFailure("attachment cache entry vanished; retrying") from None
-        return Prepared(attachments=parts, body=done.body, html_body=done.html_body,
-                        content=content)
+        return Prepared(attachments=parts, body=done.body, html_body=done.html_body)
 
     def _encoded(self, f: Fetched) -> bytes:
         """The attachment in base64 lines, from a small LRU keyed by content MD5: a file
@@ -112,7 +108,8 @@ class MessagePreparer:
         """One after the other: a message's attachments share its account's fetch slots."""
         scope = (message.tenant_id, message.account_id)
         out = []
-        for item, raw in zip(items, stored, strict=True):
+        for i, item in enumerate(items):
+            raw = stored[i] if i < len(stored) else None  # its credentials, sealed
             auth = raw.get("auth") if isinstance(raw, dict) else None
             opened = self._open_auth(auth) if isinstance(auth, dict) else None
             try:

@@ -64,7 +64,7 @@ _BATCH_COLUMNS = (
     ("batch_codes", "batch_code"), ("intake_errors", "intake_error"), ("is_pecs", "is_pec"),
     ("payloads", "payload"), ("raws", "raw"), ("envelope_froms", "envelope_from"),
     ("errors", "error"), ("error_tss", "error_ts"), ("nows", "now"),
-    ("header_message_ids", "header_message_id"),
+    ("header_message_ids", "header_message_id"), ("contents", "content"),
 )
 _RETRY_DELAYS = (0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 3.0)
 
@@ -1262,9 +1262,11 @@ async def _fail(c: Conn, seq: int, tenant_id: str, error: str, code: int | None,
 
 
 def _claimed(r: Any, scopes: tuple[str, ...]) -> Claimed:
+    payload = json.loads(r["payload"])
     return Claimed(
         pk=r["pk"], tenant_id=r["tenant_id"], id=r["client_id"], account_id=r["account_id"],
         priority=r["priority"], retry_count=r["retry_count"], created_ts=r["created_ts"],
-        date_ts=r["date_ts"], payload=json.loads(r["payload"]), raw=r["raw"], seq=r["seq"],
-        envelope_from=r["envelope_from"], rate_scopes=scopes,
+        date_ts=r["date_ts"], payload=payload, raw=r["raw"],
+        content=rows.content_from_row(r["content"], payload, r["envelope_from"]),
+        seq=r["seq"], envelope_from=r["envelope_from"], rate_scopes=scopes,
     )

@@ -14,8 +14,10 @@ from mailproxy import jsonsafe
 from mailproxy.bounces.correlate import sent_message_id
 from mailproxy.model import (
     Account,
+    Attachment,
     ClientAuth,
     CommandEntry,
+    Content,
     Deferred,
     Event,
     EventType,
@@ -30,6 +32,7 @@ from mailproxy.model import (
     Tenant,
 )
 from mailproxy.policy import display_status
+from mailproxy.store.legacy import legacy_content
 from mailproxy.timefmt import iso
 
 FINAL = ("sent", "error", "bounced", "suppressed")
@@ -87,11 +90,103 @@ def message_values(m: NewMessage, now: float, cipher: Cipher) -> dict[str, Any]:
         "batch_code": m.batch_code,
         "is_pec": m.is_pec,
         "payload": dumps(seal_attachment_auth(m.payload, cipher)),
+        "content": None if m.content is None else content_text(m.content, m.payload),
         "raw": m.raw,
         "envelope_from": m.envelope_from,
         "header_message_id": sent_message_id(m.payload, m.raw),
         "now": now,
     }
+
+
+CONTENT_FORM = 1  # version of the stored form of Content below
+
+
+def _stored_attachments(payload: Mapping[str, Any]) -> list[Any]:
+    found = payload.get("attachments")
+    return found if isinstance(found, list) else []
+
+
+def _attachment_as_stored(a: Attachment, given: Any) -> str | dict[str, Any]:
+    """The fetch mode alone when the rest is the submitted attachment's, else all of it."""
+    if (isinstance(given, dict) and given.get("filename") == a.filename
+            and given.get("storage_path") == a.storage_path
+            and given.get("mime_type") == a.mime_type
+            and given.get("content_md5") == a.content_md5):
+        return a.fetch_mode
+    return {"filename": a.filename, "storage_path": a.storage_path, "fetch_mode": a.fetch_mode,
+            "mime_type": a.mime_type, "content_md5": a.content_md5}
+
+
+def content_text(c: Content, payload: Mapping[str, Any]) -> str:
+    """The stored form of the Content intake built from `payload` (which is stored too).
+
+    It holds what intake decided (normalised addresses, kept headers, fetch modes, the
+    html flag). The texts intake takes as submitted (subject, bodies, Message-ID, attachment
+    names and data) are most of a row: when equal to the payload's they are read back from
+    it (content_from_row) instead of being stored twice. Empty fields are left out."""
+    out: dict[str, Any] = {"v": CONTENT_FORM, "from": c.from_addr, "to": c.to}
+    if c.cc:
+        out["cc"] = c.cc
+    if c.bcc:
+        out["bcc"] = c.bcc
+    if c.reply_to is not None:
+        out["reply_to"] = c.reply_to
+    if c.return_path is not None:
+        out["return_path"] = c.return_path
+    if c.headers:
+        out["headers"] = c.headers
+    if c.body_is_html:
+        out["html"] = True
+    if c.subject != (payload.get("subject") or ""):
+        out["subject"] = c.subject
+    if c.body != (payload.get("body") or ""):
+        out["body"] = c.body
+    if c.html_body != (payload.get("html_body") or None):
+        out["html_body"] = c.html_body
+    if c.message_id != payload.get("message_id"):
+        out["message_id"] = c.message_id
+    if c.attachments:
+        given = _stored_attachments(payload)
+        out["attachments"] = [
+            _attachment_as_stored(a, given[i] if i < len(given) else None)
+            for i, a in enumerate(c.attachments)]
+    return dumps(out)
+
+
+def _attachment_from(stored: Any, given: Any) -> Attachment:
+    if isinstance(stored, dict):
+        return Attachment(stored["filename"], stored["storage_path"], stored["fetch_mode"],
+                          stored["mime_type"], stored["content_md5"])
+    return Attachment(given["filename"], given["storage_path"], stored,
+                      given.get("mime_type"), given.get("content_md5"))
+
+
+def content_from_row(text: str | None, payload: Mapping[str, Any],
+                     envelope_from: str | None) -> Content:
+    """The Content of a claimed row: as intake stored it (content_text), or, for a row
+    stored before rows held it (`content` NULL), as store/legacy.py reads the payload.
+    Nothing is checked again."""
+    if text is None:
+        return legacy_content(payload, envelope_from)
+    data = json.loads(text)
+    get = data.get
+    attachments: tuple[Attachment, ...] = ()
+    if "attachments" in data:
+        given = _stored_attachments(payload)
+        attachments = tuple(_attachment_from(a, given[i] if i < len(given) else None)
+                            for i, a in enumerate(data["attachments"]))
+    return Content(
+        from_addr=data["from"], to=tuple(data["to"]), cc=tuple(get("cc", ())),
+        bcc=tuple(get("bcc", ())), reply_to=get("reply_to"), return_path=get("return_path"),
+        subject=data["subject"] if "subject" in data else payload.get("subject") or "",
+        body=data["body"] if "body" in data else payload.get("body") or "",
+        html_body=(data["html_body"] if "html_body" in data
+                   else payload.get("html_body") or None),
+        body_is_html=get("html", False),
+        headers=tuple((n, v) for n, v in get("headers", ())),
+        message_id=data["message_id"] if "message_id" in data else payload.get("message_id"),
+        attachments=attachments,
+    )
 
 
 def tenant_limits(config: Mapping[str, Any]) -> RateLimits | None:

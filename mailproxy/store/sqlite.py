@@ -541,12 +541,14 @@ class SqliteStore:
     @staticmethod
     def _claimed(r: Sequence[Any], scopes: tuple[str, ...]) -> Claimed:
         (seq, pk, tenant_id, client_id, account_id, priority, retry, created, date_ts,
-         payload, raw, envelope_from) = r
+         payload_text, content, raw, envelope_from) = r
+        payload = json.loads(payload_text)
         return Claimed(
             pk=pk, tenant_id=tenant_id, id=client_id, account_id=account_id,
             priority=priority, retry_count=retry, created_ts=created, date_ts=date_ts,
-            payload=json.loads(payload), raw=raw, seq=seq, envelope_from=envelope_from,
-            rate_scopes=scopes,
+            payload=payload, raw=raw,
+            content=rows.content_from_row(content, payload, envelope_from),
+            seq=seq, envelope_from=envelope_from, rate_scopes=scopes,
         )
 
     @staticmethod

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import json
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
@@ -292,3 +293,64 @@ async def test_a_burst_of_wake_ups_after_an_empty_claim_is_one_claim_per_gap(
         assert starts[-1] >= last_wake - 0.001
     finally:
         await worker.stop(1)
+
+
+async def test_a_message_is_understood_once_from_rest_to_the_relay(
+    store: SqliteStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Intake reads the message when it is submitted; the send uses what it built, so a
+    later release with stricter rules (here: refusing everything) never judges it again."""
+    clock = FakeClock(1_000_000)
+    service = await _service(store, clock)
+    calls = []
+    content_of = intake.content_of
+
+    def counted(item: Any) -> Any:
+        calls.append(item["id"])
+        return content_of(item)
+
+    monkeypatch.setattr(intake, "content_of", counted)
+    attachment = {"filename": "a.txt", "storage_path": "base64:aGVsbG8="}
+    await service.submit(Caller(), [message(1, to="Rcpt@Example.ORG, x@example.org",
+                                            attachments=[attachment])], None)
+    assert calls == ["m1"]
+
+    def stricter(item: Any) -> Any:
+        raise intake.Rejected("a later release refuses this")
+
+    monkeypatch.setattr(intake, "content_of", stricter)
+    sender = FakeSender()
+    worker = _worker(store, sender, clock, "w1")
+    await worker.start(recover_all=True)
+    try:
+        worker.wake()
+        await _until(lambda: _all(store, service, clock, "sent"))
+    finally:
+        await worker.stop(grace=1)
+    [(envelope, recipients, data)] = sender.sent
+    assert (envelope, recipients) == ("sender@acme.test", ("Rcpt@example.org", "x@example.org"))
+    assert b"Subject: Hello 1" in data and b"aGVsbG8=" in data
+    assert calls == ["m1"]
+
+
+async def test_a_row_stored_by_the_previous_release_is_delivered(store: SqliteStore) -> None:
+    """A row holding only the payload (no `content`) goes out as that release sent it."""
+    clock = FakeClock(1_000_000)
+    service = await _service(store, clock)
+    payload = message(1, to="Rcpt@Example.ORG", headers={"X-Tag": 7})
+    args = ("pk-old", "acme", "m1", "main", "pending", 1, 2, json.dumps(payload),
+            clock.now(), clock.now())
+    await store.run_write(lambda c: c.execute(
+        "INSERT INTO messages (pk, tenant_id, client_id, account_id, status, queued, priority,"
+        " payload, created_ts, updated_ts) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", args))
+    sender = FakeSender()
+    worker = _worker(store, sender, clock, "w1")
+    await worker.start(recover_all=True)
+    try:
+        worker.wake()
+        await _until(lambda: _all(store, service, clock, "sent"))
+    finally:
+        await worker.stop(grace=1)
+    [(envelope, recipients, data)] = sender.sent
+    assert (envelope, recipients) == ("sender@acme.test", ("Rcpt@example.org",))
+    assert b"Subject: Hello 1" in data and b"X-Tag: 7" in data and b"Plain body" in data

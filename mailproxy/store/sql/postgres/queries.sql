@@ -105,10 +105,10 @@ FOR UPDATE;
 INSERT INTO messages (pk, tenant_id, client_id, account_id, status, queued, priority, due_ts,
                       deferred_ts, batch_code, retry_count, intake_error, is_pec, payload, raw,
                       envelope_from, error, error_ts, created_ts, updated_ts,
-                      header_message_id)
+                      header_message_id, content)
 VALUES (:pk, :tenant_id, :client_id, :account_id, :status, :queued, :priority, :due_ts,
         :deferred_ts, :batch_code, 0, :intake_error, :is_pec, :payload, :raw,
-        :envelope_from, :error, :error_ts, :now, :now, :header_message_id)
+        :envelope_from, :error, :error_ts, :now, :now, :header_message_id, :content)
 ON CONFLICT (tenant_id, client_id) DO NOTHING
 RETURNING seq;
 
@@ -127,19 +127,20 @@ FOR UPDATE OF m;
 INSERT INTO messages (pk, tenant_id, client_id, account_id, status, queued, priority, due_ts,
                       deferred_ts, batch_code, retry_count, intake_error, is_pec, payload, raw,
                       envelope_from, error, error_ts, created_ts, updated_ts,
-                      header_message_id)
+                      header_message_id, content)
 SELECT pk, tenant_id, client_id, account_id, status, queued, priority, due_ts, deferred_ts,
        batch_code, 0, intake_error, is_pec, payload, raw, envelope_from, error, error_ts,
-       now, now, header_message_id
+       now, now, header_message_id, content
 FROM unnest(:pks::text[], :tenant_ids::text[], :client_ids::text[], :account_ids::text[],
             :statuses::text[], :queueds::smallint[], :priorities::smallint[],
             :due_tss::bigint[], :deferred_tss::bigint[], :batch_codes::text[],
             :intake_errors::boolean[], :is_pecs::boolean[], :payloads::text[],
             :raws::bytea[], :envelope_froms::text[], :errors::text[], :error_tss::bigint[],
-            :nows::float8[], :header_message_ids::text[])
+            :nows::float8[], :header_message_ids::text[], :contents::text[])
      WITH ORDINALITY AS r (pk, tenant_id, client_id, account_id, status, queued, priority,
                            due_ts, deferred_ts, batch_code, intake_error, is_pec, payload,
-                           raw, envelope_from, error, error_ts, now, header_message_id, n)
+                           raw, envelope_from, error, error_ts, now, header_message_id, content,
+                           n)
 ORDER BY n
 ON CONFLICT (tenant_id, client_id) DO NOTHING
 RETURNING tenant_id, client_id, seq;
@@ -148,7 +149,7 @@ RETURNING tenant_id, client_id, seq;
 UPDATE messages SET account_id = :account_id, status = :status, queued = :queued,
        priority = :priority, due_ts = :due_ts, deferred_ts = :deferred_ts,
        batch_code = :batch_code, retry_count = 0, intake_error = false, is_pec = :is_pec,
-       payload = :payload, raw = :raw, envelope_from = :envelope_from,
+       payload = :payload, content = :content, raw = :raw, envelope_from = :envelope_from,
        header_message_id = :header_message_id, date_ts = NULL,
        error = NULL, error_ts = NULL, updated_ts = :now
 WHERE seq = :seq;
@@ -204,13 +205,13 @@ UPDATE messages SET status = 'sending', queued = NULL, lease_owner = :owner,
        lease_until = :until, date_ts = COALESCE(date_ts, :now_int), updated_ts = :now
 WHERE seq IN (SELECT seq FROM capped)
 RETURNING seq, pk, tenant_id, client_id, account_id, priority, retry_count, created_ts,
-          date_ts, payload, raw, envelope_from;
+          date_ts, payload, content, raw, envelope_from;
 
 -- name: claimed_by
 -- The rows a claim statement of this owner and lease end took (its retry adopts them when
 -- the reply of an attempt that committed was lost).
 SELECT seq, pk, tenant_id, client_id, account_id, priority, retry_count, created_ts,
-       date_ts, payload, raw, envelope_from
+       date_ts, payload, content, raw, envelope_from
 FROM messages
 WHERE lease_owner = :owner AND lease_until = :until AND status = 'sending'
 ORDER BY priority, seq;

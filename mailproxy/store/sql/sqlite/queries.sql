@@ -84,10 +84,10 @@ SELECT seq, status, intake_error FROM messages WHERE tenant_id = ? AND client_id
 INSERT INTO messages (pk, tenant_id, client_id, account_id, status, queued, priority, due_ts,
                       deferred_ts, batch_code, retry_count, intake_error, is_pec, payload, raw,
                       envelope_from, error, error_ts, created_ts, updated_ts,
-                      header_message_id)
+                      header_message_id, content)
 VALUES (:pk, :tenant_id, :client_id, :account_id, :status, :queued, :priority, :due_ts,
         :deferred_ts, :batch_code, 0, :intake_error, :is_pec, :payload, :raw,
-        :envelope_from, :error, :error_ts, :now, :now, :header_message_id);
+        :envelope_from, :error, :error_ts, :now, :now, :header_message_id, :content);
 
 -- name: count_added
 INSERT INTO status_counts (tenant_id, status, n) VALUES (?, ?, ?)
@@ -97,7 +97,7 @@ ON CONFLICT (tenant_id, status) DO UPDATE SET n = n + excluded.n;
 UPDATE messages SET account_id = :account_id, status = :status, queued = :queued,
        priority = :priority, due_ts = :due_ts, deferred_ts = :deferred_ts,
        batch_code = :batch_code, retry_count = 0, intake_error = 0, is_pec = :is_pec,
-       payload = :payload, raw = :raw, envelope_from = :envelope_from,
+       payload = :payload, content = :content, raw = :raw, envelope_from = :envelope_from,
        header_message_id = :header_message_id, date_ts = NULL, error = NULL, error_ts = NULL,
        updated_ts = :now
 WHERE seq = :seq;
@@ -124,7 +124,7 @@ WHERE seq IN (
       AND (batch_code IS NULL OR batch_code NOT IN (SELECT value FROM json_each(:held)))
     ORDER BY priority, seq LIMIT :n)
 RETURNING seq, pk, tenant_id, client_id, account_id, priority, retry_count, created_ts,
-          date_ts, payload, raw, envelope_from;
+          date_ts, payload, content, raw, envelope_from;
 
 -- name: ready_head
 SELECT seq, client_id FROM messages
