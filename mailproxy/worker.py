@@ -301,14 +301,20 @@ class Worker:
             try:
                 await lane.acquire(message.priority)
                 try:
-                    # Fetching holds only the account's slot, never a global one: a slow
-                    # attachment source delays its own account's mail, nobody else's.
-                    prepared = await self._prepare(message)
-                    if prepared is None or isinstance(prepared, Prepared):
-                        async with self._global:
-                            outcome = await self._attempt(message, prepared)
+                    # Suppression is asked first: mail to suppressed addresses alone fails as
+                    # suppressed, without fetching its attachments (or failing on them).
+                    banned = await self._banned(message)
+                    if banned and all(r.lower() in banned for r in self._recipients(message)):
+                        outcome: Outcome = Failed("suppressed", suppressed=True)
                     else:
-                        outcome = prepared
+                        # Fetching holds only the account's slot, never a global one: a slow
+                        # attachment source delays its own account's mail, nobody else's.
+                        prepared = await self._prepare(message)
+                        if prepared is None or isinstance(prepared, Prepared):
+                            async with self._global:
+                                outcome = await self._attempt(message, prepared, banned)
+                        else:
+                            outcome = prepared
                 finally:
                     lane.release()
             except asyncio.CancelledError:
@@ -374,7 +380,14 @@ class Worker:
         except PermanentFailure as exc:
             return Failed(str(exc), exc.code)
 
-    async def _attempt(self, message: Claimed, prepared: Prepared | None = None) -> Outcome:
+    async def _banned(self, message: Claimed) -> frozenset[str]:
+        """The message's suppressed recipients, lower-cased (§12.3)."""
+        if self._suppressions is None:
+            return frozenset()
+        return await self._suppressions.suppressed(message.tenant_id, self._recipients(message))
+
+    async def _attempt(self, message: Claimed, prepared: Prepared | None = None,
+                       banned: frozenset[str] = frozenset()) -> Outcome:
         account = await self._account(message.tenant_id, message.account_id)
         if account is None:
             return Failed("account deleted")
@@ -382,11 +395,9 @@ class Worker:
             sender, recipients, data, composed = self._build(message, prepared)
         except ValueError as exc:
             return Failed(str(exc))
-        dropped: tuple[dict[str, str | None], ...] = ()
-        if self._suppressions is not None:
-            recipients, dropped = await self._drop_suppressed(message.tenant_id, recipients)
-            if not recipients:
-                return Failed("suppressed", suppressed=True)
+        recipients, dropped = _without(recipients, banned)
+        if not recipients:
+            return Failed("suppressed", suppressed=True)
         utf8 = needs_smtputf8(sender) or any(needs_smtputf8(r) for r in recipients)
         # 8-bit bytes (raw or SMTP-submitted content) go out with BODY=8BITMIME (§9.6);
         # composed mail is 7-bit by construction (tests/unit/test_compose.py proves it).
@@ -412,18 +423,6 @@ class Worker:
             {"address": r.address, "code": r.code, "reason": r.reason} for r in refused
         )
         return Sent(failed_recipients=dropped + failed)
-
-    async def _drop_suppressed(self, tenant_id: str, recipients: list[str]
-                               ) -> tuple[list[str], tuple[dict[str, str | None], ...]]:
-        """Recipients left to mail, and the suppressed ones as failed_recipients (§12.3)."""
-        assert self._suppressions is not None
-        banned = await self._suppressions.suppressed(tenant_id, recipients)
-        if not banned:
-            return recipients, ()
-        kept = [r for r in recipients if r.lower() not in banned]
-        dropped = tuple({"address": r, "code": None, "reason": "suppressed"}
-                        for r in recipients if r.lower() in banned)
-        return kept, dropped
 
     def _temporary(self, message: Claimed, error: str) -> Outcome:
         retry = self._s.retry
@@ -451,7 +450,7 @@ class Worker:
             return (*self._build_submitted(message, raw), False)
         content = message.content
         sender = _addr(content.return_path or self.bounce_return_path or content.from_addr)
-        recipients = [_addr(a) for a in content.recipients]
+        recipients = self._recipients(message)
         if raw is not None:
             data = compose.prepare_raw(
                 raw, pk=message.pk, client_id=message.id, date_ts=message.date_ts,
@@ -481,7 +480,26 @@ class Worker:
             from_domain=sender.rpartition("@")[2] or None, genro_header=self._s.genro_header,
             hostname=self._hostname, strip_headers=CONTROL_HEADERS,
         )
-        return sender, list(message.content.to), data
+        return sender, self._recipients(message), data
+
+    @staticmethod
+    def _recipients(message: Claimed) -> list[str]:
+        """The envelope recipients: as received for SMTP-submitted mail, else the addr-specs
+        of To, Cc and Bcc."""
+        if message.raw is not None and message.envelope_from is not None:
+            return list(message.content.to)
+        return [_addr(a) for a in message.content.recipients]
+
+
+def _without(recipients: list[str], banned: frozenset[str]
+             ) -> tuple[list[str], tuple[dict[str, str | None], ...]]:
+    """Recipients left to mail, and the suppressed ones as failed_recipients (§12.3)."""
+    if not banned:
+        return recipients, ()
+    kept = [r for r in recipients if r.lower() not in banned]
+    dropped = tuple({"address": r, "code": None, "reason": "suppressed"}
+                    for r in recipients if r.lower() in banned)
+    return kept, dropped
 
 
 def _addr(item: str) -> str:

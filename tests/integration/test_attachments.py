@@ -223,6 +223,28 @@ async def test_temporary_failures_are_retried_and_permanent_ones_fail(
     assert parts(got.content)[0].get_payload(decode=True) == b"eventually"
 
 
+async def test_mail_to_suppressed_addresses_alone_fetches_nothing(
+    make_api: ApiFactory, relay: Relay, file_server: FileServer
+) -> None:
+    files = file_server
+    files.files["a.pdf"] = PDF
+    api = await setup(make_api, relay, files)
+    await api.ok("POST", "/tenant/acme/suppressions", json={"addresses": ["dead@example.org"]})
+    attachment = {"filename": "a.pdf", "storage_path": files.url("/files/a.pdf")}
+    gone = {"filename": "gone.pdf", "storage_path": files.url("/status/404")}
+    await api.send(message(1, to=["Dead@example.org"], attachments=[attachment, gone]),
+                   message(2, to=["dead@example.org", "live@example.org"],
+                           attachments=[attachment]))
+    # All recipients suppressed: suppressed, not failed on the missing file, nothing fetched.
+    one = await wait_status(api, "m1", "suppressed", "error")
+    assert (one["status"], one["error"]) == ("suppressed", "suppressed")
+    [got] = await relay.wait_for(1, timeout=10)
+    assert list(got.rcpt_tos) == ["live@example.org"]
+    assert parts(got.content)[0].get_payload(decode=True) == PDF
+    assert files.hits["a.pdf"] == 1  # once, for the message that still had a recipient
+    assert files.requests and all(path != "/status/404" for path, _ in files.requests)
+
+
 async def test_size_cap_and_checksum_mismatch_are_permanent(
     make_api: ApiFactory, relay: Relay, file_server: FileServer
 ) -> None:
