@@ -1,30 +1,42 @@
-"""Use cases. Knows the ports it needs (Store, Clock, Waker) and nothing of the adapters."""
+"""Use cases. Knows the ports it needs (mailproxy.ports) and nothing of the adapters.
+
+The store is the service's own: the edges call these use cases, never the store.
+"""
 
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, fields, replace
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Protocol
 
 from mailproxy import audit, intake, jsonsafe, sync
+from mailproxy.apikeys import tenant_for_token
 from mailproxy.errors import Forbidden, InvalidRequest, NotFound, Unauthorized
 from mailproxy.model import (
     Account,
-    ClaimBatch,
-    Claimed,
     ClientAuth,
     CommandEntry,
-    Event,
     InstanceConfig,
     LimitBehavior,
+    MessageView,
     NewMessage,
-    Outcome,
     Priority,
     RateLimits,
     SyncState,
     Tenant,
+)
+from mailproxy.ports import (
+    AuditLog,
+    Clock,
+    Directory,
+    Health,
+    InstanceSettings,
+    Intake,
+    MessageLog,
+    QueueCounts,
+    ReportLog,
+    Waker,
 )
 from mailproxy.tokens import hash_password, hash_token, new_token, same
 
@@ -32,19 +44,6 @@ log = logging.getLogger("mailproxy.service")
 
 ADMIN_ONLY_TENANT_FIELDS = ("active", "rate_limits", "large_file_config", "api_key_expires_at")
 TENANT_URL_FIELDS = ("client_base_url", "client_sync_path", "client_attachment_path")
-
-
-class Clock(Protocol):
-    def now(self) -> float: ...
-
-
-class SystemClock:
-    def now(self) -> float:
-        return time.time()
-
-
-class Waker(Protocol):
-    def wake(self, urgent: bool = False) -> None: ...
 
 
 class BounceControl(Protocol):
@@ -61,85 +60,9 @@ class ReportControl(Protocol):
     def run_now(self, tenant_id: str | None) -> None: ...
 
 
-class Store(Protocol):
-    """Persistence port; SQLite and PostgreSQL implement it, the contract suite checks both."""
-
-    async def open(self) -> None: ...
-    async def close(self) -> None: ...
-    async def ping(self) -> None: ...
-    async def get_meta(self, key: str) -> str | None: ...
-    async def set_meta(self, key: str, value: str) -> None: ...
-    async def set_meta_if_absent(self, key: str, value: str) -> str: ...
-    async def get_tenant(self, tenant_id: str) -> Tenant | None: ...
-    async def list_tenants(self, active_only: bool = False) -> list[Tenant]: ...
-    async def tenant_by_key_hash(self, key_hash: str) -> Tenant | None: ...
-    async def put_tenant(self, tenant: Tenant) -> bool: ...
-    async def set_api_key(self, tenant_id: str, key_hash: str | None, expires: int | None
-                          ) -> bool: ...
-    async def set_suspended(self, tenant_id: str, batches: Sequence[str]) -> bool: ...
-    async def delete_tenant(self, tenant_id: str) -> bool: ...
-    async def get_account(self, tenant_id: str, account_id: str) -> Account | None: ...
-    async def list_accounts(self, tenant_id: str | None = None) -> list[Account]: ...
-    async def put_account(self, account: Account) -> None: ...
-    async def delete_account(self, tenant_id: str, account_id: str, now: int) -> bool: ...
-    async def enqueue(self, items: Sequence[NewMessage], now: float) -> list[str | None]: ...
-    async def count_open(self, tenant_id: str | None = None, batch_code: str | None = None
-                         ) -> int: ...
-    async def list_messages(
-        self, tenant: Tenant, *, now: int, active_only: bool = False, status: str | None = None,
-        include_history: bool = False, limit: int = 10000, offset: int = 0,
-    ) -> list[dict[str, Any]]: ...
-    async def list_all_messages(
-        self, tenants: Mapping[str, Tenant], *, now: int, active_only: bool = False,
-        status: str | None = None, include_history: bool = False, limit: int = 1000,
-        before: int | None = None,
-    ) -> tuple[list[dict[str, Any]], int | None]: ...
-    async def delete_messages(self, tenant_id: str, ids: Sequence[str]
-                              ) -> tuple[int, list[str]]: ...
-    async def claim(self, owner: str, now: float, lease_seconds: float, max_total: int,
-                    skip: frozenset[tuple[str, str]] = frozenset()) -> ClaimBatch: ...
-    async def record(self, owner: str, results: Sequence[tuple[Claimed, Outcome]], now: float
-                     ) -> list[bool]: ...
-    async def renew(self, owner: str, claimed: Sequence[Claimed], until: float) -> None: ...
-    async def release(self, owner: str, claimed: Sequence[Claimed], now: float) -> None: ...
-    async def recover(self, now: float, retry_max: int, *, all_sending: bool) -> int: ...
-    async def prune(self, now: float) -> None: ...
-    # delivery reports (§8)
-    async def pending_event_counts(self) -> dict[str, int]: ...
-    async def pending_events(self, tenant_id: str, limit: int) -> list[Event]: ...
-    async def ack_events(self, tenant_id: str, event_ids: Sequence[str], now: int) -> int: ...
-    async def ack_all_events(self, tenant_id: str, now: int) -> int: ...
-    async def get_sync_state(self, tenant_id: str) -> SyncState: ...
-    async def list_sync_states(self) -> list[SyncState]: ...
-    async def put_sync_state(self, state: SyncState) -> None: ...
-    async def acquire_report_lease(self, tenant_id: str, owner: str, now: float, until: float
-                                   ) -> bool: ...
-    async def release_report_lease(self, tenant_id: str, owner: str) -> None: ...
-    async def purge_reported(self, before_ts: int, tenant_id: str | None = None) -> int: ...
-    # instance settings and command log (§3.6, §3.7)
-    async def get_instance(self) -> InstanceConfig: ...
-    async def put_instance(self, config: InstanceConfig) -> None: ...
-    async def log_command(self, entry: CommandEntry) -> None: ...
-    async def list_commands(
-        self, *, tenant_id: str | None, since_ts: int | None, until_ts: int | None,
-        endpoint: str | None, limit: int, offset: int,
-    ) -> tuple[int, list[CommandEntry]]: ...
-    async def export_commands(
-        self, *, tenant_id: str | None, since_ts: int | None, until_ts: int | None
-    ) -> list[CommandEntry]: ...
-    async def prune_commands(self, before_ts: int) -> int: ...
-
-
-@runtime_checkable
-class WakeSource(Protocol):
-    """Optional store capability: wake-ups from other instances sharing the database.
-
-    PostgreSQL implements it with LISTEN/NOTIFY; SQLite has a single process and does not.
-    """
-
-    async def listen(self, callback: Callable[[], None]) -> None: ...
-
-    def on_change(self, callback: Callable[[], None]) -> None: ...
+class ServiceStore(Health, Directory, Intake, QueueCounts, MessageLog, ReportLog,
+                   InstanceSettings, AuditLog, Protocol):
+    """The roles the use cases need: everything but the worker's claiming and the meta."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -174,7 +97,7 @@ class SubmitResult:
 
 @dataclass
 class MailService:
-    store: Store
+    store: ServiceStore  # private to the service: no edge reaches it
     clock: Clock
     rules: intake.IntakeRules
     admin_token: str
@@ -210,10 +133,40 @@ class MailService:
             raise NotFound("tenant not found")
         return tenant
 
+    async def healthy(self) -> bool:
+        """The database answers (GET /health)."""
+        try:
+            await self.store.ping()
+        except Exception:
+            return False
+        return True
+
+    async def open_messages(self) -> int:
+        """Messages not final yet, over every tenant (GET /status, any authenticated caller)."""
+        return await self.store.count_open()
+
+    # -- messages ----------------------------------------------------------------------------
+
+    async def list_messages(
+        self, caller: Caller, tenant_id: str, *, active_only: bool, status: str | None,
+        include_history: bool, limit: int, offset: int,
+    ) -> list[MessageView]:
+        """One tenant's messages, newest first, as the caller may see them."""
+        tenant = await self.tenant_in_scope(caller, tenant_id)
+        return await self.store.list_messages(
+            tenant, now=int(self.clock.now()), active_only=active_only, status=status,
+            include_history=include_history, limit=limit, offset=offset)
+
+    async def delete_messages(self, caller: Caller, tenant_id: str, ids: Sequence[str]
+                              ) -> tuple[int, list[str]]:
+        """Remove the tenant's messages by client id: (how many, the ids not found)."""
+        await self.tenant_in_scope(caller, tenant_id)
+        return await self.store.delete_messages(tenant_id, ids)
+
     async def list_all_messages(
         self, caller: Caller, *, active_only: bool, status: str | None, include_history: bool,
         limit: int, cursor: int | None,
-    ) -> tuple[list[dict[str, Any]], int | None]:
+    ) -> tuple[list[MessageView], int | None]:
         """Every tenant's messages, for the admin only; a page and the cursor of the next
         one (None on the last page)."""
         self.require_admin(caller)
@@ -338,6 +291,32 @@ class MailService:
             await self.store.set_api_key(tenant_id, tenant.api_key_hash,
                                          _seconds(body["api_key_expires_at"]))
 
+    async def list_tenants(self, caller: Caller, active_only: bool = False) -> list[Tenant]:
+        self.require_admin(caller)
+        return await self.store.list_tenants(active_only)
+
+    async def visible_tenants(self, caller: Caller) -> list[Tenant]:
+        """Every tenant for the admin; a tenant's own (none once it is deleted)."""
+        if caller.admin:
+            return await self.store.list_tenants()
+        tenant = await self.store.get_tenant(str(caller.tenant_id))
+        return [] if tenant is None else [tenant]
+
+    async def tenants_with_accounts(self, caller: Caller) -> list[tuple[Tenant, list[Account]]]:
+        """The visible tenants, each with its accounts."""
+        return [(tenant, await self.store.list_accounts(tenant.id))
+                for tenant in await self.visible_tenants(caller)]
+
+    async def key_current(self, tenant_id: str, key_print: str | None) -> bool:
+        """Whether the tenant still has the API key whose digest starts with `key_print`,
+        unexpired (a dashboard session signed in with it stays valid while this holds)."""
+        tenant = await self.store.get_tenant(tenant_id)
+        if tenant is None or tenant.api_key_hash is None or not tenant.api_key_hash.startswith(
+                key_print or "-"):
+            return False
+        expires = tenant.api_key_expires_at
+        return not (expires is not None and expires <= self.clock.now())
+
     async def delete_tenant(self, caller: Caller, tenant_id: str) -> None:
         self.require_admin(caller)
         if not await self.store.delete_tenant(tenant_id):
@@ -370,6 +349,10 @@ class MailService:
         self._changed()
         for listener in self.account_listeners:
             listener.account_changed(account.tenant_id, account.id)
+
+    async def list_accounts(self, caller: Caller, tenant_id: str) -> list[Account]:
+        await self.tenant_in_scope(caller, tenant_id)
+        return await self.store.list_accounts(tenant_id)
 
     async def delete_account(self, caller: Caller, tenant_id: str, account_id: str) -> None:
         await self.tenant_in_scope(caller, tenant_id)
@@ -564,20 +547,6 @@ def apply_instance_fields(base: InstanceConfig, body: Mapping[str, Any]) -> Inst
         else:
             changes[name] = value
     return replace(base, **changes)
-
-
-async def tenant_for_token(store: Store, token: str, now: float) -> Tenant | None:
-    """The tenant whose current, unexpired API key is `token` (admin token excluded)."""
-    digest = hash_token(token)
-    tenant = await store.tenant_by_key_hash(digest)
-    if tenant is None or tenant.api_key_hash is None:
-        return None
-    if not same(tenant.api_key_hash, digest):
-        return None
-    expires = tenant.api_key_expires_at
-    if expires is not None and expires <= now:
-        return None
-    return tenant
 
 
 def _seconds(value: Any) -> int | None:
