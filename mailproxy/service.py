@@ -12,13 +12,13 @@ from typing import Any, Protocol
 
 from mailproxy import audit, intake, jsonsafe, sync
 from mailproxy.apikeys import tenant_for_token
+from mailproxy.commands import ABSENT, PutAccount, kept
 from mailproxy.errors import Forbidden, InvalidRequest, NotFound, Unauthorized
 from mailproxy.model import (
     Account,
     ClientAuth,
     CommandEntry,
     InstanceConfig,
-    LimitBehavior,
     MessageView,
     NewMessage,
     Priority,
@@ -341,10 +341,11 @@ class MailService:
 
     # -- accounts ----------------------------------------------------------------------------
 
-    async def put_account(self, caller: Caller, body: Mapping[str, Any]) -> None:
-        tenant = await self.tenant_in_scope(caller, str(body["tenant_id"]))
-        existing = await self.store.get_account(tenant.id, str(body["id"]))
-        account = account_from_body(body, existing)
+    async def put_account(self, caller: Caller, command: PutAccount) -> None:
+        """POST /account: create, or replace all but the secrets the command leaves ABSENT."""
+        tenant = await self.tenant_in_scope(caller, command.account.tenant_id)
+        existing = await self.store.get_account(tenant.id, command.account.id)
+        account = account_with_secrets(command, existing)
         await self.store.put_account(account)
         self._changed()
         for listener in self.account_listeners:
@@ -637,34 +638,15 @@ def _secret(current: str | None, body: Mapping[str, Any], name: str) -> str | No
     return body[name] or None
 
 
-def account_from_body(body: Mapping[str, Any], existing: Account | None) -> Account:
-    submission = body.get("submission_password")
+def account_with_secrets(command: PutAccount, existing: Account | None) -> Account:
+    """The account of the command, its secrets changed as the command says."""
     submission_hash = existing.submission_password_hash if existing else None
-    if submission is not None:
-        submission_hash = hash_password(submission) if submission else None
-    return Account(
-        tenant_id=str(body["tenant_id"]),
-        id=str(body["id"]),
-        host=str(body["host"]),
-        port=int(body["port"]),
-        user=body.get("user"),
-        password=_secret(existing.password if existing else None, body, "password"),
-        use_tls=body.get("use_tls"),
-        ttl=int(body.get("ttl") or 300),
-        limits=RateLimits(
-            minute=body.get("limit_per_minute"),
-            hour=body.get("limit_per_hour"),
-            day=body.get("limit_per_day"),
-        ),
-        limit_behavior=LimitBehavior(body.get("limit_behavior") or "defer"),
-        batch_size=int(body.get("batch_size") or 50),
+    if command.submission_password is not ABSENT:
+        submission = command.submission_password
+        submission_hash = None if submission is None else hash_password(submission)
+    return replace(
+        command.account,
+        password=kept(command.password, existing.password if existing else None),
+        imap_password=kept(command.imap_password, existing.imap_password if existing else None),
         submission_password_hash=submission_hash,
-        is_pec_account=bool(body.get("is_pec_account") or False),
-        imap_host=body.get("imap_host"),
-        imap_port=int(body.get("imap_port") or 993),
-        imap_user=body.get("imap_user"),
-        imap_password=_secret(existing.imap_password if existing else None, body,
-                              "imap_password"),
-        imap_folder=body.get("imap_folder") or "INBOX",
-        imap_ssl=True if body.get("imap_ssl") is None else bool(body.get("imap_ssl")),
     )

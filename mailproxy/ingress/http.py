@@ -407,9 +407,8 @@ def _status_query(request: web.Request) -> str | None:
                 response=OkResponse))
 async def post_account(request: web.Request) -> web.Response:
     caller = await _caller(request)
-    body = await _object(request)
-    _shape(AccountShape, body)
-    await request.app[SERVICE].put_account(caller, body)
+    shape = _shape(AccountShape, await _object(request))
+    await request.app[SERVICE].put_account(caller, shape.command())
     return _json({"ok": True})
 
 

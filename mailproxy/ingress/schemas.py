@@ -15,6 +15,8 @@ from pydantic import (
     model_validator,
 )
 
+from mailproxy.commands import PutAccount, secret_change
+from mailproxy.model import Account, LimitBehavior, RateLimits
 from mailproxy.offload.config import save_problem
 
 Str = StrictStr | None
@@ -148,6 +150,28 @@ class AccountShape(BaseModel):
     imap_password: Str = None
     imap_folder: Str = None
     imap_ssl: StrictBool | None = None
+
+    def command(self) -> PutAccount:
+        """The command of this body: what it leaves out (or sends null) takes Account's
+        default, "" as imap_folder too; secrets keep on null and clear on ""."""
+        given: dict[str, Any] = {
+            "ttl": self.ttl, "batch_size": self.batch_size, "is_pec_account": self.is_pec_account,
+            "imap_port": self.imap_port, "imap_folder": self.imap_folder or None,
+            "imap_ssl": self.imap_ssl,
+            "limit_behavior": None if self.limit_behavior is None
+            else LimitBehavior(self.limit_behavior),
+        }
+        account = Account(
+            tenant_id=self.tenant_id, id=self.id, host=self.host, port=self.port,
+            user=self.user, use_tls=self.use_tls, imap_host=self.imap_host,
+            imap_user=self.imap_user,
+            limits=RateLimits(minute=self.limit_per_minute, hour=self.limit_per_hour,
+                              day=self.limit_per_day),
+            **{name: value for name, value in given.items() if value is not None},
+        )
+        return PutAccount(account, password=secret_change(self.password),
+                          imap_password=secret_change(self.imap_password),
+                          submission_password=secret_change(self.submission_password))
 
 
 class IdsShape(BaseModel):

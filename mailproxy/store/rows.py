@@ -192,7 +192,9 @@ def account_to_row(a: Account, cipher: Cipher) -> dict[str, Any]:
 
 
 def account_config(tenant_id: str, account_id: str, config: Mapping[str, Any]) -> Account:
-    """An Account from its non-secret config (claiming needs no secrets)."""
+    """An Account from its non-secret config (claiming needs no secrets); a key the config
+    lacks takes Account's default."""
+    d = _ACCOUNT_DEFAULTS
     return Account(
         tenant_id=tenant_id,
         id=account_id,
@@ -200,21 +202,24 @@ def account_config(tenant_id: str, account_id: str, config: Mapping[str, Any]) -
         port=int(config["port"]),
         user=config.get("user"),
         use_tls=config.get("use_tls"),
-        ttl=int(config.get("ttl", 300)),
+        ttl=int(config.get("ttl", d.ttl)),
         limits=RateLimits(
             minute=config.get("limit_per_minute"),
             hour=config.get("limit_per_hour"),
             day=config.get("limit_per_day"),
         ),
-        limit_behavior=LimitBehavior(config.get("limit_behavior", "defer")),
-        batch_size=int(config.get("batch_size", 50)),
-        is_pec_account=bool(config.get("is_pec_account", False)),
+        limit_behavior=LimitBehavior(config.get("limit_behavior", d.limit_behavior)),
+        batch_size=int(config.get("batch_size", d.batch_size)),
+        is_pec_account=bool(config.get("is_pec_account", d.is_pec_account)),
         imap_host=config.get("imap_host"),
-        imap_port=int(config.get("imap_port", 993)),
+        imap_port=int(config.get("imap_port", d.imap_port)),
         imap_user=config.get("imap_user"),
-        imap_folder=config.get("imap_folder", "INBOX"),
-        imap_ssl=bool(config.get("imap_ssl", True)),
+        imap_folder=config.get("imap_folder", d.imap_folder),
+        imap_ssl=bool(config.get("imap_ssl", d.imap_ssl)),
     )
+
+
+_ACCOUNT_DEFAULTS = Account(tenant_id="-", id="-", host="-", port=0)
 
 
 def account_from_row(row: Sequence[Any], cipher: Cipher) -> Account:
