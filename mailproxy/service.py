@@ -26,6 +26,7 @@ from mailproxy.model import (
     SyncState,
     Tenant,
 )
+from mailproxy.policy import parse_priority
 from mailproxy.ports import (
     AuditLog,
     Clock,
@@ -560,17 +561,10 @@ def _str_or_none(value: Any) -> str | None:
 
 
 def _default_priority(value: Any) -> Priority:
-    if isinstance(value, bool):
+    priority = parse_priority(value, exact=True)
+    if priority is None:
         raise InvalidRequest("invalid default_priority")
-    if isinstance(value, int) and not 0 <= value <= 3:
-        raise InvalidRequest("invalid default_priority")
-    if isinstance(value, str) and value.strip().lower() not in {p.name.lower() for p in Priority}:
-        raise InvalidRequest("invalid default_priority")
-    if isinstance(value, int):
-        return Priority(value)
-    if isinstance(value, str):
-        return Priority[value.strip().upper()]
-    raise InvalidRequest("invalid default_priority")
+    return priority
 
 
 TENANT_FIELDS = (

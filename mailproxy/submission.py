@@ -26,7 +26,7 @@ from mailproxy.apikeys import tenant_for_token
 from mailproxy.bounces.service import SuppressionCheck
 from mailproxy.errors import StoreError
 from mailproxy.model import NewMessage, Priority
-from mailproxy.policy import PRIORITY_LABELS
+from mailproxy.policy import priority_text
 from mailproxy.ports import Clock, DirectoryReader, Intake, Waker
 from mailproxy.tokens import check_password, hash_password
 
@@ -121,12 +121,10 @@ def envelope_address_ok(address: str, smtputf8: bool) -> bool:
 
 
 def _priority(value: str) -> Priority:
-    text = value.strip().lower()
-    if text in PRIORITY_LABELS:
-        return PRIORITY_LABELS[text]
-    if text in ("0", "1", "2", "3"):
-        return Priority(int(text))
-    raise InvalidControl("X-Mail-Proxy-Priority")
+    priority = priority_text(value)
+    if priority is None:
+        raise InvalidControl("X-Mail-Proxy-Priority")
+    return priority
 
 
 def _deferred_ts(value: str) -> int:
