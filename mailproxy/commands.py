@@ -7,9 +7,11 @@ body left it out or sent null) keeps the stored one, None clears it, a string re
 from __future__ import annotations
 
 import enum
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
-from mailproxy.model import Account
+from mailproxy.model import Account, RateLimits
 
 
 class Absent(enum.Enum):
@@ -43,3 +45,56 @@ class PutAccount:
     password: SecretChange = ABSENT
     imap_password: SecretChange = ABSENT
     submission_password: SecretChange = ABSENT
+
+
+@dataclass(frozen=True, slots=True)
+class ClientAuthChange:
+    """A tenant's client_auth as given: method and user replace, the secrets change."""
+
+    method: str = "none"
+    user: str | None = None
+    token: SecretChange = ABSENT
+    password: SecretChange = ABSENT
+
+
+@dataclass(frozen=True, slots=True)
+class TenantChanges:
+    """The tenant fields a body gives. ABSENT: not given, the stored value stays; None:
+    back to the default (client_auth: none, its secrets dropped)."""
+
+    name: str | Absent | None = ABSENT
+    client_base_url: str | Absent | None = ABSENT
+    client_sync_path: str | Absent | None = ABSENT
+    client_attachment_path: str | Absent | None = ABSENT
+    client_auth: ClientAuthChange | Absent | None = ABSENT
+    webhook_secret: SecretChange = ABSENT
+    rate_limits: RateLimits | Absent | None = ABSENT
+    # as sent (§11: extra keys kept); storage_options left out keep the stored ones
+    large_file_config: Mapping[str, Any] | Absent | None = ABSENT
+    active: bool | Absent | None = ABSENT
+    api_key_expires_at: int | Absent | None = ABSENT
+
+
+@dataclass(frozen=True, slots=True)
+class PutTenant:
+    """POST /tenant: create, or replace every field (the webhook secret stays on null)."""
+
+    id: str
+    changes: TenantChanges
+
+
+@dataclass(frozen=True, slots=True)
+class InstanceChanges:
+    """PUT /instance: ABSENT leaves a setting, None sets it back to its default."""
+
+    name: str | Absent | None = ABSENT
+    bounce_enabled: bool | Absent | None = ABSENT
+    bounce_imap_host: str | Absent | None = ABSENT
+    bounce_imap_port: int | Absent | None = ABSENT
+    bounce_imap_user: str | Absent | None = ABSENT
+    bounce_imap_password: SecretChange = ABSENT
+    bounce_imap_folder: str | Absent | None = ABSENT
+    bounce_imap_ssl: bool | Absent | None = ABSENT
+    bounce_poll_interval: int | Absent | None = ABSENT
+    bounce_return_path: str | Absent | None = ABSENT
+    api_token: str | Absent = ABSENT  # the new admin token (null: not changed)

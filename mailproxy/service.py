@@ -12,7 +12,15 @@ from typing import Any, Protocol
 
 from mailproxy import audit, intake, jsonsafe, sync
 from mailproxy.apikeys import tenant_for_token
-from mailproxy.commands import ABSENT, PutAccount, kept
+from mailproxy.commands import (
+    ABSENT,
+    ClientAuthChange,
+    InstanceChanges,
+    PutAccount,
+    PutTenant,
+    TenantChanges,
+    kept,
+)
 from mailproxy.errors import Forbidden, InvalidRequest, NotFound, Unauthorized
 from mailproxy.model import (
     Account,
@@ -22,7 +30,6 @@ from mailproxy.model import (
     MessageView,
     NewMessage,
     Priority,
-    RateLimits,
     SyncState,
     Tenant,
 )
@@ -261,36 +268,35 @@ class MailService:
 
     # -- tenants -----------------------------------------------------------------------------
 
-    async def put_tenant(self, caller: Caller, body: Mapping[str, Any]) -> str | None:
+    async def put_tenant(self, caller: Caller, command: PutTenant) -> str | None:
         """POST /tenant: create (returns the new raw key) or fully replace."""
         self.require_admin(caller)
-        tenant_id = str(body["id"])
-        existing = await self.store.get_tenant(tenant_id)
-        base = existing or Tenant(id=tenant_id)
-        full = {name: body.get(name) for name in TENANT_FIELDS}
-        tenant = apply_tenant_fields(base, full, admin=True, full_replace=True)
+        existing = await self.store.get_tenant(command.id)
+        base = existing or Tenant(id=command.id)
+        tenant = apply_tenant_changes(base, command.changes, admin=True)
         created = await self.store.put_tenant(tenant)
         self._changed()
         if not created:
             return None
         key = new_token()
-        await self.store.set_api_key(tenant_id, hash_token(key),
-                                     _seconds(body.get("api_key_expires_at")))
+        expires = command.changes.api_key_expires_at
+        await self.store.set_api_key(command.id, hash_token(key),
+                                     None if expires is ABSENT else expires)
         return key
 
-    async def update_tenant(self, caller: Caller, tenant_id: str, body: Mapping[str, Any]
+    async def update_tenant(self, caller: Caller, tenant_id: str, changes: TenantChanges
                             ) -> None:
         """PUT /tenant/{id}: partial update."""
-        if not caller.admin and any(name in body for name in ADMIN_ONLY_TENANT_FIELDS):
+        if not caller.admin and any(getattr(changes, name) is not ABSENT
+                                    for name in ADMIN_ONLY_TENANT_FIELDS):
             raise Forbidden("Admin token required")
         tenant = await self.tenant_in_scope(caller, tenant_id)
-        changes = {k: v for k, v in body.items() if k in TENANT_FIELDS}
-        updated = apply_tenant_fields(tenant, changes, admin=caller.admin, full_replace=False)
+        updated = apply_tenant_changes(tenant, changes, admin=caller.admin)
         await self.store.put_tenant(updated)
         self._changed()
-        if caller.admin and "api_key_expires_at" in body:
-            await self.store.set_api_key(tenant_id, tenant.api_key_hash,
-                                         _seconds(body["api_key_expires_at"]))
+        expires = changes.api_key_expires_at
+        if caller.admin and expires is not ABSENT:
+            await self.store.set_api_key(tenant_id, tenant.api_key_hash, expires)
 
     async def list_tenants(self, caller: Caller, active_only: bool = False) -> list[Tenant]:
         self.require_admin(caller)
@@ -448,19 +454,19 @@ class MailService:
         self.require_admin(caller)
         return await self.store.get_instance()
 
-    async def update_instance(self, caller: Caller, body: Mapping[str, Any]) -> None:
+    async def update_instance(self, caller: Caller, changes: InstanceChanges) -> None:
         """PUT /instance: the admin token first (it may refuse), then the stored settings."""
         self.require_admin(caller)
-        token = body.get("api_token")
-        if token is not None:
+        token = changes.api_token
+        if token is not ABSENT:
             self._check_admin_token(token)
         current = await self.store.get_instance()
-        updated = apply_instance_fields(current, body)
+        updated = apply_instance_changes(current, changes)
         if updated.bounce_poll_interval < 1:
             raise InvalidRequest("bounce_poll_interval must be at least 1")
         if updated != current:
             await self.store.put_instance(updated)
-        if token is not None:
+        if token is not ABSENT:
             self._replace_admin_token(token)
 
     def _check_admin_token(self, token: str) -> None:
@@ -535,25 +541,17 @@ INSTANCE_FIELDS = tuple(
 _INSTANCE_DEFAULTS = InstanceConfig()
 
 
-def apply_instance_fields(base: InstanceConfig, body: Mapping[str, Any]) -> InstanceConfig:
-    """Present keys change, null resets to the default; the password: null keeps, "" clears."""
-    changes: dict[str, Any] = {}
+def apply_instance_changes(base: InstanceConfig, changes: InstanceChanges) -> InstanceConfig:
+    """Named settings change, None resets to the default; the password's change is its own."""
+    new: dict[str, Any] = {}
     for name in INSTANCE_FIELDS:
-        if name not in body:
+        value = getattr(changes, name)
+        if value is ABSENT:
             continue
-        value = body[name]
-        if name == "bounce_imap_password":
-            changes[name] = _secret(base.bounce_imap_password, body, name)
-        elif value is None:
-            changes[name] = getattr(_INSTANCE_DEFAULTS, name)
-        else:
-            changes[name] = value
-    return replace(base, **changes)
-
-
-def _seconds(value: Any) -> int | None:
-    """A timestamp from a request: floats are truncated (§1)."""
-    return None if value is None else int(value)
+        if value is None and name != "bounce_imap_password":
+            value = getattr(_INSTANCE_DEFAULTS, name)
+        new[name] = value
+    return replace(base, **new)
 
 
 def _str_or_none(value: Any) -> str | None:
@@ -567,41 +565,32 @@ def _default_priority(value: Any) -> Priority:
     return priority
 
 
-TENANT_FIELDS = (
-    "name", "client_base_url", "client_sync_path", "client_attachment_path", "client_auth",
-    "webhook_secret", "rate_limits", "large_file_config", "active",
-)
+_TENANT_TEXT_FIELDS = ("name", *TENANT_URL_FIELDS)
 _TENANT_DEFAULTS = Tenant(id="-")
 
 
-def apply_tenant_fields(
-    base: Tenant, values: Mapping[str, Any], *, admin: bool, full_replace: bool
-) -> Tenant:
-    """New Tenant from base with the given body fields (null = default; secrets kept on null)."""
-    changes: dict[str, Any] = {}
-    for name, value in values.items():
-        if name == "client_auth":
-            changes["client_auth"] = _client_auth(base.client_auth, value)
-        elif name == "webhook_secret":
-            if value is None:
-                if not full_replace:
-                    changes["webhook_secret"] = None
-            else:
-                changes["webhook_secret"] = value or None
-        elif name == "rate_limits":
-            changes["rate_limits"] = None if value is None else RateLimits(
-                minute=value.get("minute"), hour=value.get("hour"), day=value.get("day"))
-        elif name == "active":
-            changes["active"] = True if value is None else bool(value)
-        elif name == "large_file_config" and isinstance(value, Mapping):
-            changes[name] = _keep_storage_options(base.large_file_config, value)
-        elif value is None:
-            changes[name] = getattr(_TENANT_DEFAULTS, name)
-        else:
-            changes[name] = value
-    if any(name in values for name in TENANT_URL_FIELDS):
-        changes["urls_set_by_tenant"] = not admin
-    return replace(base, **changes)
+def apply_tenant_changes(base: Tenant, changes: TenantChanges, *, admin: bool) -> Tenant:
+    """New Tenant from base with the named fields (None: the default; secrets as said)."""
+    new: dict[str, Any] = {}
+    for name in _TENANT_TEXT_FIELDS:
+        value = getattr(changes, name)
+        if value is not ABSENT:
+            new[name] = getattr(_TENANT_DEFAULTS, name) if value is None else value
+    if changes.client_auth is not ABSENT:
+        new["client_auth"] = _client_auth(base.client_auth, changes.client_auth)
+    if changes.webhook_secret is not ABSENT:
+        new["webhook_secret"] = changes.webhook_secret
+    if changes.rate_limits is not ABSENT:
+        new["rate_limits"] = changes.rate_limits
+    if changes.large_file_config is not ABSENT:
+        given = changes.large_file_config
+        new["large_file_config"] = (
+            None if given is None else _keep_storage_options(base.large_file_config, given))
+    if changes.active is not ABSENT:
+        new["active"] = True if changes.active is None else changes.active
+    if any(getattr(changes, name) is not ABSENT for name in TENANT_URL_FIELDS):
+        new["urls_set_by_tenant"] = not admin
+    return replace(base, **new)
 
 
 def _keep_storage_options(current: Mapping[str, Any] | None, value: Mapping[str, Any]
@@ -612,24 +601,12 @@ def _keep_storage_options(current: Mapping[str, Any] | None, value: Mapping[str,
     return {**value, "storage_options": current["storage_options"]}
 
 
-def _client_auth(current: ClientAuth, value: Mapping[str, Any] | None) -> ClientAuth:
-    if value is None:
+def _client_auth(current: ClientAuth, change: ClientAuthChange | None) -> ClientAuth:
+    if change is None:
         return ClientAuth()
-    token = value.get("token")
-    password = value.get("password")
-    return ClientAuth(
-        method=value.get("method") or "none",
-        user=value.get("user"),
-        token=current.token if token is None else (token or None),
-        password=current.password if password is None else (password or None),
-    )
-
-
-def _secret(current: str | None, body: Mapping[str, Any], name: str) -> str | None:
-    """Write-only secret: absent or null keeps, "" clears."""
-    if name not in body or body[name] is None:
-        return current
-    return body[name] or None
+    return ClientAuth(method=change.method, user=change.user,
+                      token=kept(change.token, current.token),
+                      password=kept(change.password, current.password))
 
 
 def account_with_secrets(command: PutAccount, existing: Account | None) -> Account:

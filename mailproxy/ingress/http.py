@@ -441,7 +441,7 @@ async def post_tenant(request: web.Request) -> web.Response:
         raise Unprocessable([{"loc": ["body", "id"], "msg": "Field required",
                               "type": "missing"}])
     request.app[SERVICE].require_admin(caller)
-    key = await request.app[SERVICE].put_tenant(caller, body)
+    key = await request.app[SERVICE].put_tenant(caller, shape.replacement(shape.id))
     return _json({"ok": True} if key is None else {"ok": True, "api_key": key})
 
 
@@ -464,8 +464,9 @@ async def get_tenant(request: web.Request) -> web.Response:
 async def put_tenant(request: web.Request) -> web.Response:
     caller = await _caller(request)
     body = await _object(request)
-    _shape(TenantShape, {k: v for k, v in body.items() if k != "id"})
-    await request.app[SERVICE].update_tenant(caller, request.match_info["tenant_id"], body)
+    shape = _shape(TenantShape, {k: v for k, v in body.items() if k != "id"})
+    await request.app[SERVICE].update_tenant(caller, request.match_info["tenant_id"],
+                                             shape.changes())
     return _json({"ok": True})
 
 
@@ -514,9 +515,8 @@ async def get_instance(request: web.Request) -> web.Response:
                 response=OkResponse))
 async def put_instance(request: web.Request) -> web.Response:
     caller = await _caller(request)
-    body = await _object(request)
-    _shape(InstanceShape, body)
-    await request.app[SERVICE].update_instance(caller, body)
+    shape = _shape(InstanceShape, await _object(request))
+    await request.app[SERVICE].update_instance(caller, shape.changes())
     return _json({"ok": True})
 
 

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from mailproxy import intake
-from mailproxy.commands import PutAccount
+from mailproxy.commands import PutAccount, PutTenant, TenantChanges
 from mailproxy.errors import RecipientFailure, TemporaryFailure
 from mailproxy.ingress.http import message_info
 from mailproxy.model import Account, Priority, Tenant
@@ -61,7 +61,7 @@ async def store() -> AsyncIterator[SqliteStore]:
 async def _service(store: SqliteStore, clock: FakeClock) -> MailService:
     service = MailService(store=store, clock=clock, admin_token="admin",
                           rules=intake.IntakeRules(Priority.MEDIUM, 10_000_000))
-    await service.put_tenant(Caller(), {"id": "acme"})
+    await service.put_tenant(Caller(), PutTenant("acme", TenantChanges()))
     await service.put_account(Caller(), PutAccount(Account(tenant_id="acme", id="main",
                                                            host="127.0.0.1", port=25)))
     return service
