@@ -41,8 +41,9 @@ from mailproxy.netguard import AllowList
 from mailproxy.offload.http import OFFLOADER
 from mailproxy.offload.service import Offloader
 from mailproxy.policy import RetryPolicy
+from mailproxy.ports import Clock, Store, SystemClock, WakeSource
 from mailproxy.reports import Reporter, ReporterSettings
-from mailproxy.service import Clock, MailService, Store, SystemClock, WakeSource, tenant_in_scope
+from mailproxy.service import MailService, tenant_in_scope
 from mailproxy.store import open_bounce_store, open_dashboard_store, open_store, rows
 from mailproxy.store.offload_index import offload_index
 from mailproxy.submission import AuthThrottle, SmtpSubmission

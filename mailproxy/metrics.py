@@ -13,6 +13,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable
+from typing import Protocol
 
 from aiohttp import web
 from aiohttp.typedefs import Middleware
@@ -27,7 +28,7 @@ from prometheus_client import (
 )
 
 from mailproxy.model import Claimed, Deferred, Failed, Outcome, Sent
-from mailproxy.service import Store
+from mailproxy.ports import DirectoryReader, QueueCounts
 
 log = logging.getLogger("mailproxy.metrics")
 
@@ -42,10 +43,14 @@ HTTP_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTI
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
+class MetricsStore(QueueCounts, DirectoryReader, Protocol):
+    """The open-message count and the tenants and accounts that label the series."""
+
+
 class Metrics:
     """The gmp_* collectors of one app, and the worker Observer that feeds them."""
 
-    def __init__(self, store: Store, token: str | None = None,
+    def __init__(self, store: MetricsStore, token: str | None = None,
                  registry: CollectorRegistry | None = None) -> None:
         self.store = store
         self.token = token

@@ -341,3 +341,47 @@ class CommandEntry:
     payload: Any
     response_status: int
     id: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class HistoryEntry:
+    """One event of a listed message (GET /messages?include_history=true)."""
+
+    event_id: str
+    event_type: str
+    event_ts: int
+    description: str | None
+    metadata: dict[str, Any]
+    reported_ts: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class MessageView:
+    """A stored message as the listing shows it (§5.2): its status as seen at the time of the
+    listing, the payload with its attachment secrets masked; the edge renders it."""
+
+    pk: str
+    client_id: str
+    tenant_id: str
+    tenant_name: str
+    account_id: str | None
+    status: str
+    suspended: bool
+    priority: int
+    batch_code: str | None
+    deferred_ts: int | None
+    retry_count: int
+    sent_ts: int | None
+    error_ts: int | None
+    error: str | None
+    reported_ts: int | None
+    bounce_type: str | None
+    bounce_code: str | None
+    bounce_reason: str | None
+    bounce_ts: int | None
+    is_pec: bool
+    last_error: str | None
+    created_at: str  # `YYYY-MM-DD HH:MM:SS` UTC, as the contract keeps it
+    updated_at: str
+    message: dict[str, Any]
+    history: tuple[HistoryEntry, ...] | None = None

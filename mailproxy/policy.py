@@ -12,15 +12,20 @@ from mailproxy.model import Priority, RateLimits
 PRIORITY_LABELS = {p.name.lower(): p for p in Priority}
 
 
-def parse_priority(value: object) -> Priority | None:
+def parse_priority(value: object, *, exact: bool = False) -> Priority | None:
     """Map an API priority (int, float, numeric string or label) to a Priority.
 
-    Ints are clamped to 0-3, floats truncated then clamped; unknown labels and None give
-    None so that the caller falls back to the default. Booleans never reach here: they are
-    a type error at the edge.
+    The one priority parser. Lenient (a message's `priority`): ints are clamped to 0-3,
+    floats truncated then clamped; unknown labels and None give None so that the caller
+    falls back to the default. Exact (`default_priority`, the SMTP header, the dashboard
+    filter): only a label or an int 0-3 names a priority, anything else gives None for the
+    caller to refuse. A label is matched in any case, blanks around it ignored. Booleans
+    name none.
     """
     if value is None or isinstance(value, bool):
         return None
+    if exact:
+        return _exact_priority(value)
     if isinstance(value, int | float):
         if isinstance(value, float) and not math.isfinite(value):
             return None
@@ -35,6 +40,25 @@ def parse_priority(value: object) -> Priority | None:
         except ValueError:
             return None
     return None
+
+
+def _exact_priority(value: object) -> Priority | None:
+    if isinstance(value, int):
+        return Priority(value) if 0 <= value <= 3 else None
+    if isinstance(value, str):
+        return PRIORITY_LABELS.get(value.strip().lower())
+    return None
+
+
+_PRIORITY_DIGITS = frozenset("0123")
+
+
+def priority_text(text: str) -> Priority | None:
+    """A priority written where every value is text (an SMTP header, a search term):
+    a label or one of the digits 0-3; None otherwise."""
+    stripped = text.strip()
+    return parse_priority(int(stripped) if stripped in _PRIORITY_DIGITS else stripped,
+                          exact=True)
 
 
 @dataclass(frozen=True, slots=True)

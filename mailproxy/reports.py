@@ -28,11 +28,15 @@ from mailproxy.errors import StoreError
 from mailproxy.model import Event, SyncState, Tenant
 from mailproxy.netguard import AddressRefused, AllowList, GuardedResolver, check_literal
 from mailproxy.policy import report_backoff
-from mailproxy.service import Clock, Store
+from mailproxy.ports import AuditPruning, Clock, ReportLog, TenantReader
 
 log = logging.getLogger("mailproxy.reports")
 
 USER_AGENT = f"mailproxy/{__version__}"
+
+
+class ReporterStore(ReportLog, TenantReader, AuditPruning, Protocol):
+    """The report log, the tenants it reports to, and the command log it prunes."""
 
 
 class ReportObserver(Protocol):
@@ -73,7 +77,7 @@ class CallResult:
 
 
 class Reporter:
-    def __init__(self, store: Store, clock: Clock, settings: ReporterSettings,
+    def __init__(self, store: ReporterStore, clock: Clock, settings: ReporterSettings,
                  rng: random.Random | None = None,
                  observer: ReportObserver | None = None) -> None:
         self._store = store

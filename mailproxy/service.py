@@ -1,30 +1,51 @@
-"""Use cases. Knows the ports it needs (Store, Clock, Waker) and nothing of the adapters."""
+"""Use cases. Knows the ports it needs (mailproxy.ports) and nothing of the adapters.
+
+The store is the service's own: the edges call these use cases, never the store.
+"""
 
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, fields, replace
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Protocol
 
 from mailproxy import audit, intake, jsonsafe, sync
+from mailproxy.apikeys import tenant_for_token
+from mailproxy.commands import (
+    ABSENT,
+    ClientAuthChange,
+    InstanceChanges,
+    PutAccount,
+    PutTenant,
+    TenantChanges,
+    kept,
+)
 from mailproxy.errors import Forbidden, InvalidRequest, NotFound, Unauthorized
 from mailproxy.model import (
     Account,
-    ClaimBatch,
-    Claimed,
     ClientAuth,
     CommandEntry,
-    Event,
     InstanceConfig,
-    LimitBehavior,
+    MessageView,
     NewMessage,
-    Outcome,
     Priority,
-    RateLimits,
     SyncState,
     Tenant,
+)
+from mailproxy.policy import parse_priority
+from mailproxy.ports import (
+    AuditLog,
+    Clock,
+    Directory,
+    Health,
+    InstanceSettings,
+    Intake,
+    MessageLog,
+    QueueCounts,
+    ReportLog,
+    TenantReader,
+    Waker,
 )
 from mailproxy.tokens import hash_password, hash_token, new_token, same
 
@@ -32,19 +53,6 @@ log = logging.getLogger("mailproxy.service")
 
 ADMIN_ONLY_TENANT_FIELDS = ("active", "rate_limits", "large_file_config", "api_key_expires_at")
 TENANT_URL_FIELDS = ("client_base_url", "client_sync_path", "client_attachment_path")
-
-
-class Clock(Protocol):
-    def now(self) -> float: ...
-
-
-class SystemClock:
-    def now(self) -> float:
-        return time.time()
-
-
-class Waker(Protocol):
-    def wake(self, urgent: bool = False) -> None: ...
 
 
 class BounceControl(Protocol):
@@ -70,85 +78,9 @@ class AccountListener(Protocol):
     def tenant_deleted(self, tenant_id: str) -> None: ...
 
 
-class Store(Protocol):
-    """Persistence port; SQLite and PostgreSQL implement it, the contract suite checks both."""
-
-    async def open(self) -> None: ...
-    async def close(self) -> None: ...
-    async def ping(self) -> None: ...
-    async def get_meta(self, key: str) -> str | None: ...
-    async def set_meta(self, key: str, value: str) -> None: ...
-    async def set_meta_if_absent(self, key: str, value: str) -> str: ...
-    async def get_tenant(self, tenant_id: str) -> Tenant | None: ...
-    async def list_tenants(self, active_only: bool = False) -> list[Tenant]: ...
-    async def tenant_by_key_hash(self, key_hash: str) -> Tenant | None: ...
-    async def put_tenant(self, tenant: Tenant) -> bool: ...
-    async def set_api_key(self, tenant_id: str, key_hash: str | None, expires: int | None
-                          ) -> bool: ...
-    async def set_suspended(self, tenant_id: str, batches: Sequence[str]) -> bool: ...
-    async def delete_tenant(self, tenant_id: str) -> bool: ...
-    async def get_account(self, tenant_id: str, account_id: str) -> Account | None: ...
-    async def list_accounts(self, tenant_id: str | None = None) -> list[Account]: ...
-    async def put_account(self, account: Account) -> None: ...
-    async def delete_account(self, tenant_id: str, account_id: str, now: int) -> bool: ...
-    async def enqueue(self, items: Sequence[NewMessage], now: float) -> list[str | None]: ...
-    async def count_open(self, tenant_id: str | None = None, batch_code: str | None = None
-                         ) -> int: ...
-    async def list_messages(
-        self, tenant: Tenant, *, now: int, active_only: bool = False, status: str | None = None,
-        include_history: bool = False, limit: int = 10000, offset: int = 0,
-    ) -> list[dict[str, Any]]: ...
-    async def list_all_messages(
-        self, tenants: Mapping[str, Tenant], *, now: int, active_only: bool = False,
-        status: str | None = None, include_history: bool = False, limit: int = 1000,
-        before: int | None = None,
-    ) -> tuple[list[dict[str, Any]], int | None]: ...
-    async def delete_messages(self, tenant_id: str, ids: Sequence[str]
-                              ) -> tuple[int, list[str]]: ...
-    async def claim(self, owner: str, now: float, lease_seconds: float, max_total: int,
-                    skip: frozenset[tuple[str, str]] = frozenset()) -> ClaimBatch: ...
-    async def record(self, owner: str, results: Sequence[tuple[Claimed, Outcome]], now: float
-                     ) -> list[bool]: ...
-    async def renew(self, owner: str, claimed: Sequence[Claimed], until: float) -> None: ...
-    async def release(self, owner: str, claimed: Sequence[Claimed], now: float) -> None: ...
-    async def recover(self, now: float, retry_max: int, *, all_sending: bool) -> int: ...
-    async def prune(self, now: float) -> None: ...
-    # delivery reports (§8)
-    async def pending_event_counts(self) -> dict[str, int]: ...
-    async def pending_events(self, tenant_id: str, limit: int) -> list[Event]: ...
-    async def ack_events(self, tenant_id: str, event_ids: Sequence[str], now: int) -> int: ...
-    async def ack_all_events(self, tenant_id: str, now: int) -> int: ...
-    async def get_sync_state(self, tenant_id: str) -> SyncState: ...
-    async def list_sync_states(self) -> list[SyncState]: ...
-    async def put_sync_state(self, state: SyncState) -> None: ...
-    async def acquire_report_lease(self, tenant_id: str, owner: str, now: float, until: float
-                                   ) -> bool: ...
-    async def release_report_lease(self, tenant_id: str, owner: str) -> None: ...
-    async def purge_reported(self, before_ts: int, tenant_id: str | None = None) -> int: ...
-    # instance settings and command log (§3.6, §3.7)
-    async def get_instance(self) -> InstanceConfig: ...
-    async def put_instance(self, config: InstanceConfig) -> None: ...
-    async def log_command(self, entry: CommandEntry) -> None: ...
-    async def list_commands(
-        self, *, tenant_id: str | None, since_ts: int | None, until_ts: int | None,
-        endpoint: str | None, limit: int, offset: int,
-    ) -> tuple[int, list[CommandEntry]]: ...
-    async def export_commands(
-        self, *, tenant_id: str | None, since_ts: int | None, until_ts: int | None
-    ) -> list[CommandEntry]: ...
-    async def prune_commands(self, before_ts: int) -> int: ...
-
-
-@runtime_checkable
-class WakeSource(Protocol):
-    """Optional store capability: wake-ups from other instances sharing the database.
-
-    PostgreSQL implements it with LISTEN/NOTIFY; SQLite has a single process and does not.
-    """
-
-    async def listen(self, callback: Callable[[], None]) -> None: ...
-
-    def on_change(self, callback: Callable[[], None]) -> None: ...
+class ServiceStore(Health, Directory, Intake, QueueCounts, MessageLog, ReportLog,
+                   InstanceSettings, AuditLog, Protocol):
+    """The roles the use cases need: everything but the worker's claiming and the meta."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -187,7 +119,7 @@ class MailService:
     in dependency order), so a service without a reporter or a waker cannot be built by
     mistake; afterwards only the admin token changes, through PUT /instance."""
 
-    store: Store
+    store: ServiceStore  # private to the service: no edge reaches it
     clock: Clock
     rules: intake.IntakeRules
     sync_rules: sync.SyncRules
@@ -218,10 +150,40 @@ class MailService:
         """The tenant named by a request, if the caller may act on it (403/404 otherwise)."""
         return await tenant_in_scope(self.store, caller, tenant_id)
 
+    async def healthy(self) -> bool:
+        """The database answers (GET /health)."""
+        try:
+            await self.store.ping()
+        except Exception:
+            return False
+        return True
+
+    async def open_messages(self) -> int:
+        """Messages not final yet, over every tenant (GET /status, any authenticated caller)."""
+        return await self.store.count_open()
+
+    # -- messages ----------------------------------------------------------------------------
+
+    async def list_messages(
+        self, caller: Caller, tenant_id: str, *, active_only: bool, status: str | None,
+        include_history: bool, limit: int, offset: int,
+    ) -> list[MessageView]:
+        """One tenant's messages, newest first, as the caller may see them."""
+        tenant = await self.tenant_in_scope(caller, tenant_id)
+        return await self.store.list_messages(
+            tenant, now=int(self.clock.now()), active_only=active_only, status=status,
+            include_history=include_history, limit=limit, offset=offset)
+
+    async def delete_messages(self, caller: Caller, tenant_id: str, ids: Sequence[str]
+                              ) -> tuple[int, list[str]]:
+        """Remove the tenant's messages by client id: (how many, the ids not found)."""
+        await self.tenant_in_scope(caller, tenant_id)
+        return await self.store.delete_messages(tenant_id, ids)
+
     async def list_all_messages(
         self, caller: Caller, *, active_only: bool, status: str | None, include_history: bool,
         limit: int, cursor: int | None,
-    ) -> tuple[list[dict[str, Any]], int | None]:
+    ) -> tuple[list[MessageView], int | None]:
         """Every tenant's messages, for the admin only; a page and the cursor of the next
         one (None on the last page)."""
         self.require_admin(caller)
@@ -315,36 +277,61 @@ class MailService:
 
     # -- tenants -----------------------------------------------------------------------------
 
-    async def put_tenant(self, caller: Caller, body: Mapping[str, Any]) -> str | None:
+    async def put_tenant(self, caller: Caller, command: PutTenant) -> str | None:
         """POST /tenant: create (returns the new raw key) or fully replace."""
         self.require_admin(caller)
-        tenant_id = str(body["id"])
-        existing = await self.store.get_tenant(tenant_id)
-        base = existing or Tenant(id=tenant_id)
-        full = {name: body.get(name) for name in TENANT_FIELDS}
-        tenant = apply_tenant_fields(base, full, admin=True, full_replace=True)
+        existing = await self.store.get_tenant(command.id)
+        base = existing or Tenant(id=command.id)
+        tenant = apply_tenant_changes(base, command.changes, admin=True)
         created = await self.store.put_tenant(tenant)
         self._changed()
         if not created:
             return None
         key = new_token()
-        await self.store.set_api_key(tenant_id, hash_token(key),
-                                     _seconds(body.get("api_key_expires_at")))
+        expires = command.changes.api_key_expires_at
+        await self.store.set_api_key(command.id, hash_token(key),
+                                     None if expires is ABSENT else expires)
         return key
 
-    async def update_tenant(self, caller: Caller, tenant_id: str, body: Mapping[str, Any]
+    async def update_tenant(self, caller: Caller, tenant_id: str, changes: TenantChanges
                             ) -> None:
         """PUT /tenant/{id}: partial update."""
-        if not caller.admin and any(name in body for name in ADMIN_ONLY_TENANT_FIELDS):
+        if not caller.admin and any(getattr(changes, name) is not ABSENT
+                                    for name in ADMIN_ONLY_TENANT_FIELDS):
             raise Forbidden("Admin token required")
         tenant = await self.tenant_in_scope(caller, tenant_id)
-        changes = {k: v for k, v in body.items() if k in TENANT_FIELDS}
-        updated = apply_tenant_fields(tenant, changes, admin=caller.admin, full_replace=False)
+        updated = apply_tenant_changes(tenant, changes, admin=caller.admin)
         await self.store.put_tenant(updated)
         self._changed()
-        if caller.admin and "api_key_expires_at" in body:
-            await self.store.set_api_key(tenant_id, tenant.api_key_hash,
-                                         _seconds(body["api_key_expires_at"]))
+        expires = changes.api_key_expires_at
+        if caller.admin and expires is not ABSENT:
+            await self.store.set_api_key(tenant_id, tenant.api_key_hash, expires)
+
+    async def list_tenants(self, caller: Caller, active_only: bool = False) -> list[Tenant]:
+        self.require_admin(caller)
+        return await self.store.list_tenants(active_only)
+
+    async def visible_tenants(self, caller: Caller) -> list[Tenant]:
+        """Every tenant for the admin; a tenant's own (none once it is deleted)."""
+        if caller.admin:
+            return await self.store.list_tenants()
+        tenant = await self.store.get_tenant(str(caller.tenant_id))
+        return [] if tenant is None else [tenant]
+
+    async def tenants_with_accounts(self, caller: Caller) -> list[tuple[Tenant, list[Account]]]:
+        """The visible tenants, each with its accounts."""
+        return [(tenant, await self.store.list_accounts(tenant.id))
+                for tenant in await self.visible_tenants(caller)]
+
+    async def key_current(self, tenant_id: str, key_print: str | None) -> bool:
+        """Whether the tenant still has the API key whose digest starts with `key_print`,
+        unexpired (a dashboard session signed in with it stays valid while this holds)."""
+        tenant = await self.store.get_tenant(tenant_id)
+        if tenant is None or tenant.api_key_hash is None or not tenant.api_key_hash.startswith(
+                key_print or "-"):
+            return False
+        expires = tenant.api_key_expires_at
+        return not (expires is not None and expires <= self.clock.now())
 
     async def delete_tenant(self, caller: Caller, tenant_id: str) -> None:
         self.require_admin(caller)
@@ -370,14 +357,19 @@ class MailService:
 
     # -- accounts ----------------------------------------------------------------------------
 
-    async def put_account(self, caller: Caller, body: Mapping[str, Any]) -> None:
-        tenant = await self.tenant_in_scope(caller, str(body["tenant_id"]))
-        existing = await self.store.get_account(tenant.id, str(body["id"]))
-        account = account_from_body(body, existing)
+    async def put_account(self, caller: Caller, command: PutAccount) -> None:
+        """POST /account: create, or replace all but the secrets the command leaves ABSENT."""
+        tenant = await self.tenant_in_scope(caller, command.account.tenant_id)
+        existing = await self.store.get_account(tenant.id, command.account.id)
+        account = account_with_secrets(command, existing)
         await self.store.put_account(account)
         self._changed()
         for listener in self.account_listeners:
             listener.account_changed(account.tenant_id, account.id)
+
+    async def list_accounts(self, caller: Caller, tenant_id: str) -> list[Account]:
+        await self.tenant_in_scope(caller, tenant_id)
+        return await self.store.list_accounts(tenant_id)
 
     async def delete_account(self, caller: Caller, tenant_id: str, account_id: str) -> None:
         await self.tenant_in_scope(caller, tenant_id)
@@ -467,19 +459,19 @@ class MailService:
         self.require_admin(caller)
         return await self.store.get_instance()
 
-    async def update_instance(self, caller: Caller, body: Mapping[str, Any]) -> None:
+    async def update_instance(self, caller: Caller, changes: InstanceChanges) -> None:
         """PUT /instance: the admin token first (it may refuse), then the stored settings."""
         self.require_admin(caller)
-        token = body.get("api_token")
-        if token is not None:
+        token = changes.api_token
+        if token is not ABSENT:
             self._check_admin_token(token)
         current = await self.store.get_instance()
-        updated = apply_instance_fields(current, body)
+        updated = apply_instance_changes(current, changes)
         if updated.bounce_poll_interval < 1:
             raise InvalidRequest("bounce_poll_interval must be at least 1")
         if updated != current:
             await self.store.put_instance(updated)
-        if token is not None:
+        if token is not ABSENT:
             self._replace_admin_token(token)
 
     def _check_admin_token(self, token: str) -> None:
@@ -552,25 +544,22 @@ INSTANCE_FIELDS = tuple(
 _INSTANCE_DEFAULTS = InstanceConfig()
 
 
-def apply_instance_fields(base: InstanceConfig, body: Mapping[str, Any]) -> InstanceConfig:
-    """Present keys change, null resets to the default; the password: null keeps, "" clears."""
-    changes: dict[str, Any] = {}
+def apply_instance_changes(base: InstanceConfig, changes: InstanceChanges) -> InstanceConfig:
+    """Named settings change, None resets to the default; the password's change is its own."""
+    new: dict[str, Any] = {}
     for name in INSTANCE_FIELDS:
-        if name not in body:
+        value = getattr(changes, name)
+        if value is ABSENT:
             continue
-        value = body[name]
-        if name == "bounce_imap_password":
-            changes[name] = _secret(base.bounce_imap_password, body, name)
-        elif value is None:
-            changes[name] = getattr(_INSTANCE_DEFAULTS, name)
-        else:
-            changes[name] = value
-    return replace(base, **changes)
+        if value is None and name != "bounce_imap_password":
+            value = getattr(_INSTANCE_DEFAULTS, name)
+        new[name] = value
+    return replace(base, **new)
 
 
-async def tenant_in_scope(store: Store, caller: Caller, tenant_id: str) -> Tenant:
-    """MailService.tenant_in_scope, needing only the store: the bounce use cases check scope
-    with it, so they are built before the service that drives their poller."""
+async def tenant_in_scope(store: TenantReader, caller: Caller, tenant_id: str) -> Tenant:
+    """MailService.tenant_in_scope, needing only the tenant reads: the bounce use cases check
+    scope with it, so they are built before the service that drives their poller."""
     if not caller.admin and caller.tenant_id != tenant_id:
         raise Forbidden("Token not authorized for this tenant")
     tenant = await store.get_tenant(tenant_id)
@@ -579,78 +568,43 @@ async def tenant_in_scope(store: Store, caller: Caller, tenant_id: str) -> Tenan
     return tenant
 
 
-async def tenant_for_token(store: Store, token: str, now: float) -> Tenant | None:
-    """The tenant whose current, unexpired API key is `token` (admin token excluded)."""
-    digest = hash_token(token)
-    tenant = await store.tenant_by_key_hash(digest)
-    if tenant is None or tenant.api_key_hash is None:
-        return None
-    if not same(tenant.api_key_hash, digest):
-        return None
-    expires = tenant.api_key_expires_at
-    if expires is not None and expires <= now:
-        return None
-    return tenant
-
-
-def _seconds(value: Any) -> int | None:
-    """A timestamp from a request: floats are truncated (§1)."""
-    return None if value is None else int(value)
-
-
 def _str_or_none(value: Any) -> str | None:
     return value if isinstance(value, str) and value else None
 
 
 def _default_priority(value: Any) -> Priority:
-    if isinstance(value, bool):
+    priority = parse_priority(value, exact=True)
+    if priority is None:
         raise InvalidRequest("invalid default_priority")
-    if isinstance(value, int) and not 0 <= value <= 3:
-        raise InvalidRequest("invalid default_priority")
-    if isinstance(value, str) and value.strip().lower() not in {p.name.lower() for p in Priority}:
-        raise InvalidRequest("invalid default_priority")
-    if isinstance(value, int):
-        return Priority(value)
-    if isinstance(value, str):
-        return Priority[value.strip().upper()]
-    raise InvalidRequest("invalid default_priority")
+    return priority
 
 
-TENANT_FIELDS = (
-    "name", "client_base_url", "client_sync_path", "client_attachment_path", "client_auth",
-    "webhook_secret", "rate_limits", "large_file_config", "active",
-)
+_TENANT_TEXT_FIELDS = ("name", *TENANT_URL_FIELDS)
 _TENANT_DEFAULTS = Tenant(id="-")
 
 
-def apply_tenant_fields(
-    base: Tenant, values: Mapping[str, Any], *, admin: bool, full_replace: bool
-) -> Tenant:
-    """New Tenant from base with the given body fields (null = default; secrets kept on null)."""
-    changes: dict[str, Any] = {}
-    for name, value in values.items():
-        if name == "client_auth":
-            changes["client_auth"] = _client_auth(base.client_auth, value)
-        elif name == "webhook_secret":
-            if value is None:
-                if not full_replace:
-                    changes["webhook_secret"] = None
-            else:
-                changes["webhook_secret"] = value or None
-        elif name == "rate_limits":
-            changes["rate_limits"] = None if value is None else RateLimits(
-                minute=value.get("minute"), hour=value.get("hour"), day=value.get("day"))
-        elif name == "active":
-            changes["active"] = True if value is None else bool(value)
-        elif name == "large_file_config" and isinstance(value, Mapping):
-            changes[name] = _keep_storage_options(base.large_file_config, value)
-        elif value is None:
-            changes[name] = getattr(_TENANT_DEFAULTS, name)
-        else:
-            changes[name] = value
-    if any(name in values for name in TENANT_URL_FIELDS):
-        changes["urls_set_by_tenant"] = not admin
-    return replace(base, **changes)
+def apply_tenant_changes(base: Tenant, changes: TenantChanges, *, admin: bool) -> Tenant:
+    """New Tenant from base with the named fields (None: the default; secrets as said)."""
+    new: dict[str, Any] = {}
+    for name in _TENANT_TEXT_FIELDS:
+        value = getattr(changes, name)
+        if value is not ABSENT:
+            new[name] = getattr(_TENANT_DEFAULTS, name) if value is None else value
+    if changes.client_auth is not ABSENT:
+        new["client_auth"] = _client_auth(base.client_auth, changes.client_auth)
+    if changes.webhook_secret is not ABSENT:
+        new["webhook_secret"] = changes.webhook_secret
+    if changes.rate_limits is not ABSENT:
+        new["rate_limits"] = changes.rate_limits
+    if changes.large_file_config is not ABSENT:
+        given = changes.large_file_config
+        new["large_file_config"] = (
+            None if given is None else _keep_storage_options(base.large_file_config, given))
+    if changes.active is not ABSENT:
+        new["active"] = True if changes.active is None else changes.active
+    if any(getattr(changes, name) is not ABSENT for name in TENANT_URL_FIELDS):
+        new["urls_set_by_tenant"] = not admin
+    return replace(base, **new)
 
 
 def _keep_storage_options(current: Mapping[str, Any] | None, value: Mapping[str, Any]
@@ -661,54 +615,23 @@ def _keep_storage_options(current: Mapping[str, Any] | None, value: Mapping[str,
     return {**value, "storage_options": current["storage_options"]}
 
 
-def _client_auth(current: ClientAuth, value: Mapping[str, Any] | None) -> ClientAuth:
-    if value is None:
+def _client_auth(current: ClientAuth, change: ClientAuthChange | None) -> ClientAuth:
+    if change is None:
         return ClientAuth()
-    token = value.get("token")
-    password = value.get("password")
-    return ClientAuth(
-        method=value.get("method") or "none",
-        user=value.get("user"),
-        token=current.token if token is None else (token or None),
-        password=current.password if password is None else (password or None),
-    )
+    return ClientAuth(method=change.method, user=change.user,
+                      token=kept(change.token, current.token),
+                      password=kept(change.password, current.password))
 
 
-def _secret(current: str | None, body: Mapping[str, Any], name: str) -> str | None:
-    """Write-only secret: absent or null keeps, "" clears."""
-    if name not in body or body[name] is None:
-        return current
-    return body[name] or None
-
-
-def account_from_body(body: Mapping[str, Any], existing: Account | None) -> Account:
-    submission = body.get("submission_password")
+def account_with_secrets(command: PutAccount, existing: Account | None) -> Account:
+    """The account of the command, its secrets changed as the command says."""
     submission_hash = existing.submission_password_hash if existing else None
-    if submission is not None:
-        submission_hash = hash_password(submission) if submission else None
-    return Account(
-        tenant_id=str(body["tenant_id"]),
-        id=str(body["id"]),
-        host=str(body["host"]),
-        port=int(body["port"]),
-        user=body.get("user"),
-        password=_secret(existing.password if existing else None, body, "password"),
-        use_tls=body.get("use_tls"),
-        ttl=int(body.get("ttl") or 300),
-        limits=RateLimits(
-            minute=body.get("limit_per_minute"),
-            hour=body.get("limit_per_hour"),
-            day=body.get("limit_per_day"),
-        ),
-        limit_behavior=LimitBehavior(body.get("limit_behavior") or "defer"),
-        batch_size=int(body.get("batch_size") or 50),
+    if command.submission_password is not ABSENT:
+        submission = command.submission_password
+        submission_hash = None if submission is None else hash_password(submission)
+    return replace(
+        command.account,
+        password=kept(command.password, existing.password if existing else None),
+        imap_password=kept(command.imap_password, existing.imap_password if existing else None),
         submission_password_hash=submission_hash,
-        is_pec_account=bool(body.get("is_pec_account") or False),
-        imap_host=body.get("imap_host"),
-        imap_port=int(body.get("imap_port") or 993),
-        imap_user=body.get("imap_user"),
-        imap_password=_secret(existing.imap_password if existing else None, body,
-                              "imap_password"),
-        imap_folder=body.get("imap_folder") or "INBOX",
-        imap_ssl=True if body.get("imap_ssl") is None else bool(body.get("imap_ssl")),
     )

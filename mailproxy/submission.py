@@ -18,15 +18,16 @@ from collections import deque
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from email.policy import default as _HEADER_POLICY
-from typing import Any
+from typing import Any, Protocol
 
 from mailproxy import compose
 from mailproxy.addresses import check_address
+from mailproxy.apikeys import tenant_for_token
 from mailproxy.bounces.service import SuppressionCheck
 from mailproxy.errors import StoreError
 from mailproxy.model import Content, NewMessage, Priority
-from mailproxy.policy import PRIORITY_LABELS
-from mailproxy.service import Clock, Store, Waker, tenant_for_token
+from mailproxy.policy import priority_text
+from mailproxy.ports import Clock, DirectoryReader, Intake, Waker
 from mailproxy.tokens import check_password, hash_password
 
 AUTH_WINDOW_SECONDS = 600.0
@@ -41,6 +42,10 @@ CONTROL_PRIORITY = "x-mail-proxy-priority"
 CONTROL_BATCH = "x-mail-proxy-batch"
 CONTROL_DEFERRED = "x-mail-proxy-deferred-ts"
 CONTROL_HEADERS = (CONTROL_ID, CONTROL_PRIORITY, CONTROL_BATCH, CONTROL_DEFERRED)
+
+
+class SubmissionStore(Intake, DirectoryReader, Protocol):
+    """Where an SMTP submission is committed, and the tenants and accounts it logs in to."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,12 +121,10 @@ def envelope_address_ok(address: str, smtputf8: bool) -> bool:
 
 
 def _priority(value: str) -> Priority:
-    text = value.strip().lower()
-    if text in PRIORITY_LABELS:
-        return PRIORITY_LABELS[text]
-    if text in ("0", "1", "2", "3"):
-        return Priority(int(text))
-    raise InvalidControl("X-Mail-Proxy-Priority")
+    priority = priority_text(value)
+    if priority is None:
+        raise InvalidControl("X-Mail-Proxy-Priority")
+    return priority
 
 
 def _deferred_ts(value: str) -> int:
@@ -215,7 +218,7 @@ class AuthThrottle:
 
 @dataclass
 class SmtpSubmission:
-    store: Store
+    store: SubmissionStore
     clock: Clock
     max_size: int
     max_recipients: int

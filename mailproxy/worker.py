@@ -36,11 +36,15 @@ from mailproxy.model import (
     Sent,
 )
 from mailproxy.policy import RetryPolicy, retry_error_text
+from mailproxy.ports import AccountReader, Clock, QueueStore
 from mailproxy.relayhost import UnknownHosts
-from mailproxy.service import Clock, Store
 from mailproxy.timefmt import iso
 
 log = logging.getLogger("mailproxy.worker")
+
+
+class WorkerStore(QueueStore, AccountReader, Protocol):
+    """The queue, and the accounts whose relays the worker sends through."""
 
 CONTROL_HEADERS = ("x-mail-proxy-priority", "x-mail-proxy-batch", "x-mail-proxy-deferred-ts")
 ACCOUNT_CACHE_SECONDS = 10.0
@@ -103,7 +107,7 @@ class WorkerSettings:
 
 class Worker:
     def __init__(
-        self, store: Store, sender: Sender, clock: Clock, settings: WorkerSettings,
+        self, store: WorkerStore, sender: Sender, clock: Clock, settings: WorkerSettings,
         observer: Observer | None = None, preparer: Preparer | None = None, *,
         suppressions: SuppressionCheck | None = None, on_events: Callable[[], None] | None = None,
     ) -> None:

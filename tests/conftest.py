@@ -14,7 +14,7 @@ from aiohttp.test_utils import TestClient
 from mailproxy.app import build, make_app
 from mailproxy.config import Settings, load_settings
 from mailproxy.delivery import Resolver, system_resolver
-from mailproxy.service import Clock
+from mailproxy.ports import Clock
 from tests.endpoint import make_endpoint
 from tests.imap import dovecot, dovecot_tls
 from tests.pg import pg_url

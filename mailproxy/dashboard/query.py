@@ -11,9 +11,9 @@ from typing import Any
 
 from mailproxy.dashboard.port import STATUSES, Filter
 from mailproxy.jsonsafe import storable
+from mailproxy.policy import priority_text
 
 KEYS = ("to", "from", "tenant", "account", "status", "batch", "priority", "before", "after")
-_PRIORITIES = {"immediate": 0, "high": 1, "medium": 2, "low": 3}
 _FORMATS = ("%Y-%m-%dT%H:%M:%S", "%Y-%m-%dT%H:%M", "%Y-%m-%d %H:%M:%S", "%Y-%m-%d %H:%M",
             "%Y-%m-%d")
 _TEXT_FIELDS = {"to": "to", "from": "sender", "tenant": "tenant_id", "account": "account_id",
@@ -68,12 +68,10 @@ def _apply(flt: Filter, key: str, value: str) -> Filter:
 
 
 def _priority(value: str) -> int:
-    lowered = value.lower()
-    if lowered in _PRIORITIES:
-        return _PRIORITIES[lowered]
-    if lowered.isdigit() and 0 <= int(lowered) <= 3:
-        return int(lowered)
-    raise QueryError("priority: must be 0-3 or immediate, high, medium, low")
+    priority = priority_text(value)
+    if priority is None:
+        raise QueryError("priority: must be 0-3 or immediate, high, medium, low")
+    return int(priority)
 
 
 def _when(key: str, value: str) -> float:

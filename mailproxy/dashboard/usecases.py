@@ -136,10 +136,7 @@ class Dashboard:
         return rows
 
     async def _tenants(self, caller: Caller) -> list[Tenant]:
-        if caller.admin:
-            return await self.service.store.list_tenants()
-        tenant = await self.service.store.get_tenant(str(caller.tenant_id))
-        return [] if tenant is None else [tenant]
+        return await self.service.visible_tenants(caller)
 
     async def _minutes(self, tenant_id: str | None, now: int
                        ) -> list[tuple[int, int, int, int]]:
@@ -242,10 +239,9 @@ class Dashboard:
         its sends from the per-minute counts instead (whole minutes, so approximate)."""
         now = self.now()
         plan: list[tuple[str, str | None, RateLimits]] = []
-        for tenant in await self._tenants(caller):
+        for tenant, accounts in await self.service.tenants_with_accounts(caller):
             plan.append((tenant.id, None, tenant.rate_limits or RateLimits()))
-            for account in await self.service.store.list_accounts(tenant.id):
-                plan.append((tenant.id, account.id, account.limits))
+            plan.extend((tenant.id, account.id, account.limits) for account in accounts)
         scopes = [_scope(t, a) for t, a, _ in plan]
         used = await self.store.rate_use(scopes, now)
         rows = []

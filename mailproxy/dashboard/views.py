@@ -118,12 +118,9 @@ async def _session_of(request: web.Request) -> session.Session | None:
                            dash.now())
     if current is None or current.admin:
         return current
-    tenant = await dash.service.store.get_tenant(str(current.tenant_id))
-    if tenant is None or tenant.api_key_hash is None or not tenant.api_key_hash.startswith(
-            current.key_print or "-"):
+    if not await dash.service.key_current(str(current.tenant_id), current.key_print):
         return None
-    expires = tenant.api_key_expires_at
-    return None if expires is not None and expires <= dash.now() else current
+    return current
 
 
 def _error_page(request: web.Request, status: int, message: str, *,

@@ -60,7 +60,7 @@ from mailproxy.ingress.suppression_schemas import (
     SuppressionsResponse,
     SuppressionsShape,
 )
-from mailproxy.model import Account, InstanceConfig, Status, Tenant
+from mailproxy.model import Account, HistoryEntry, InstanceConfig, MessageView, Status, Tenant
 from mailproxy.offload.http import download
 from mailproxy.service import Caller, MailService, SyncView
 from mailproxy.timefmt import iso, iso_of_text
@@ -267,9 +267,7 @@ def _query_int(request: web.Request, name: str, default: int) -> int:
 @documented(Spec("Liveness and database check", "public", response=HealthResponse,
                  extra_responses=(503,)))
 async def health(request: web.Request) -> web.Response:
-    try:
-        await request.app[SERVICE].store.ping()
-    except Exception:
+    if not await request.app[SERVICE].healthy():
         return _json({"status": "error", "detail": "database unavailable"}, 503)
     return _json({"status": "ok"})
 
@@ -278,7 +276,7 @@ async def health(request: web.Request) -> web.Response:
 async def status(request: web.Request) -> web.Response:
     await _caller(request)
     info = request.app[STATUS_INFO]
-    pending = await request.app[SERVICE].store.count_open()
+    pending = await request.app[SERVICE].open_messages()
     return _json({"ok": True, "active": info.worker_active(), "version": __version__,
                   "instance_id": info.instance_id, "pending_messages": pending})
 
@@ -350,9 +348,7 @@ async def delete_messages(request: web.Request) -> web.Response:
     tenant_id = _query_str(request, "tenant_id", required=True)
     assert tenant_id is not None
     shape = _shape(IdsShape, await _object(request))
-    service = request.app[SERVICE]
-    await service.tenant_in_scope(caller, tenant_id)
-    removed, missing = await service.store.delete_messages(tenant_id, shape.ids)
+    removed, missing = await request.app[SERVICE].delete_messages(caller, tenant_id, shape.ids)
     return _json({"ok": True, "removed": removed, "not_found": missing, "unauthorized": []})
 
 
@@ -385,13 +381,11 @@ async def list_messages(request: web.Request) -> web.Response:
     status_name = _status_query(request)
     limit = _query_int(request, "limit", 10000)
     offset = _query_int(request, "offset", 0)
-    service = request.app[SERVICE]
-    tenant = await service.tenant_in_scope(caller, tenant_id)
-    records = await service.store.list_messages(
-        tenant, now=int(service.clock.now()), active_only=active_only, status=status_name,
+    views = await request.app[SERVICE].list_messages(
+        caller, tenant_id, active_only=active_only, status=status_name,
         include_history=history, limit=limit, offset=offset,
     )
-    return _json({"ok": True, "messages": records})
+    return _json({"ok": True, "messages": [message_info(v) for v in views]})
 
 
 async def _list_every_tenant(request: web.Request, caller: Caller) -> web.Response:
@@ -403,11 +397,11 @@ async def _list_every_tenant(request: web.Request, caller: Caller) -> web.Respon
                                      "(the next_cursor of the previous page)"}])
     limit = min(_query_int(request, "limit", ALL_TENANTS_PAGE), MAX_ALL_TENANTS_PAGE)
     cursor = request.query.get("cursor")
-    records, next_cursor = await request.app[SERVICE].list_all_messages(
+    views, next_cursor = await request.app[SERVICE].list_all_messages(
         caller, active_only=_query_bool(request, "active_only"), status=_status_query(request),
         include_history=_query_bool(request, "include_history"), limit=limit,
         cursor=_query_int(request, "cursor", 0) if cursor else None)
-    return _json({"ok": True, "messages": records,
+    return _json({"ok": True, "messages": [message_info(v) for v in views],
                   "next_cursor": None if next_cursor is None else str(next_cursor)})
 
 
@@ -424,9 +418,8 @@ def _status_query(request: web.Request) -> str | None:
                 response=OkResponse))
 async def post_account(request: web.Request) -> web.Response:
     caller = await _caller(request)
-    body = await _object(request)
-    _shape(AccountShape, body)
-    await request.app[SERVICE].put_account(caller, body)
+    shape = _shape(AccountShape, await _object(request))
+    await request.app[SERVICE].put_account(caller, shape.command())
     return _json({"ok": True})
 
 
@@ -436,9 +429,7 @@ async def list_accounts(request: web.Request) -> web.Response:
     caller = await _caller(request)
     tenant_id = _query_str(request, "tenant_id", required=True)
     assert tenant_id is not None
-    service = request.app[SERVICE]
-    await service.tenant_in_scope(caller, tenant_id)
-    accounts = await service.store.list_accounts(tenant_id)
+    accounts = await request.app[SERVICE].list_accounts(caller, tenant_id)
     return _json({"ok": True, "accounts": [account_info(a) for a in accounts]})
 
 
@@ -461,7 +452,7 @@ async def post_tenant(request: web.Request) -> web.Response:
         raise Unprocessable([{"loc": ["body", "id"], "msg": "Field required",
                               "type": "missing"}])
     request.app[SERVICE].require_admin(caller)
-    key = await request.app[SERVICE].put_tenant(caller, body)
+    key = await request.app[SERVICE].put_tenant(caller, shape.replacement(shape.id))
     return _json({"ok": True} if key is None else {"ok": True, "api_key": key})
 
 
@@ -469,9 +460,7 @@ async def post_tenant(request: web.Request) -> web.Response:
                 query=(Param("active_only", "boolean"),)))
 async def list_tenants(request: web.Request) -> web.Response:
     caller = await _caller(request)
-    service = request.app[SERVICE]
-    service.require_admin(caller)
-    tenants = await service.store.list_tenants(_query_bool(request, "active_only"))
+    tenants = await request.app[SERVICE].list_tenants(caller, _query_bool(request, "active_only"))
     return _json({"ok": True, "tenants": [tenant_info(t) for t in tenants]})
 
 
@@ -486,8 +475,9 @@ async def get_tenant(request: web.Request) -> web.Response:
 async def put_tenant(request: web.Request) -> web.Response:
     caller = await _caller(request)
     body = await _object(request)
-    _shape(TenantShape, {k: v for k, v in body.items() if k != "id"})
-    await request.app[SERVICE].update_tenant(caller, request.match_info["tenant_id"], body)
+    shape = _shape(TenantShape, {k: v for k, v in body.items() if k != "id"})
+    await request.app[SERVICE].update_tenant(caller, request.match_info["tenant_id"],
+                                             shape.changes())
     return _json({"ok": True})
 
 
@@ -536,9 +526,8 @@ async def get_instance(request: web.Request) -> web.Response:
                 response=OkResponse))
 async def put_instance(request: web.Request) -> web.Response:
     caller = await _caller(request)
-    body = await _object(request)
-    _shape(InstanceShape, body)
-    await request.app[SERVICE].update_instance(caller, body)
+    shape = _shape(InstanceShape, await _object(request))
+    await request.app[SERVICE].update_instance(caller, shape.changes())
     return _json({"ok": True})
 
 
@@ -755,6 +744,39 @@ def tenant_info(t: Tenant) -> dict[str, Any]:
         "suspended_batches": list(t.suspended_batches),
         "created_at": t.created_at, "updated_at": t.updated_at,
         "api_key_expires_at_iso": iso(t.api_key_expires_at), **_iso_stamps(t),
+    }
+
+
+def message_info(v: MessageView) -> dict[str, Any]:
+    """The MessageRecord of the contract (§5.2)."""
+    record: dict[str, Any] = {
+        "pk": v.pk, "id": v.client_id, "tenant_id": v.tenant_id, "tenant_name": v.tenant_name,
+        "account_id": v.account_id, "status": v.status, "suspended": v.suspended,
+        "priority": v.priority, "batch_code": v.batch_code, "deferred_ts": v.deferred_ts,
+        "retry_count": v.retry_count, "sent_ts": v.sent_ts, "error_ts": v.error_ts,
+        "error": v.error, "reported_ts": v.reported_ts, "bounce_type": v.bounce_type,
+        "bounce_code": v.bounce_code, "bounce_reason": v.bounce_reason,
+        "bounce_ts": v.bounce_ts, "is_pec": v.is_pec, "last_error": v.last_error,
+        "created_at": v.created_at, "updated_at": v.updated_at, "message": v.message,
+    }
+    for name in _MESSAGE_TS_FIELDS:
+        record[f"{name}_iso"] = iso(record[name])
+    record["created_at_iso"] = f"{v.created_at[:10]}T{v.created_at[11:]}Z"
+    record["updated_at_iso"] = f"{v.updated_at[:10]}T{v.updated_at[11:]}Z"
+    if v.history is not None:
+        record["history"] = [history_info(h) for h in v.history]
+    return record
+
+
+# Time fields of a MessageRecord that get an ISO-8601 `<field>_iso` companion.
+_MESSAGE_TS_FIELDS = ("deferred_ts", "sent_ts", "error_ts", "reported_ts", "bounce_ts")
+
+
+def history_info(h: HistoryEntry) -> dict[str, Any]:
+    return {
+        "event_id": h.event_id, "event_type": h.event_type, "event_ts": h.event_ts,
+        "description": h.description, "metadata": h.metadata, "reported_ts": h.reported_ts,
+        "event_ts_iso": iso(h.event_ts), "reported_ts_iso": iso(h.reported_ts),
     }
 
 

@@ -15,6 +15,16 @@ from pydantic import (
     model_validator,
 )
 
+from mailproxy.commands import (
+    ABSENT,
+    ClientAuthChange,
+    InstanceChanges,
+    PutAccount,
+    PutTenant,
+    TenantChanges,
+    secret_change,
+)
+from mailproxy.model import Account, LimitBehavior, RateLimits
 from mailproxy.offload.config import save_problem
 
 Str = StrictStr | None
@@ -75,6 +85,11 @@ class ClientAuthShape(BaseModel):
     user: Str = None
     password: Str = None
 
+    def change(self) -> ClientAuthChange:
+        return ClientAuthChange(method=self.method, user=self.user,
+                                token=secret_change(self.token),
+                                password=secret_change(self.password))
+
 
 class RateLimitsShape(BaseModel):
     model_config = ConfigDict(extra="ignore")
@@ -82,6 +97,9 @@ class RateLimitsShape(BaseModel):
     minute: Int64 | None = None
     hour: Int64 | None = None
     day: Int64 | None = None
+
+    def value(self) -> RateLimits:
+        return RateLimits(minute=self.minute, hour=self.hour, day=self.day)
 
 
 class LargeFileConfigShape(BaseModel):
@@ -123,6 +141,55 @@ class TenantShape(BaseModel):
     active: StrictBool | None = None
     api_key_expires_at: Timestamp | None = None
 
+    def replacement(self, tenant_id: str) -> PutTenant:
+        """POST /tenant: every field given, a missing one as null."""
+        auth = self.client_auth
+        return PutTenant(tenant_id, TenantChanges(
+            name=self.name, client_base_url=self.client_base_url,
+            client_sync_path=self.client_sync_path,
+            client_attachment_path=self.client_attachment_path,
+            client_auth=None if auth is None else auth.change(),
+            webhook_secret=secret_change(self.webhook_secret),
+            rate_limits=None if self.rate_limits is None else self.rate_limits.value(),
+            large_file_config=_large_file(self.large_file_config), active=self.active,
+            api_key_expires_at=_seconds(self.api_key_expires_at),
+        ))
+
+    def changes(self) -> TenantChanges:
+        """PUT /tenant/{id}: the fields the body names; null sets one back to its default
+        (the webhook secret: clears it)."""
+        given = self.model_fields_set
+        auth, limits = self.client_auth, self.rate_limits
+
+        def named(name: str, value: Any) -> Any:
+            return value if name in given else ABSENT
+
+        return TenantChanges(
+            name=named("name", self.name),
+            client_base_url=named("client_base_url", self.client_base_url),
+            client_sync_path=named("client_sync_path", self.client_sync_path),
+            client_attachment_path=named("client_attachment_path",
+                                         self.client_attachment_path),
+            client_auth=named("client_auth", None if auth is None else auth.change()),
+            webhook_secret=named("webhook_secret", self.webhook_secret or None),
+            rate_limits=named("rate_limits", None if limits is None else limits.value()),
+            large_file_config=named("large_file_config",
+                                    _large_file(self.large_file_config)),
+            active=named("active", self.active),
+            api_key_expires_at=named("api_key_expires_at",
+                                     _seconds(self.api_key_expires_at)),
+        )
+
+
+def _seconds(value: float | None) -> int | None:
+    """A timestamp from a request: floats are truncated (§1)."""
+    return None if value is None else int(value)
+
+
+def _large_file(shape: LargeFileConfigShape | None) -> dict[str, Any] | None:
+    """large_file_config with the keys as sent (unknown ones too), none added."""
+    return None if shape is None else shape.model_dump(exclude_unset=True)
+
 
 class AccountShape(BaseModel):
     model_config = ConfigDict(extra="ignore")
@@ -148,6 +215,28 @@ class AccountShape(BaseModel):
     imap_password: Str = None
     imap_folder: Str = None
     imap_ssl: StrictBool | None = None
+
+    def command(self) -> PutAccount:
+        """The command of this body: what it leaves out (or sends null) takes Account's
+        default, "" as imap_folder too; secrets keep on null and clear on ""."""
+        given: dict[str, Any] = {
+            "ttl": self.ttl, "batch_size": self.batch_size, "is_pec_account": self.is_pec_account,
+            "imap_port": self.imap_port, "imap_folder": self.imap_folder or None,
+            "imap_ssl": self.imap_ssl,
+            "limit_behavior": None if self.limit_behavior is None
+            else LimitBehavior(self.limit_behavior),
+        }
+        account = Account(
+            tenant_id=self.tenant_id, id=self.id, host=self.host, port=self.port,
+            user=self.user, use_tls=self.use_tls, imap_host=self.imap_host,
+            imap_user=self.imap_user,
+            limits=RateLimits(minute=self.limit_per_minute, hour=self.limit_per_hour,
+                              day=self.limit_per_day),
+            **{name: value for name, value in given.items() if value is not None},
+        )
+        return PutAccount(account, password=secret_change(self.password),
+                          imap_password=secret_change(self.imap_password),
+                          submission_password=secret_change(self.submission_password))
 
 
 class IdsShape(BaseModel):
@@ -178,6 +267,17 @@ class InstanceShape(BaseModel):
     bounce_imap_ssl: StrictBool | None = None
     bounce_poll_interval: StrictInt | None = None
     bounce_return_path: Str = None
+
+    def changes(self) -> InstanceChanges:
+        """The settings the body names; null sets one back to its default (the password:
+        keeps it, "" clears it); a null api_token changes nothing."""
+        given = self.model_fields_set
+        values = {name: getattr(self, name) for name in given
+                  if name not in ("api_token", "bounce_imap_password")}
+        return InstanceChanges(
+            **values, bounce_imap_password=secret_change(self.bounce_imap_password),
+            api_token=ABSENT if self.api_token is None else self.api_token,
+        )
 
 
 class ApiKeyShape(BaseModel):

@@ -10,7 +10,7 @@ if TYPE_CHECKING:
     from mailproxy.bounces.service import BounceStore
     from mailproxy.config import Settings
     from mailproxy.dashboard.port import DashboardStore
-    from mailproxy.service import Store
+    from mailproxy.ports import Store
     from mailproxy.store.rows import Cipher
 
 

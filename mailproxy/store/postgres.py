@@ -37,6 +37,7 @@ from mailproxy.model import (
     Event,
     Failed,
     InstanceConfig,
+    MessageView,
     NewMessage,
     Outcome,
     RateLimited,
@@ -727,7 +728,7 @@ class PostgresStore:
         include_history: bool = False,
         limit: int = 10000,
         offset: int = 0,
-    ) -> list[dict[str, Any]]:
+    ) -> list[MessageView]:
         args = {"tenant_id": tenant.id, "active_only": active_only, "status": status,
                 "now": now, "limit": limit, "offset": offset}
         records, _last = await self._listing("list_messages", args, include_history,
@@ -738,13 +739,13 @@ class PostgresStore:
         self, tenants: Mapping[str, Tenant], *, now: int, active_only: bool = False,
         status: str | None = None, include_history: bool = False, limit: int = 1000,
         before: int | None = None,
-    ) -> tuple[list[dict[str, Any]], int | None]:
+    ) -> tuple[list[MessageView], int | None]:
         args = {"active_only": active_only, "status": status, "now": now, "limit": limit,
                 "before": before}
         return await self._listing("list_all_messages", args, include_history, tenants)
 
     async def _listing(self, query: str, args: dict[str, Any], include_history: bool,
-                       tenants: Mapping[str, Tenant]) -> tuple[list[dict[str, Any]], int | None]:
+                       tenants: Mapping[str, Tenant]) -> tuple[list[MessageView], int | None]:
         async def op(c: Conn) -> tuple[list[Any], list[Any]]:
             found = await _q(c, query, **args)
             events: list[Any] = []
@@ -753,7 +754,7 @@ class PostgresStore:
             return found, events
 
         found, events = await self._run(op)
-        return rows.listing_records(found, events if include_history else None, tenants,
+        return rows.listing_views(found, events if include_history else None, tenants,
                                     int(args["now"]))
 
     async def delete_messages(self, tenant_id: str, ids: Sequence[str]) -> tuple[int, list[str]]:

@@ -22,8 +22,10 @@ from mailproxy.model import (
     Event,
     EventType,
     Failed,
+    HistoryEntry,
     InstanceConfig,
     LimitBehavior,
+    MessageView,
     NewMessage,
     Outcome,
     RateLimits,
@@ -33,7 +35,6 @@ from mailproxy.model import (
 )
 from mailproxy.policy import display_status
 from mailproxy.store.legacy import legacy_content
-from mailproxy.timefmt import iso
 
 FINAL = ("sent", "error", "bounced", "suppressed")
 # The reason of a message's latest failed attempt (listing; uses the events_message index).
@@ -41,8 +42,6 @@ LAST_EVENT_ERROR = (
     "SELECT e.description FROM events e WHERE e.message_seq = messages.seq "
     "AND e.event_type IN ('deferred', 'error') ORDER BY e.event_id DESC LIMIT 1"
 )
-# Time fields of a MessageRecord that get an ISO-8601 `<field>_iso` companion.
-_TS_FIELDS = ("deferred_ts", "sent_ts", "error_ts", "reported_ts", "bounce_ts")
 
 
 class Cipher(Protocol):
@@ -288,7 +287,9 @@ def account_to_row(a: Account, cipher: Cipher) -> dict[str, Any]:
 
 
 def account_config(tenant_id: str, account_id: str, config: Mapping[str, Any]) -> Account:
-    """An Account from its non-secret config (claiming needs no secrets)."""
+    """An Account from its non-secret config (claiming needs no secrets); a key the config
+    lacks takes Account's default."""
+    d = _ACCOUNT_DEFAULTS
     return Account(
         tenant_id=tenant_id,
         id=account_id,
@@ -296,21 +297,24 @@ def account_config(tenant_id: str, account_id: str, config: Mapping[str, Any]) -
         port=int(config["port"]),
         user=config.get("user"),
         use_tls=config.get("use_tls"),
-        ttl=int(config.get("ttl", 300)),
+        ttl=int(config.get("ttl", d.ttl)),
         limits=RateLimits(
             minute=config.get("limit_per_minute"),
             hour=config.get("limit_per_hour"),
             day=config.get("limit_per_day"),
         ),
-        limit_behavior=LimitBehavior(config.get("limit_behavior", "defer")),
-        batch_size=int(config.get("batch_size", 50)),
-        is_pec_account=bool(config.get("is_pec_account", False)),
+        limit_behavior=LimitBehavior(config.get("limit_behavior", d.limit_behavior)),
+        batch_size=int(config.get("batch_size", d.batch_size)),
+        is_pec_account=bool(config.get("is_pec_account", d.is_pec_account)),
         imap_host=config.get("imap_host"),
-        imap_port=int(config.get("imap_port", 993)),
+        imap_port=int(config.get("imap_port", d.imap_port)),
         imap_user=config.get("imap_user"),
-        imap_folder=config.get("imap_folder", "INBOX"),
-        imap_ssl=bool(config.get("imap_ssl", True)),
+        imap_folder=config.get("imap_folder", d.imap_folder),
+        imap_ssl=bool(config.get("imap_ssl", d.imap_ssl)),
     )
+
+
+_ACCOUNT_DEFAULTS = Account(tenant_id="-", id="-", host="-", port=0)
 
 
 def account_from_row(row: Sequence[Any], cipher: Cipher) -> Account:
@@ -342,51 +346,45 @@ def outcome_event(outcome: Outcome, now: int) -> tuple[str, str | None, dict[str
     return "error", outcome.error, {"error_code": outcome.code}
 
 
-def message_record(
-    row: Mapping[str, Any], tenant: Tenant | None, now: int, history: list[dict[str, Any]] | None
-) -> dict[str, Any]:
-    """The MessageRecord of the contract (§5.2) for one stored row."""
-    status = display_status(row["status"], row["deferred_ts"], now)
-    final = row["status"] in FINAL
+def message_view(
+    row: Mapping[str, Any], tenant: Tenant | None, now: int,
+    history: list[HistoryEntry] | None,
+) -> MessageView:
+    """The listing's view (§5.2) of one stored row."""
+    status = row["status"]
+    final = status in FINAL
     held = (
-        tenant is not None and not final and row["status"] != "sending"
+        tenant is not None and not final and status != "sending"
         and tenant.holds(row["batch_code"])
     )
-    created, updated = ts_text(row["created_ts"]), ts_text(row["updated_ts"])
-    record = {
-        "pk": row["pk"],
-        "id": row["client_id"],
-        "tenant_id": row["tenant_id"],
-        "tenant_name": (tenant.name if tenant and tenant.name else row["tenant_id"]),
-        "account_id": row["account_id"],
-        "status": status,
-        "suspended": held,
-        "priority": row["priority"],
-        "batch_code": row["batch_code"],
-        "deferred_ts": row["deferred_ts"],
-        "retry_count": row["retry_count"],
-        "sent_ts": row["sent_ts"] if row["status"] in ("sent", "bounced") else None,
-        "error_ts": row["error_ts"] if row["status"] in ("error", "suppressed") else None,
-        "error": row["error"] if row["status"] in ("error", "suppressed") else None,
-        "reported_ts": row["reported_ts"],
-        "bounce_type": row["bounce_type"],
-        "bounce_code": row["bounce_code"],
-        "bounce_reason": row["bounce_reason"],
-        "bounce_ts": row["bounce_ts"],
-        "is_pec": bool(row["is_pec"]),
-        "last_error": last_error(row),
-        "created_at": created,
-        "updated_at": updated,
-        "message": redact_attachment_auth(json.loads(row["payload"])),
-    }
-    for name in _TS_FIELDS:
-        value = record[name]
-        record[f"{name}_iso"] = None if value is None else iso(value)
-    record["created_at_iso"] = f"{created[:10]}T{created[11:]}Z"
-    record["updated_at_iso"] = f"{updated[:10]}T{updated[11:]}Z"
-    if history is not None:
-        record["history"] = history
-    return record
+    failed = status in ("error", "suppressed")
+    return MessageView(
+        pk=row["pk"],
+        client_id=row["client_id"],
+        tenant_id=row["tenant_id"],
+        tenant_name=(tenant.name if tenant and tenant.name else row["tenant_id"]),
+        account_id=row["account_id"],
+        status=display_status(status, row["deferred_ts"], now),
+        suspended=held,
+        priority=row["priority"],
+        batch_code=row["batch_code"],
+        deferred_ts=row["deferred_ts"],
+        retry_count=row["retry_count"],
+        sent_ts=row["sent_ts"] if status in ("sent", "bounced") else None,
+        error_ts=row["error_ts"] if failed else None,
+        error=row["error"] if failed else None,
+        reported_ts=row["reported_ts"],
+        bounce_type=row["bounce_type"],
+        bounce_code=row["bounce_code"],
+        bounce_reason=row["bounce_reason"],
+        bounce_ts=row["bounce_ts"],
+        is_pec=bool(row["is_pec"]),
+        last_error=last_error(row),
+        created_at=ts_text(row["created_ts"]),
+        updated_at=ts_text(row["updated_ts"]),
+        message=redact_attachment_auth(json.loads(row["payload"])),
+        history=None if history is None else tuple(history),
+    )
 
 
 def last_error(row: Mapping[str, Any]) -> str | None:
@@ -403,23 +401,23 @@ def last_error(row: Mapping[str, Any]) -> str | None:
     return None if found is None else str(found)
 
 
-def listing_records(
+def listing_views(
     found: Sequence[Mapping[str, Any]], events: Sequence[Sequence[Any]] | None,
     tenants: Mapping[str, Tenant], now: int,
-) -> tuple[list[dict[str, Any]], int | None]:
-    """MessageRecords of listed rows (with their history when `events` were read), and the
-    seq of the last row: the keyset cursor of the next page."""
-    history: dict[int, list[dict[str, Any]]] | None = None
+) -> tuple[list[MessageView], int | None]:
+    """Views of listed rows (with their history when `events` were read), and the seq of
+    the last row: the keyset cursor of the next page."""
+    history: dict[int, list[HistoryEntry]] | None = None
     if events is not None:
         history = {r["seq"]: [] for r in found}
         for ev in events:
             history[ev[0]].append(history_entry(ev))
-    records = [
-        message_record(r, tenants.get(r["tenant_id"]), now,
-                       None if history is None else history[r["seq"]])
+    views = [
+        message_view(r, tenants.get(r["tenant_id"]), now,
+                     None if history is None else history[r["seq"]])
         for r in found
     ]
-    return records, (int(found[-1]["seq"]) if found else None)
+    return views, (int(found[-1]["seq"]) if found else None)
 
 
 _AUTH_SECRETS = ("token", "password")
@@ -479,18 +477,13 @@ def redact_attachment_auth(payload: dict[str, Any]) -> dict[str, Any]:
     return _map_attachment_auth(payload, redact)
 
 
-def history_entry(row: Sequence[Any]) -> dict[str, Any]:
+def history_entry(row: Sequence[Any]) -> HistoryEntry:
     _seq, event_id, event_type, event_ts, description, metadata, reported_ts = row
-    return {
-        "event_id": str(event_id),
-        "event_type": event_type,
-        "event_ts": event_ts,
-        "description": description,
-        "metadata": json.loads(metadata) if metadata else {},
-        "reported_ts": reported_ts,
-        "event_ts_iso": iso(event_ts),
-        "reported_ts_iso": iso(reported_ts),
-    }
+    return HistoryEntry(
+        event_id=str(event_id), event_type=event_type, event_ts=event_ts,
+        description=description, metadata=json.loads(metadata) if metadata else {},
+        reported_ts=reported_ts,
+    )
 
 
 def event_from_row(row: Sequence[Any]) -> Event:

@@ -34,6 +34,7 @@ from mailproxy.model import (
     Event,
     Failed,
     InstanceConfig,
+    MessageView,
     NewMessage,
     Outcome,
     RateLimited,
@@ -416,7 +417,7 @@ class SqliteStore:
         include_history: bool = False,
         limit: int = 10000,
         offset: int = 0,
-    ) -> list[dict[str, Any]]:
+    ) -> list[MessageView]:
         where = ["tenant_id = :tenant_id", *_listing_filters(active_only, status)]
         sql = (
             f"SELECT messages.*, ({rows.LAST_EVENT_ERROR}) AS last_event_error "
@@ -432,7 +433,7 @@ class SqliteStore:
         self, tenants: Mapping[str, Tenant], *, now: int, active_only: bool = False,
         status: str | None = None, include_history: bool = False, limit: int = 1000,
         before: int | None = None,
-    ) -> tuple[list[dict[str, Any]], int | None]:
+    ) -> tuple[list[MessageView], int | None]:
         """Every tenant's messages (admin), newest enqueued first, keyset-paged on seq."""
         # Only a real bound lets SQLite start the rowid scan at the cursor (an OR would not).
         where = ["seq < :before" if before is not None else "1",
@@ -446,8 +447,8 @@ class SqliteStore:
 
     async def _listing(self, sql: str, args: dict[str, Any], include_history: bool,
                        tenants: Mapping[str, Tenant]
-                       ) -> tuple[list[dict[str, Any]], int | None]:
-        def op(c: sqlite3.Connection) -> tuple[list[dict[str, Any]], int | None]:
+                       ) -> tuple[list[MessageView], int | None]:
+        def op(c: sqlite3.Connection) -> tuple[list[MessageView], int | None]:
             cur = c.execute(sql, args)
             names = [d[0] for d in cur.description]
             found = [dict(zip(names, r, strict=True)) for r in cur.fetchall()]
@@ -455,7 +456,7 @@ class SqliteStore:
             if include_history:
                 seqs = rows.dumps([r["seq"] for r in found])
                 events = c.execute(Q["history"], (seqs,)).fetchall() if found else []
-            return rows.listing_records(found, events, tenants, int(args["now"]))
+            return rows.listing_views(found, events, tenants, int(args["now"]))
 
         return await self._read(op)
 

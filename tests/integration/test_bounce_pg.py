@@ -11,7 +11,7 @@ import pytest
 from mailproxy.bounces.imap import Fetched, Mailbox, Poller, Process
 from mailproxy.bounces.model import MailboxCursor, SoftRule
 from mailproxy.bounces.service import BounceStore
-from mailproxy.service import SystemClock
+from mailproxy.ports import SystemClock
 from mailproxy.store import open_bounce_store
 from mailproxy.store.postgres import PostgresStore
 from mailproxy.vault import Vault

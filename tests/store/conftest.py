@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from mailproxy.service import Store
+from mailproxy.ports import Store
 from mailproxy.store.postgres import PostgresStore
 from mailproxy.store.sqlite import SqliteStore
 from mailproxy.vault import Vault

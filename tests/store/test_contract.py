@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import Any
 
+from mailproxy.ingress.http import message_info
 from mailproxy.model import (
     Account,
     ClientAuth,
@@ -17,7 +18,7 @@ from mailproxy.model import (
     Sent,
     Tenant,
 )
-from mailproxy.service import Store
+from mailproxy.ports import Store
 from mailproxy.store.rows import ts_text
 from tests.store.conftest import RawQuery
 
@@ -58,7 +59,7 @@ async def listing(store: Store, now: float, tenant_id: str = "acme", **kw: Any
     found = await store.get_tenant(tenant_id)
     assert found is not None
     records = await store.list_messages(found, now=int(now), **kw)
-    return {r["id"]: r for r in records}
+    return {r["id"]: r for r in map(message_info, records)}  # as GET /messages shows them
 
 
 async def claim_ids(store: Store, now: float, owner: str = "w1", max_total: int = 100,
@@ -611,7 +612,7 @@ async def test_list_messages_filters(store: Store) -> None:
     async def ids(**kw: Any) -> list[str]:
         found = await store.get_tenant("acme")
         assert found is not None
-        return [r["id"] for r in await store.list_messages(found, now=int(now), **kw)]
+        return [r.client_id for r in await store.list_messages(found, now=int(now), **kw)]
 
     assert await ids() == ["mlater", "msoon", "mplain", "mbad", "msent"]  # newest first
     assert await ids(status="pending") == ["msoon", "mplain"]

@@ -18,7 +18,7 @@ from mailproxy.bounces.model import (
 from mailproxy.bounces.parse import parse
 from mailproxy.bounces.service import BounceStore
 from mailproxy.model import NewMessage, Priority
-from mailproxy.service import Store
+from mailproxy.ports import Store
 from mailproxy.store import open_bounce_store
 from tests.store.conftest import RawQuery
 from tests.store.test_contract import T0, account, listing, send_all, tenant

@@ -9,7 +9,7 @@ from typing import Any
 
 from mailproxy import intake
 from mailproxy.model import Attachment, Content, Priority
-from mailproxy.service import Store
+from mailproxy.ports import Store
 from mailproxy.store.sqlite import SqliteStore
 from tests.store.conftest import PgSchema, RawQuery
 from tests.store.test_contract import LEASE, T0, account, new, tenant

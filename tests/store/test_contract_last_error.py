@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from mailproxy.model import Deferred, Failed, Sent
-from mailproxy.service import Store
+from mailproxy.ports import Store
 from tests.store.test_contract import LEASE, T0, account, listing, new, tenant
 
 
@@ -63,10 +63,10 @@ async def test_every_tenant_listing_pages_by_keyset(store: Store) -> None:
         await store.enqueue([new(f"b{i}", tenant_id="beta")], T0 + i)
     tenants = {"acme": acme, "beta": beta}
     first, last = await store.list_all_messages(tenants, now=int(T0) + 10, limit=4)
-    assert [(r["tenant_id"], r["id"]) for r in first] == [
+    assert [(r.tenant_id, r.client_id) for r in first] == [
         ("beta", "mb3"), ("acme", "ma3"), ("beta", "mb2"), ("acme", "ma2")]
     rest, end = await store.list_all_messages(tenants, now=int(T0) + 10, limit=4, before=last)
-    assert [r["id"] for r in rest] == ["mb1", "ma1"]
+    assert [r.client_id for r in rest] == ["mb1", "ma1"]
     assert end is not None
     none, _ = await store.list_all_messages(tenants, now=int(T0) + 10, before=end)
     assert none == []

@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 
 from mailproxy.model import CommandEntry, Deferred, EventType, InstanceConfig, Sent, SyncState
-from mailproxy.service import Store
+from mailproxy.ports import Store
 from tests.store.conftest import RawQuery
 from tests.store.test_contract import LEASE, T0, account, listing, new, send_all, tenant
 

@@ -9,7 +9,7 @@ from typing import Any
 
 from mailproxy.dashboard.port import STATUSES, DashboardStore, Filter
 from mailproxy.model import Deferred, Failed, Priority, RateLimits, Sent
-from mailproxy.service import Store
+from mailproxy.ports import Store
 from mailproxy.store import open_dashboard_store
 from tests.store.conftest import StoreFactory
 from tests.store.test_contract import LEASE, T0, account, listing, new, send_all, tenant

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from mailproxy.model import OffloadedFile
-from mailproxy.service import Store
+from mailproxy.ports import Store
 from mailproxy.store.offload_index import offload_index
 
 T0 = 1_800_000_000

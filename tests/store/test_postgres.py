@@ -11,7 +11,7 @@ import pytest
 
 from mailproxy.errors import ConfigError, StoreError
 from mailproxy.model import Deferred, Failed, InstanceConfig, RateLimits, Sent
-from mailproxy.service import Store
+from mailproxy.ports import Store
 from mailproxy.store.postgres import PostgresStore
 from mailproxy.store.queries import migrations
 from mailproxy.store.rows import ts_text
@@ -240,7 +240,7 @@ async def test_one_rate_limit_deferral_whatever_the_number_of_instances(
     found = await one.get_tenant("acme")
     assert found is not None
     records = await one.list_messages(found, now=int(T0) + 2, include_history=True)
-    deferred = [h for r in records for h in r["history"] if h["event_type"] == "deferred"]
+    deferred = [h for r in records for h in r.history or () if h.event_type == "deferred"]
     assert len(deferred) == 1
     got = await two.claim("w2", T0 + 61, LEASE, 100)
     assert [m.id for m in got.messages] == ["m3", "m4"]

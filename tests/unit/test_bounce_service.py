@@ -54,7 +54,7 @@ async def sent(store: SqliteStore, tenant_id: str, client_id: str) -> str:
     batch = await store.claim("w", 100.0, 300, 10)
     await store.record("w", [(m, Sent()) for m in batch.messages], 100.0)
     [row] = await store.list_messages(Tenant(id=tenant_id), now=100)
-    return str(row["pk"])
+    return row.pk
 
 
 def service(store: SqliteStore, counts: Counts) -> BounceService:

@@ -13,6 +13,7 @@ from mailproxy.policy import (
     combine_budgets,
     display_status,
     parse_priority,
+    priority_text,
     report_backoff,
     window_budget,
 )
@@ -29,6 +30,29 @@ from mailproxy.policy import (
 )
 def test_parse_priority(value: object, expected: Priority | None) -> None:
     assert parse_priority(value) == expected
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        (0, Priority.IMMEDIATE), (3, Priority.LOW), (9, None), (-1, None), (1.0, None),
+        ("2", None), ("HIGH", Priority.HIGH), (" low ", Priority.LOW), ("urgent", None),
+        (None, None), (True, None),
+    ],
+)
+def test_exact_priority_names_only_labels_and_ints_0_to_3(
+    value: object, expected: Priority | None
+) -> None:
+    assert parse_priority(value, exact=True) == expected
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [("0", Priority.IMMEDIATE), (" 3 ", Priority.LOW), ("Medium", Priority.MEDIUM),
+     ("4", None), ("1.5", None), ("-1", None), ("urgent", None), ("", None)],
+)
+def test_priority_text_takes_a_label_or_a_digit(text: str, expected: Priority | None) -> None:
+    assert priority_text(text) == expected
 
 
 def test_nominal_retry_delays_follow_the_contract() -> None:

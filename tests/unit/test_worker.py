@@ -11,8 +11,10 @@ from typing import Any
 import pytest
 
 from mailproxy import intake
+from mailproxy.commands import PutAccount, PutTenant, TenantChanges
 from mailproxy.errors import RecipientFailure, TemporaryFailure
-from mailproxy.model import Account, Priority
+from mailproxy.ingress.http import message_info
+from mailproxy.model import Account, Priority, Tenant
 from mailproxy.service import Caller, MailService
 from mailproxy.store.sqlite import SqliteStore
 from mailproxy.sync import SyncRules
@@ -79,9 +81,9 @@ async def _service(store: SqliteStore, clock: FakeClock) -> MailService:
         token_source="env", token_writer=lambda _token: None, waker=untended,
         reports=untended, bounce_control=untended, account_listeners=(), change_listeners=(),
     )
-    await service.put_tenant(Caller(), {"id": "acme"})
-    await service.put_account(Caller(), {"id": "main", "tenant_id": "acme",
-                                         "host": "127.0.0.1", "port": 25})
+    await service.put_tenant(Caller(), PutTenant("acme", TenantChanges()))
+    await service.put_account(Caller(), PutAccount(Account(tenant_id="acme", id="main",
+                                                           host="127.0.0.1", port=25)))
     return service
 
 
@@ -98,10 +100,15 @@ async def _until(predicate: Any, timeout: float = 3.0) -> None:
     raise AssertionError("condition not reached")
 
 
+async def listed(store: SqliteStore, tenant: Tenant, **kw: Any) -> list[dict[str, Any]]:
+    """The tenant's messages as GET /messages shows them."""
+    return [message_info(v) for v in await store.list_messages(tenant, **kw)]
+
+
 async def _statuses(store: SqliteStore, service: MailService, now: int) -> dict[str, str]:
     tenant = await store.get_tenant("acme")
     assert tenant is not None
-    return {r["id"]: r["status"] for r in await store.list_messages(tenant, now=now)}
+    return {r["id"]: r["status"] for r in await listed(store, tenant, now=now)}
 
 
 async def test_expired_lease_returns_the_message_and_counts_a_try(store: SqliteStore) -> None:
@@ -114,7 +121,7 @@ async def test_expired_lease_returns_the_message_and_counts_a_try(store: SqliteS
     assert await store.recover(clock.now(), 5, all_sending=False) == 1
     tenant = await store.get_tenant("acme")
     assert tenant is not None
-    [record] = await store.list_messages(tenant, now=int(clock.now()), include_history=True)
+    [record] = await listed(store, tenant, now=int(clock.now()), include_history=True)
     assert (record["status"], record["retry_count"], record["history"]) == ("pending", 1, [])
     # the dead process's late outcome is refused (fencing)
     from mailproxy.model import Sent
@@ -133,7 +140,7 @@ async def test_a_message_that_keeps_killing_workers_ends_in_error(store: SqliteS
     assert await _statuses(store, service, int(clock.now())) == {"m1": "error"}
     tenant = await store.get_tenant("acme")
     assert tenant is not None
-    [record] = await store.list_messages(tenant, now=int(clock.now()))
+    [record] = await listed(store, tenant, now=int(clock.now()))
     assert record["error"] == "worker lost the message 3 times"
 
 
@@ -150,7 +157,7 @@ async def test_shutdown_releases_unfinished_claims_without_a_try(store: SqliteSt
     await worker.stop(grace=0.05)
     tenant = await store.get_tenant("acme")
     assert tenant is not None
-    records = await store.list_messages(tenant, now=int(clock.now()))
+    records = await listed(store, tenant, now=int(clock.now()))
     assert {(r["status"], r["retry_count"]) for r in records} == {("pending", 0)}
 
 
@@ -172,7 +179,7 @@ async def test_temporary_failure_defers_with_jittered_delay(store: SqliteStore) 
     await worker.stop(grace=1)
     tenant = await store.get_tenant("acme")
     assert tenant is not None
-    [record] = await store.list_messages(tenant, now=int(clock.now()), include_history=True)
+    [record] = await listed(store, tenant, now=int(clock.now()), include_history=True)
     assert record["retry_count"] == 1
     assert 1_000_001 <= record["deferred_ts"] <= 1_000_060
     assert record["history"][0]["metadata"] == {"retry_count": 1,
@@ -198,8 +205,8 @@ async def test_a_send_that_crashes_unexpectedly_is_retried_later(
         async def deferred() -> bool:
             tenant = await store.get_tenant("acme")
             assert tenant is not None
-            [record] = await store.list_messages(tenant, now=int(clock.now()),
-                                                 include_history=True)
+            [record] = await listed(store, tenant, now=int(clock.now()),
+                                    include_history=True)
             reasons = [h["description"] for h in record["history"]]
             return bool(record["status"] == "deferred" and record["retry_count"] == 1
                         and reasons == ["internal error (RuntimeError)"])
