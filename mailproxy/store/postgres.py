@@ -47,6 +47,7 @@ from mailproxy.model import (
 )
 from mailproxy.store import rows
 from mailproxy.store.groups import GroupWriter, Linger
+from mailproxy.store.pgsql import Sql, affected, compile_sql
 from mailproxy.store.queries import load_queries, migrations
 
 log = logging.getLogger("mailproxy.store.postgres")
@@ -54,9 +55,7 @@ log = logging.getLogger("mailproxy.store.postgres")
 T = TypeVar("T")
 Conn = Any  # asyncpg.Connection (asyncpg ships no type information)
 CHANNEL = "mailproxy_wake"
-_FINAL = frozenset(rows.FINAL)
 _SCHEMA_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
-_PARAM = re.compile(r"(?<![:\w]):([A-Za-z_]\w*)")
 # insert_messages: array parameter -> column of a new row (PostgresStore._new_row).
 _BATCH_COLUMNS = (
     ("pks", "pk"), ("tenant_ids", "tenant_id"), ("client_ids", "client_id"),
@@ -81,37 +80,14 @@ _TRANSIENT: tuple[type[BaseException], ...] = (
 )
 
 
-@dataclass(frozen=True, slots=True)
-class _Sql:
-    """A named query with :name parameters rewritten to asyncpg's $n."""
-
-    text: str
-    names: tuple[str, ...]
-
-    def args(self, values: Mapping[str, Any]) -> list[Any]:
-        return [values[name] for name in self.names]
-
-
-def _compile(sql: str) -> _Sql:
-    names: list[str] = []
-
-    def number(match: re.Match[str]) -> str:
-        name = match.group(1)
-        if name not in names:
-            names.append(name)
-        return f"${names.index(name) + 1}"
-
-    return _Sql(_PARAM.sub(number, sql), tuple(names))
-
-
-def _load_all() -> dict[str, _Sql]:
+def _load_all() -> dict[str, Sql]:
     """The named queries of every PostgreSQL query file (a name may appear once)."""
-    found: dict[str, _Sql] = {}
+    found: dict[str, Sql] = {}
     for filename in ("queries.sql", "reports.sql"):
         for name, sql in load_queries("postgres", filename).items():
             if name in found:
                 raise RuntimeError(f"query {name} is defined twice")
-            found[name] = _compile(sql)
+            found[name] = compile_sql(sql)
     return found
 
 
@@ -135,11 +111,6 @@ def _split_url(url: str) -> tuple[str, str | None]:
     rest = urlencode([(k, v) for k, v in query if k != "schema"])
     scheme = "postgresql" if parts.scheme == "postgres" else parts.scheme
     return urlunsplit((scheme, parts.netloc, parts.path, rest, parts.fragment)), schema
-
-
-def _affected(status: str) -> int:
-    """Row count from a command tag such as 'UPDATE 3'."""
-    return int(status.rsplit(" ", 1)[-1])
 
 
 async def _plan_mode(con: Conn) -> None:
@@ -230,7 +201,7 @@ async def _val(con: Conn, name: str, /, **values: Any) -> Any:
 
 async def _ex(con: Conn, name: str, /, **values: Any) -> int:
     sql = Q[name]
-    return _affected(await con.execute(sql.text, *sql.args(values)))
+    return affected(await con.execute(sql.text, *sql.args(values)))
 
 
 class PostgresStore:
@@ -679,13 +650,9 @@ class PostgresStore:
         self, c: Conn, m: NewMessage, now: float, existing: Any
     ) -> str | None:
         seq, status, intake_error = existing
-        if status == "sending":
-            return "message is being sent"
-        replaceable = status == "error" and intake_error and m.error is None
-        if status in _FINAL and not replaceable:
-            return "already sent"
-        if m.error is not None:
-            return m.error
+        refused = rows.resubmitted(status, intake_error, m)
+        if refused is not None:
+            return refused
         await _ex(c, "upsert_message", **rows.message_values(m, now, self._cipher), seq=seq)
         return None
 

@@ -23,7 +23,8 @@ from mailproxy.bounces.model import (
     SuppressionSource,
     SuppressionView,
 )
-from mailproxy.store.postgres import Conn, PostgresStore, _affected, _compile
+from mailproxy.store.pgsql import affected, compile_sql
+from mailproxy.store.postgres import Conn, PostgresStore
 from mailproxy.store.queries import load_queries
 from mailproxy.store.sqlite_bounces import (
     bounce_metadata,
@@ -33,7 +34,7 @@ from mailproxy.store.sqlite_bounces import (
     suppression_view,
 )
 
-B = {name: _compile(sql) for name, sql in load_queries("postgres", "bounces.sql").items()}
+B = {name: compile_sql(sql) for name, sql in load_queries("postgres", "bounces.sql").items()}
 
 
 async def _q(con: Conn, name: str, /, **values: Any) -> list[Any]:
@@ -48,7 +49,7 @@ async def _val(con: Conn, name: str, /, **values: Any) -> Any:
 
 async def _ex(con: Conn, name: str, /, **values: Any) -> int:
     sql = B[name]
-    return _affected(await con.execute(sql.text, *sql.args(values)))
+    return affected(await con.execute(sql.text, *sql.args(values)))
 
 
 

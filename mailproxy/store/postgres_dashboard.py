@@ -7,11 +7,12 @@ from typing import Any
 
 from mailproxy.dashboard.port import ActionResult, Cursor, Filter, MessageDetail, MinuteCount, Page
 from mailproxy.store import dashboard_rows as dr
-from mailproxy.store.postgres import Conn, PostgresStore, _compile
+from mailproxy.store.pgsql import compile_sql
+from mailproxy.store.postgres import Conn, PostgresStore
 from mailproxy.store.queries import load_queries
 
 _TEXTS = dr.compose(load_queries("postgres", "dashboard.sql"))
-Q = {name: _compile(sql) for name, sql in _TEXTS.items()}
+Q = {name: compile_sql(sql) for name, sql in _TEXTS.items()}
 MINUTES_KEPT = 172800
 
 

@@ -44,6 +44,18 @@ LAST_EVENT_ERROR = (
 )
 
 
+def resubmitted(status: str, intake_error: Any, new: NewMessage) -> str | None:
+    """A message sent again under an id the tenant already used (§4.5): the reason it is
+    refused, or None when the new one replaces the stored row. A row being sent or already
+    final stays, except a row that intake refused, which a valid message replaces."""
+    if status == "sending":
+        return "message is being sent"
+    replaceable = status == "error" and bool(intake_error) and new.error is None
+    if status in FINAL and not replaceable:
+        return "already sent"
+    return new.error
+
+
 class Cipher(Protocol):
     def encrypt(self, plaintext: str | None) -> str | None: ...
 

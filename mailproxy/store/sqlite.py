@@ -48,7 +48,6 @@ from mailproxy.store.queries import load_queries, migrations
 T = TypeVar("T")
 Q = load_queries("sqlite")
 R = load_queries("sqlite", "reports.sql")
-_FINAL = frozenset(rows.FINAL)
 
 
 class _Busy(Exception):
@@ -372,13 +371,9 @@ class SqliteStore:
         existing = c.execute(Q["message_state"], (m.tenant_id, m.id)).fetchone()
         if existing is not None:
             seq, status, intake_error = existing
-            if status == "sending":
-                return "message is being sent"
-            replaceable = status == "error" and intake_error and m.error is None
-            if status in _FINAL and not replaceable:
-                return "already sent"
-            if m.error is not None:
-                return m.error
+            refused = rows.resubmitted(status, intake_error, m)
+            if refused is not None:
+                return refused
             values = rows.message_values(m, now, self._cipher)
             c.execute(Q["upsert_message"], {**values, "seq": seq})
             return None
