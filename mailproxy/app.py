@@ -299,6 +299,7 @@ def make_app(parts: Parts) -> web.Application:
         await parts.worker.start(recover_all=not parts.settings.is_postgres)
         await parts.reporter.start()
         if isinstance(parts.store, WakeSource):  # enqueues by other instances wake us
+            parts.store.on_change(parts.service.directory_changed)
             if parts.listener is not None:
                 parts.store.on_change(parts.listener.submission.changed)
             await parts.store.listen(parts.worker.wake)

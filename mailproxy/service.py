@@ -22,6 +22,7 @@ from mailproxy.commands import (
     kept,
 )
 from mailproxy.errors import Forbidden, InvalidRequest, NotFound, Unauthorized
+from mailproxy.lookups import DirectoryCache
 from mailproxy.model import (
     Account,
     ClientAuth,
@@ -134,6 +135,9 @@ class MailService:
     # Called after any tenant or account change (the SMTP MAIL FROM check cache).
     change_listeners: Sequence[Callable[[], None]]
 
+    def __post_init__(self) -> None:
+        self._directory = DirectoryCache(self.store, self.clock)
+
     # -- auth --------------------------------------------------------------------------------
 
     async def authenticate(self, token: str | None) -> Caller:
@@ -209,7 +213,7 @@ class MailService:
         if default_priority is not None:
             dp = _default_priority(default_priority)
         tenants = {t.id: t for t in await self._tenants_named(messages)}
-        accounts = await self._accounts_of(tenants.values())
+        known: dict[tuple[str, str], Account | None] = {}
         rejected: list[Rejection] = []
         pending: list[tuple[int, NewMessage]] = []
         for index, item in enumerate(messages):
@@ -217,7 +221,10 @@ class MailService:
             if reason is not None:
                 rejected.append(Rejection(index, _str_or_none(item.get("id")), reason))
                 continue
-            account = accounts.get((item["tenant_id"], item.get("account_id") or ""))
+            key = (item["tenant_id"], item.get("account_id") or "")
+            if key not in known:  # one lookup per account and call
+                known[key] = await self._directory.account(*key)
+            account = known[key]
             pending.append((index, intake.build(
                 item, account_exists=account is not None,
                 is_pec=bool(account and account.is_pec_account), rules=self.rules,
@@ -244,17 +251,10 @@ class MailService:
                  if isinstance(m.get("tenant_id"), str) and jsonsafe.storable(m["tenant_id"])}
         found = []
         for name in names:
-            tenant = await self.store.get_tenant(str(name))
+            tenant = await self._directory.tenant(str(name))
             if tenant is not None:
                 found.append(tenant)
         return found
-
-    async def _accounts_of(self, tenants: Any) -> dict[tuple[str, str], Account]:
-        out: dict[tuple[str, str], Account] = {}
-        for tenant in tenants:
-            for account in await self.store.list_accounts(tenant.id):
-                out[account.key] = account
-        return out
 
     @staticmethod
     def _early_reason(
@@ -381,8 +381,14 @@ class MailService:
             listener.account_changed(tenant_id, account_id)
 
     def _changed(self) -> None:
+        self.directory_changed()
         for listener in self.change_listeners:
             listener()
+
+    def directory_changed(self) -> None:
+        """A tenant or account changed, here or (PostgreSQL notification) on another
+        instance: intake reads them again."""
+        self._directory.changed()
 
     # -- suspension --------------------------------------------------------------------------
 
