@@ -5,6 +5,7 @@ The store is the service's own: the edges call these use cases, never the store.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, fields, replace
@@ -137,6 +138,7 @@ class MailService:
 
     def __post_init__(self) -> None:
         self._directory = DirectoryCache(self.store, self.clock)
+        self._log_writes: set[asyncio.Task[None]] = set()
 
     # -- auth --------------------------------------------------------------------------------
 
@@ -512,11 +514,38 @@ class MailService:
                              response_status=status)
         await self.store.log_command(entry)
 
+    def record_command_after(
+        self, method: str, path: str, tenant_id: str | None, payload: Any, status: int
+    ) -> None:
+        """record_command, without holding up the response: the command itself is done (and
+        committed); its log line is written just after, in the next group commit, instead of
+        costing the caller a second commit. Reads of the log wait for these writes first, so
+        a caller who reads it after the response sees its own command."""
+        task = asyncio.create_task(self._record_quietly(method, path, tenant_id, payload,
+                                                        status))
+        self._log_writes.add(task)
+        task.add_done_callback(self._log_writes.discard)
+
+    async def _record_quietly(
+        self, method: str, path: str, tenant_id: str | None, payload: Any, status: int
+    ) -> None:
+        try:
+            await self.record_command(method, path, tenant_id, payload, status)
+        except Exception as exc:  # the command is done; losing its log line is not fatal
+            log.warning("command log write failed for %s %s: %s", method, path,
+                        type(exc).__name__)
+
+    async def settle_command_log(self) -> None:
+        """Until every log line written after a response is stored (reads, shutdown)."""
+        while self._log_writes:
+            await asyncio.gather(*self._log_writes, return_exceptions=True)
+
     async def command_log(
         self, caller: Caller, *, tenant_id: str | None, since_ts: int | None,
         until_ts: int | None, endpoint: str | None, limit: int, offset: int,
     ) -> tuple[int, list[CommandEntry]]:
         self.require_admin(caller)
+        await self.settle_command_log()
         return await self.store.list_commands(tenant_id=tenant_id, since_ts=since_ts,
                                               until_ts=until_ts, endpoint=endpoint,
                                               limit=limit, offset=offset)
@@ -527,6 +556,7 @@ class MailService:
     ) -> list[CommandEntry]:
         """Successful commands for replay; secret keys removed rather than masked."""
         self.require_admin(caller)
+        await self.settle_command_log()
         found = await self.store.export_commands(tenant_id=tenant_id, since_ts=since_ts,
                                                  until_ts=until_ts)
         return [replace(e, payload=audit.strip_secrets(e.payload)) for e in found]

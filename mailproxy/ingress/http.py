@@ -619,7 +619,8 @@ _UNLOGGED_PATHS = frozenset({"/commands/run-now", "/instance/reload-bounce"})
 
 @web.middleware
 async def command_log_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Record every authenticated POST/PUT/DELETE (§3.7) with its final status.
+    """Record every authenticated POST/PUT/DELETE (§3.7) with its final status, written just
+    after the response (MailService.record_command_after), not before it.
 
     Requests whose token failed are not recorded: an anonymous caller must not be able to
     write into the audit log.
@@ -631,7 +632,7 @@ async def command_log_middleware(request: web.Request, handler: Handler) -> web.
         return response
     try:
         payload = await bodies.logged_payload(request)
-        await request.app[SERVICE].record_command(
+        request.app[SERVICE].record_command_after(
             request.method, jsonsafe.scrub(request.path),
             jsonsafe.scrub(_logged_tenant(request, caller, payload)), payload,
             response.status)
