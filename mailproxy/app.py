@@ -318,7 +318,7 @@ def make_app(parts: Parts) -> web.Application:
         await parts.metrics.close()
         await parts.pool.close()
         await parts.fetcher.close()
-        await parts.service.settle_command_log()
+        await parts.service.settle_command_log(timeout=10)
         await parts.store.close()
 
     app.cleanup_ctx.append(lifetime)

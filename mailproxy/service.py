@@ -6,6 +6,7 @@ The store is the service's own: the edges call these use cases, never the store.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, fields, replace
@@ -52,6 +53,8 @@ from mailproxy.ports import (
 from mailproxy.tokens import hash_password, hash_token, new_token, same
 
 log = logging.getLogger("mailproxy.service")
+
+MAX_LOG_BACKLOG = 10_000  # command log lines written after their response, at most
 
 ADMIN_ONLY_TENANT_FIELDS = ("active", "rate_limits", "large_file_config", "api_key_expires_at")
 TENANT_URL_FIELDS = ("client_base_url", "client_sync_path", "client_attachment_path")
@@ -509,36 +512,48 @@ class MailService:
     async def record_command(
         self, method: str, path: str, tenant_id: str | None, payload: Any, status: int
     ) -> None:
-        entry = CommandEntry(command_ts=int(self.clock.now()), endpoint=f"{method} {path}",
-                             tenant_id=tenant_id, payload=audit.redact(payload),
-                             response_status=status)
-        await self.store.log_command(entry)
+        await self.store.log_command(self._command_entry(method, path, tenant_id, payload,
+                                                         status))
 
-    def record_command_after(
+    def _command_entry(self, method: str, path: str, tenant_id: str | None, payload: Any,
+                       status: int) -> CommandEntry:
+        return CommandEntry(command_ts=int(self.clock.now()), endpoint=f"{method} {path}",
+                            tenant_id=tenant_id, payload=audit.redact(payload),
+                            response_status=status)
+
+    async def record_command_after(
         self, method: str, path: str, tenant_id: str | None, payload: Any, status: int
     ) -> None:
         """record_command, without holding up the response: the command itself is done (and
-        committed); its log line is written just after, in the next group commit, instead of
-        costing the caller a second commit. Reads of the log wait for these writes first, so
-        a caller who reads it after the response sees its own command."""
-        task = asyncio.create_task(self._record_quietly(method, path, tenant_id, payload,
-                                                        status))
+        committed); its log line, stamped now, is written just after, in the next group
+        commit, instead of costing the caller a second commit. Reads of the log on this
+        instance wait for these writes first, so a caller who reads it after the response
+        sees its own command. Past MAX_LOG_BACKLOG lines not yet written (a slow database),
+        the caller waits for its own, as before."""
+        entry = self._command_entry(method, path, tenant_id, payload, status)
+        if len(self._log_writes) >= MAX_LOG_BACKLOG:
+            await self._log_quietly(entry)
+            return
+        task = asyncio.create_task(self._log_quietly(entry))
         self._log_writes.add(task)
         task.add_done_callback(self._log_writes.discard)
 
-    async def _record_quietly(
-        self, method: str, path: str, tenant_id: str | None, payload: Any, status: int
-    ) -> None:
+    async def _log_quietly(self, entry: CommandEntry) -> None:
         try:
-            await self.record_command(method, path, tenant_id, payload, status)
+            await self.store.log_command(entry)
         except Exception as exc:  # the command is done; losing its log line is not fatal
-            log.warning("command log write failed for %s %s: %s", method, path,
+            log.warning("command log write failed for %s: %s", entry.endpoint,
                         type(exc).__name__)
 
-    async def settle_command_log(self) -> None:
-        """Until every log line written after a response is stored (reads, shutdown)."""
-        while self._log_writes:
-            await asyncio.gather(*self._log_writes, return_exceptions=True)
+    async def settle_command_log(self, timeout: float | None = None) -> None:
+        """Until the log lines begun so far are stored (reads of the log; shutdown, bounded by
+        `timeout`). Lines begun meanwhile are not waited for: steady traffic never holds a
+        reader up for longer than one write."""
+        pending = tuple(self._log_writes)
+        if pending:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(timeout):
+                    await asyncio.gather(*pending, return_exceptions=True)
 
     async def command_log(
         self, caller: Caller, *, tenant_id: str | None, since_ts: int | None,

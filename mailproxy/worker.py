@@ -403,9 +403,9 @@ class Worker:
         if not recipients:
             return Failed("suppressed", suppressed=True)
         utf8 = needs_smtputf8(sender) or any(needs_smtputf8(r) for r in recipients)
-        # 8-bit bytes (raw or SMTP-submitted content) go out with BODY=8BITMIME (§9.6);
-        # composed mail is 7-bit by construction (tests/unit/test_compose.py proves it).
-        eightbit = not composed and not data.isascii()
+        # 8-bit bytes go out with BODY=8BITMIME (§9.6): raw or SMTP-submitted content, and
+        # composed mail whose Message-ID or an address header keeps UTF-8 as given.
+        eightbit = not data.isascii()
         started = asyncio.get_running_loop().time()
         try:
             refused = await self._sender.send(account, sender, recipients, data, smtputf8=utf8,

@@ -632,7 +632,7 @@ async def command_log_middleware(request: web.Request, handler: Handler) -> web.
         return response
     try:
         payload = await bodies.logged_payload(request)
-        request.app[SERVICE].record_command_after(
+        await request.app[SERVICE].record_command_after(
             request.method, jsonsafe.scrub(request.path),
             jsonsafe.scrub(_logged_tenant(request, caller, payload)), payload,
             response.status)

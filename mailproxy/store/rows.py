@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import time
 import uuid
@@ -35,6 +36,8 @@ from mailproxy.model import (
 )
 from mailproxy.policy import display_status
 from mailproxy.store.legacy import legacy_content
+
+log = logging.getLogger("mailproxy.store")
 
 FINAL = ("sent", "error", "bounced", "suppressed")
 # The reason of a message's latest failed attempt (listing; uses the events_message index).
@@ -179,7 +182,17 @@ def content_from_row(text: str | None, payload: Mapping[str, Any],
     Nothing is checked again."""
     if text is None:
         return legacy_content(payload, envelope_from)
-    data = json.loads(text)
+    try:
+        return _stored_content(json.loads(text), payload)
+    except (KeyError, TypeError, ValueError, IndexError, AttributeError) as exc:
+        # One unreadable row must not stop every claim batch it falls in: it is read as
+        # the rows before `content` are (the payload it was stored with).
+        log.warning("stored content unreadable (%s); reading the payload instead",
+                    type(exc).__name__)
+        return legacy_content(payload, envelope_from)
+
+
+def _stored_content(data: Any, payload: Mapping[str, Any]) -> Content:
     get = data.get
     attachments: tuple[Attachment, ...] = ()
     if "attachments" in data:

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import json
 from collections import Counter
 from typing import Any
 
 import asyncpg
 import pytest
 
+from mailproxy import intake
 from mailproxy.errors import ConfigError, StoreError
 from mailproxy.model import Deferred, Failed, InstanceConfig, RateLimits, Sent
 from mailproxy.ports import Store
@@ -26,6 +28,7 @@ from tests.store.test_contract import (
     new,
     tenant,
 )
+from tests.store.test_contract_content import RULES, _item
 
 
 @pytest.fixture
@@ -580,3 +583,34 @@ async def test_driver_errors_leave_as_store_errors(make_store: StoreFactory,
 def test_bad_schema_name_is_a_config_error(cipher: Vault) -> None:
     with pytest.raises(ConfigError):
         PostgresStore("postgresql://h/db?schema=x;drop", cipher)
+
+
+async def test_an_older_release_rewriting_the_payload_leaves_no_stale_content(
+    make_store: StoreFactory, pg_schema: PgSchema
+) -> None:
+    """A rolling upgrade: an instance of the release before `content` takes the message
+    again under its id and rewrites only the payload. The claim must send the new message
+    (its recipients), not the content stored for the first submission."""
+    store = await make_store()
+    await tenant(store)
+    await account(store)
+    first = intake.build(_item(to=["first@example.org"]), account_exists=True, is_pec=False,
+                         rules=RULES, default_priority=None)
+    assert await store.enqueue([first], T0) == [None]
+    again = dict(first.payload, to=["second@example.org"])
+    con = await asyncpg.connect(pg_schema.base_url,
+                                server_settings={"search_path": pg_schema.name})
+    try:  # that release's upsert: every column it knew, `content` not among them
+        await con.execute("UPDATE messages SET payload = $1::jsonb WHERE client_id = 'm1'",
+                          json.dumps(again))
+    finally:
+        await con.close()
+    [claimed] = (await store.claim("w", T0 + 1, LEASE, 10)).messages
+    assert claimed.content.to == ("second@example.org",)
+    # This release's own upsert keeps the content it wrote.
+    await store.record("w", [(claimed, Failed("x"))], T0 + 1)
+    third = intake.build(_item(id="m2", to=["third@example.org"]), account_exists=True,
+                         is_pec=False, rules=RULES, default_priority=None)
+    assert await store.enqueue([third], T0 + 2) == [None]
+    [claimed] = (await store.claim("w", T0 + 3, LEASE, 10)).messages
+    assert claimed.content.to == ("third@example.org",)
