@@ -428,11 +428,28 @@ def build_message(
 
     `attachments` are (filename, mime type, data), already fetched. Bcc never appears.
     """
+    return b"".join(build_message_parts(
+        content, pk=pk, client_id=client_id, date_ts=date_ts, attachments=attachments,
+        genro_header=genro_header, hostname=hostname))
+
+
+def build_message_parts(
+    content: Content,
+    *,
+    pk: str,
+    client_id: str,
+    date_ts: int,
+    attachments: Sequence[tuple[str, str, bytes]] = (),
+    genro_header: bool = True,
+    hostname: str = "localhost",
+) -> list[bytes]:
+    """build_message as the pieces that make it up, in order: delivery writes them as they
+    are (a gathered write), so a large attachment is never copied into one message."""
     headers = _header_lines(content, pk, client_id, date_ts, hostname, genro_header)
     entity_headers, body = _body_entity(content, pk, attachments)
     headers.append("MIME-Version: 1.0")
     headers.extend(entity_headers)
-    return b"".join(["\r\n".join(headers).encode("utf-8"), b"\r\n\r\n", *body])
+    return ["\r\n".join(headers).encode("utf-8"), b"\r\n\r\n", *body]
 
 
 # --- raw messages ----------------------------------------------------------------------

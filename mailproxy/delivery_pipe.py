@@ -31,7 +31,7 @@ MAX_REPLY = MAX_LINE * 4  # a reply with all its continuation lines
 class Exchange(Protocol):
     """Commands of one transaction and their replies, in order."""
 
-    def send(self, commands: Sequence[bytes], tail: bytes = b"") -> None: ...
+    def send(self, commands: Sequence[bytes], tail: Sequence[bytes] = ()) -> None: ...
 
     async def reply(self) -> aiosmtplib.SMTPResponse: ...
 
@@ -54,8 +54,8 @@ class OneByOne:
         self._smtp = smtp
         self._commands: collections.deque[bytes] = collections.deque()
 
-    def send(self, commands: Sequence[bytes], tail: bytes = b"") -> None:
-        if tail:
+    def send(self, commands: Sequence[bytes], tail: Sequence[bytes] = ()) -> None:
+        if any(tail):
             raise ValueError("content after the commands needs PIPELINING")
         self._commands.extend(commands)
 
@@ -94,10 +94,10 @@ class Pipeline:
         self._due = 0
         transport.set_protocol(self._replies)
 
-    def send(self, commands: Sequence[bytes], tail: bytes = b"") -> None:
-        """One write: the commands, then `tail` (the content of a BDAT among them). The
-        content is handed over as a separate buffer (a gathered write), not copied."""
-        self._write([b"".join([command + b"\r\n" for command in commands]), tail],
+    def send(self, commands: Sequence[bytes], tail: Sequence[bytes] = ()) -> None:
+        """One write: the commands, then `tail` (the pieces of the content of a BDAT among
+        them), handed over as separate buffers (a gathered write), not copied."""
+        self._write([b"".join([command + b"\r\n" for command in commands]), *tail],
                     len(commands))
 
     async def reply(self) -> aiosmtplib.SMTPResponse:

@@ -56,7 +56,8 @@ EMPTY_CLAIM_GAP = 0.02
 
 class Sender(Protocol):
     async def send(
-        self, account: Account, sender: str, recipients: Sequence[str], data: bytes, *,
+        self, account: Account, sender: str, recipients: Sequence[str],
+        data: bytes | Sequence[bytes], *,
         smtputf8: bool = False, eightbit: bool = False, crlf: bool = False,
     ) -> tuple[RecipientFailure, ...]: ...
 
@@ -405,7 +406,7 @@ class Worker:
         utf8 = needs_smtputf8(sender) or any(needs_smtputf8(r) for r in recipients)
         # 8-bit bytes go out with BODY=8BITMIME (§9.6): raw or SMTP-submitted content, and
         # composed mail whose Message-ID or an address header keeps UTF-8 as given.
-        eightbit = not data.isascii()
+        eightbit = not all(piece.isascii() for piece in data)
         started = asyncio.get_running_loop().time()
         try:
             refused = await self._sender.send(account, sender, recipients, data, smtputf8=utf8,
@@ -446,12 +447,14 @@ class Worker:
                         next_ts=math.ceil(deadline), retry_count=message.retry_count + 1)
 
     def _build(self, message: Claimed, prepared: Prepared | None = None
-               ) -> tuple[str, list[str], bytes, bool]:
-        """Envelope sender, recipients, the bytes to send, and whether compose built them
-        (CRLF line ends only, by construction) rather than taking them from a raw message."""
+               ) -> tuple[str, list[str], list[bytes], bool]:
+        """Envelope sender, recipients, the bytes to send (in pieces, in order), and whether
+        compose built them (CRLF line ends only, by construction) rather than taking them
+        from a raw message."""
         raw = prepared.raw if prepared is not None and prepared.raw is not None else message.raw
         if raw is not None and message.envelope_from is not None:
-            return (*self._build_submitted(message, raw), False)
+            sender, recipients, data = self._build_submitted(message, raw)
+            return sender, recipients, [data], False
         content = message.content
         sender = _addr(content.return_path or self.bounce_return_path or content.from_addr)
         recipients = self._recipients(message)
@@ -461,7 +464,7 @@ class Worker:
                 from_domain=sender.rpartition("@")[2] or None,
                 genro_header=self._s.genro_header, hostname=self._hostname,
             )
-            return sender, recipients, data, False
+            return sender, recipients, [data], False
         if prepared is not None:
             body = content.body if prepared.body is None else prepared.body
             html = content.html_body if prepared.html_body is None else prepared.html_body
@@ -469,12 +472,12 @@ class Worker:
             files = list(prepared.attachments)
         else:
             files = [_fetch_inline(a) for a in content.attachments]
-        data = compose.build_message(
+        parts = compose.build_message_parts(
             content, pk=message.pk, client_id=message.id, date_ts=message.date_ts,
             attachments=files,
             genro_header=self._s.genro_header, hostname=self._hostname,
         )
-        return sender, recipients, data, True
+        return sender, recipients, parts, True
 
     def _build_submitted(self, message: Claimed, raw: bytes) -> tuple[str, list[str], bytes]:
         """SMTP-submitted mail: the envelope as received, control headers removed."""

@@ -129,6 +129,15 @@ async def test_composed_message_is_sent_byte_for_byte(relay: Relay, pool: SmtpPo
     assert got.content == bytes(data)
 
 
+async def test_pieces_are_sent_as_one_message(relay: Relay, pool: SmtpPool) -> None:
+    # A dot at the start of a piece starts a line only when the piece before ended one.
+    pieces = [b"Subject: x\r\n\r\nab", b".not a line start\r\n", b".line start\r\n", b"end\r\n"]
+    await send(pool, relay, data=pieces, crlf=True)
+
+    [got] = await relay.wait_for(1)
+    assert got.content == b"".join(pieces)
+
+
 async def test_connection_is_reused_without_extra_round_trips(relay: Relay, pool: SmtpPool) -> None:
     for _ in range(5):
         await send(pool, relay)

@@ -103,6 +103,19 @@ async def test_postfix_offers_pipelining_and_relays_byte_for_byte(
     assert conn.chunking == ("smtpd_discard_ehlo_keywords" not in relay_postfix.extra_main)
 
 
+async def test_composed_pieces_go_out_whole_with_and_without_chunking(
+    pool: SmtpPool, account: Account, sink: Relay
+) -> None:
+    # Composed mail is sent as its pieces (no joined copy); a dot that starts a line at a
+    # piece boundary is stuffed for DATA and sent as is with BDAT.
+    pieces = [b"From: a@example.com\r\nSubject: pieces\r\n\r\nfirst\r\n", b".dot line\r\n",
+              (b"x" * 70 + b"\r\n") * 70, b"last\r\n"]
+    assert await pool.send(account, "a@example.com", ["b@example.org"], pieces,
+                           crlf=True) == ()
+    [got] = await sink.wait_for(1, timeout=30)
+    assert got.content.endswith(b"".join(pieces).split(b"\r\n\r\n", 1)[1])
+
+
 async def test_partial_refusal(pool: SmtpPool, account: Account, sink: Relay) -> None:
     refused = await pool.send(account, "a@example.com",
                               ["unknown@example.org", "ok@example.org"], MESSAGE)

@@ -39,13 +39,15 @@ class FakeSender:
         self.gate.set()
         self.fail_with: Exception | None = None
 
-    async def send(self, account: Account, sender: str, recipients: Sequence[str], data: bytes,
-                   *, smtputf8: bool = False, eightbit: bool = False, crlf: bool = False
+    async def send(self, account: Account, sender: str, recipients: Sequence[str],
+                   data: bytes | Sequence[bytes], *, smtputf8: bool = False,
+                   eightbit: bool = False, crlf: bool = False
                    ) -> tuple[RecipientFailure, ...]:
         await self.gate.wait()
         if self.fail_with is not None:
             raise self.fail_with
-        self.sent.append((sender, tuple(recipients), data))
+        whole = data if isinstance(data, bytes) else b"".join(data)
+        self.sent.append((sender, tuple(recipients), whole))
         return ()
 
     def discard(self, tenant_id: str, account_id: str) -> None:
