@@ -17,10 +17,11 @@ from mailproxy.delivery import Resolver, system_resolver
 from mailproxy.ports import Clock
 from tests.endpoint import make_endpoint
 from tests.imap import dovecot, dovecot_tls
-from tests.pg import pg_url
+from tests.pg import pg_schema, pg_url
 from tests.relay import Relay, make_relay, relay
 
-__all__ = ["dovecot", "dovecot_tls", "make_endpoint", "make_relay", "pg_url", "relay"]
+__all__ = ["dovecot", "dovecot_tls", "make_endpoint", "make_relay", "pg_schema", "pg_url",
+           "relay"]
 
 ADMIN = "admin-token-for-tests"
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import os
 import uuid
+from collections.abc import AsyncIterator
 from typing import Any
 
 import asyncpg
@@ -69,3 +70,12 @@ class PgSchema:
             await con.execute(f'DROP SCHEMA IF EXISTS "{self.name}" CASCADE')
         finally:
             await con.close()
+
+
+@pytest.fixture
+async def pg_schema(pg_url: str) -> AsyncIterator[PgSchema]:
+    """A private schema on the server for one test, dropped after it (tests/store has its
+    own `pg_schema`, None on the other backends of its contract suite)."""
+    schema = PgSchema(pg_url)
+    yield schema
+    await schema.drop()

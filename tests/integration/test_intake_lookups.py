@@ -9,7 +9,6 @@ misses) can explain what the tests see within their few seconds."""
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -47,13 +46,6 @@ async def test_changes_on_this_instance_count_at_once(api: Api, relay: Relay) ->
     assert await refused(api, message(3)) == ["account not found for tenant"]
     await api.account(relay, account_id="second")
     assert await refused(api, message(4, account_id="second")) == []
-
-
-@pytest.fixture
-async def pg_schema(pg_url: str) -> AsyncIterator[PgSchema]:
-    schema = PgSchema(pg_url)
-    yield schema
-    await schema.drop()
 
 
 async def test_changes_on_another_instance_count_when_notified(

@@ -20,7 +20,6 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import Counter, defaultdict
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -43,13 +42,6 @@ KILL_AFTER = 2500  # messages at the relay
 # run takes 100-110 s (the limited accounts alone need 60 s), so the former 110 s made the
 # test fail under a loaded full run although nothing was lost; the bound only stops a hang.
 DEADLINE = 300.0
-
-@pytest.fixture
-async def schema(pg_url: str) -> AsyncIterator[PgSchema]:
-    fresh = PgSchema(pg_url)
-    yield fresh
-    await fresh.drop()
-
 
 def _plan() -> list[list[dict[str, Any]]]:
     """Batches of messages, the limited accounts' first (their window starts at once)."""
@@ -133,11 +125,11 @@ def _busiest_window(seconds: list[int]) -> int:
 
 @pytest.mark.slow
 async def test_three_instances_share_one_queue_and_survive_a_kill(
-    relay: Relay, schema: PgSchema, tmp_path: Path
+    relay: Relay, pg_schema: PgSchema, tmp_path: Path
 ) -> None:
     began = time.monotonic()
     env = {
-        "GMP_DB_PATH": schema.url, "GMP_ENCRYPTION_KEY": new_encryption_key(),
+        "GMP_DB_PATH": pg_schema.url, "GMP_ENCRYPTION_KEY": new_encryption_key(),
         "GMP_SEND_LOOP_INTERVAL": "0.1", "GMP_LEASE_SECONDS": str(LEASE_SECONDS),
         "GMP_SEND_CONCURRENCY": str(SEND_CONCURRENCY), "GMP_DB_POOL_SIZE": "5",
     }
@@ -168,7 +160,7 @@ async def test_three_instances_share_one_queue_and_survive_a_kill(
             victim.kill()
             killed_at = time.time()
             await asyncio.sleep(0.5)  # the victim's server sessions end and roll back
-            held = {r["client_id"] for r in await schema.fetch(
+            held = {r["client_id"] for r in await pg_schema.fetch(
                 "SELECT client_id FROM messages WHERE status = 'sending' AND lease_owner = $1",
                 victim.instance_id)}
             assert held, "the kill came while the victim held no lease"
@@ -188,7 +180,7 @@ async def test_three_instances_share_one_queue_and_survive_a_kill(
 
     counts = Counter(seen)
     duplicates = {i: n for i, n in counts.items() if n > 1}
-    rows = await schema.fetch("SELECT client_id, status, retry_count FROM messages")
+    rows = await pg_schema.fetch("SELECT client_id, status, retry_count FROM messages")
     statuses = Counter(r["status"] for r in rows)
     retries = {r["client_id"]: r["retry_count"] for r in rows}
     after_kill = {mail_id(r) for r in relay.messages if r.time > killed_at}

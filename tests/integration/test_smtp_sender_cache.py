@@ -8,7 +8,6 @@ refusal within the test's few seconds."""
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator
 
 import aiosmtplib
 import pytest
@@ -60,13 +59,6 @@ async def test_deleting_the_account_ends_the_reuse_at_once(make_api: ApiFactory,
     await proxy.api.ok("DELETE", "/account/main", params={"tenant_id": "acme"})
     code, text = await _mail_from(smtp)
     assert code == 550 and "Unknown account" in text, (code, text)
-
-
-@pytest.fixture
-async def pg_schema(pg_url: str) -> AsyncIterator[PgSchema]:
-    schema = PgSchema(pg_url)
-    yield schema
-    await schema.drop()
 
 
 async def test_a_change_on_another_instance_ends_the_reuse(
