@@ -149,8 +149,10 @@ class Cache:
                     path.unlink()
 
     def _disk_path(self, key: str) -> Path:
+        # One string join and os.path below: a disk-tier hit is the warm path of every
+        # message naming a large cached file, and pathlib's joins cost more than the stat.
         scope, md5 = key.split("/")
-        return self.directory / scope / md5[:2] / md5
+        return Path(os.path.join(self.directory, scope, md5[:2], md5))
 
     def get(self, tenant_id: str, md5: str) -> Blob | None:
         """The content of `md5` as this tenant fetched it before, or None."""
@@ -164,14 +166,11 @@ class Cache:
             self._drop_memory(key)
         entry = self._disk.get(key)
         if entry is not None:
-            # A string path and os.path: a hit is the warm path of every message that
-            # names a large cached file, and pathlib's joins cost more than the stat.
-            scope = key.partition("/")[0]
-            file = os.path.join(self.directory, scope, md5[:2], md5)
-            if now - entry[0] <= self.limits.disk_ttl and os.path.exists(file):
+            path = self._disk_path(key)
+            if now - entry[0] <= self.limits.disk_ttl and os.path.exists(path):
                 self._disk.move_to_end(key)
                 self.hits += 1
-                return Blob(md5, entry[1], path=Path(file))
+                return Blob(md5, entry[1], path=path)
             self._drop_disk(key)
         self.misses += 1
         return None
