@@ -370,7 +370,7 @@ def _multipart_pieces(
     subtype: str, tag: str, pk: str, parts: list[tuple[list[str], bytes]]
 ) -> tuple[list[str], list[bytes]]:
     """A multipart entity whose boundary derives from the pk and occurs in no part, as the
-    pieces of its body: the message is joined once, at the top (no copy of a part first).
+    pieces of its body (no part is copied into it).
     Base64 lines cannot hold a boundary (`_` is not in their alphabet), so large
     pre-encoded attachments are not searched.
     """
@@ -423,28 +423,13 @@ def build_message(
     attachments: Sequence[tuple[str, str, bytes]] = (),
     genro_header: bool = True,
     hostname: str = "localhost",
-) -> bytes:
-    """The message as CRLF-terminated bytes ready for DATA (contract §4.3).
+) -> list[bytes]:
+    """The message ready for DATA (contract §4.3), CRLF-terminated, as the pieces that make
+    it up, in order: delivery writes them as they are (a gathered write), so that a large
+    attachment is never copied into one buffer; b"".join() gives the message.
 
     `attachments` are (filename, mime type, data), already fetched. Bcc never appears.
     """
-    return b"".join(build_message_parts(
-        content, pk=pk, client_id=client_id, date_ts=date_ts, attachments=attachments,
-        genro_header=genro_header, hostname=hostname))
-
-
-def build_message_parts(
-    content: Content,
-    *,
-    pk: str,
-    client_id: str,
-    date_ts: int,
-    attachments: Sequence[tuple[str, str, bytes]] = (),
-    genro_header: bool = True,
-    hostname: str = "localhost",
-) -> list[bytes]:
-    """build_message as the pieces that make it up, in order: delivery writes them as they
-    are (a gathered write), so a large attachment is never copied into one message."""
     headers = _header_lines(content, pk, client_id, date_ts, hostname, genro_header)
     entity_headers, body = _body_entity(content, pk, attachments)
     headers.append("MIME-Version: 1.0")

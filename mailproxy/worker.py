@@ -472,7 +472,7 @@ class Worker:
             files = list(prepared.attachments)
         else:
             files = [_fetch_inline(a) for a in content.attachments]
-        parts = compose.build_message_parts(
+        parts = compose.build_message(
             content, pk=message.pk, client_id=message.id, date_ts=message.date_ts,
             attachments=files,
             genro_header=self._s.genro_header, hostname=self._hostname,

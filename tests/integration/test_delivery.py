@@ -126,7 +126,7 @@ async def test_composed_message_is_sent_byte_for_byte(relay: Relay, pool: SmtpPo
     await send(pool, relay, data=data, crlf=True)
 
     [got] = await relay.wait_for(1)
-    assert got.content == bytes(data)
+    assert got.content == b"".join(data)
 
 
 async def test_pieces_are_sent_as_one_message(relay: Relay, pool: SmtpPool) -> None:

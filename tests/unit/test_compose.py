@@ -41,7 +41,7 @@ def _build(content: Content, **kwargs: Any) -> bytes:
     kwargs.setdefault("pk", PK)
     kwargs.setdefault("client_id", "inv-2026-0042")
     kwargs.setdefault("date_ts", DATE_TS)
-    return build_message(content, **kwargs)
+    return b"".join(build_message(content, **kwargs))
 
 
 def _parse(data: bytes) -> EmailMessage:
