@@ -12,12 +12,15 @@ created a moment ago on another instance is never refused for a stale miss.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 from mailproxy.model import Account, Tenant
 from mailproxy.ports import Clock, DirectoryReader
 
 RECHECK_SECONDS = 2.0
 MAX_TENANTS = 10_000  # past this many, the cache starts over (a bound, not an LRU)
+
+T = TypeVar("T")
 
 
 @dataclass
@@ -40,10 +43,8 @@ class DirectoryCache:
             return hit[1]
         generation = self._generation
         tenant = await self.store.get_tenant(tenant_id)
-        if tenant is not None and generation == self._generation:
-            if len(self._tenants) >= MAX_TENANTS:
-                self._tenants.clear()
-            self._tenants[tenant_id] = (now, tenant)
+        if tenant is not None:
+            self._keep(self._tenants, tenant_id, tenant, now, generation)
         return tenant
 
     async def account(self, tenant_id: str, account_id: str) -> Account | None:
@@ -54,8 +55,14 @@ class DirectoryCache:
             return hit[1][account_id]
         generation = self._generation
         accounts = {a.id: a for a in await self.store.list_accounts(tenant_id)}
-        if generation == self._generation:
-            if len(self._accounts) >= MAX_TENANTS:
-                self._accounts.clear()
-            self._accounts[tenant_id] = (now, accounts)
+        self._keep(self._accounts, tenant_id, accounts, now, generation)
         return accounts.get(account_id)
+
+    def _keep(self, table: dict[str, tuple[float, T]], key: str, value: T, now: float,
+              generation: int) -> None:
+        """Keep what a read found, unless a change came while it ran."""
+        if generation != self._generation:
+            return
+        if len(table) >= MAX_TENANTS:
+            table.clear()
+        table[key] = (now, value)
