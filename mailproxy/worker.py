@@ -308,8 +308,9 @@ class Worker:
                 try:
                     # Suppression is asked first: mail to suppressed addresses alone fails as
                     # suppressed, without fetching its attachments (or failing on them).
-                    banned = await self._banned(message)
-                    if banned and all(r.lower() in banned for r in self._recipients(message)):
+                    recipients = self._recipients(message)
+                    banned = await self._banned(message.tenant_id, recipients)
+                    if banned and all(r.lower() in banned for r in recipients):
                         outcome: Outcome = Failed("suppressed", suppressed=True)
                     else:
                         # Fetching holds only the account's slot, never a global one: a slow
@@ -317,7 +318,8 @@ class Worker:
                         prepared = await self._prepare(message)
                         if prepared is None or isinstance(prepared, Prepared):
                             async with self._global:
-                                outcome = await self._attempt(message, prepared, banned)
+                                outcome = await self._attempt(message, recipients, prepared,
+                                                              banned)
                         else:
                             outcome = prepared
                 finally:
@@ -385,19 +387,19 @@ class Worker:
         except PermanentFailure as exc:
             return Failed(str(exc), exc.code)
 
-    async def _banned(self, message: Claimed) -> frozenset[str]:
-        """The message's suppressed recipients, lower-cased (§12.3)."""
+    async def _banned(self, tenant_id: str, recipients: list[str]) -> frozenset[str]:
+        """Which of the recipients are suppressed, lower-cased (§12.3)."""
         if self._suppressions is None:
             return frozenset()
-        return await self._suppressions.suppressed(message.tenant_id, self._recipients(message))
+        return await self._suppressions.suppressed(tenant_id, recipients)
 
-    async def _attempt(self, message: Claimed, prepared: Prepared | None = None,
-                       banned: frozenset[str] = frozenset()) -> Outcome:
+    async def _attempt(self, message: Claimed, recipients: list[str],
+                       prepared: Prepared | None, banned: frozenset[str]) -> Outcome:
         account = await self._account(message.tenant_id, message.account_id)
         if account is None:
             return Failed("account deleted")
         try:
-            sender, recipients, data, composed = self._build(message, prepared)
+            sender, data, composed = self._build(message, prepared)
         except ValueError as exc:
             return Failed(str(exc))
         recipients, dropped = _without(recipients, banned)
@@ -447,24 +449,23 @@ class Worker:
                         next_ts=math.ceil(deadline), retry_count=message.retry_count + 1)
 
     def _build(self, message: Claimed, prepared: Prepared | None = None
-               ) -> tuple[str, list[str], list[bytes], bool]:
-        """Envelope sender, recipients, the bytes to send (in pieces, in order), and whether
-        compose built them (CRLF line ends only, by construction) rather than taking them
-        from a raw message."""
+               ) -> tuple[str, list[bytes], bool]:
+        """Envelope sender, the bytes to send (in pieces, in order), and whether compose
+        built them (CRLF line ends only, by construction) rather than taking them from a
+        raw message."""
         raw = prepared.raw if prepared is not None and prepared.raw is not None else message.raw
         if raw is not None and message.envelope_from is not None:
-            sender, recipients, data = self._build_submitted(message, raw)
-            return sender, recipients, [data], False
+            sender, data = self._build_submitted(message, raw)
+            return sender, [data], False
         content = message.content
         sender = _addr(content.return_path or self.bounce_return_path or content.from_addr)
-        recipients = self._recipients(message)
         if raw is not None:
             data = compose.prepare_raw(
                 raw, pk=message.pk, client_id=message.id, date_ts=message.date_ts,
                 from_domain=sender.rpartition("@")[2] or None,
                 genro_header=self._s.genro_header, hostname=self._hostname,
             )
-            return sender, recipients, [data], False
+            return sender, [data], False
         if prepared is not None:
             body = content.body if prepared.body is None else prepared.body
             html = content.html_body if prepared.html_body is None else prepared.html_body
@@ -477,9 +478,9 @@ class Worker:
             attachments=files,
             genro_header=self._s.genro_header, hostname=self._hostname,
         )
-        return sender, recipients, parts, True
+        return sender, parts, True
 
-    def _build_submitted(self, message: Claimed, raw: bytes) -> tuple[str, list[str], bytes]:
+    def _build_submitted(self, message: Claimed, raw: bytes) -> tuple[str, bytes]:
         """SMTP-submitted mail: the envelope as received, control headers removed."""
         sender = message.envelope_from or ""
         data = compose.prepare_raw(
@@ -487,7 +488,7 @@ class Worker:
             from_domain=sender.rpartition("@")[2] or None, genro_header=self._s.genro_header,
             hostname=self._hostname, strip_headers=CONTROL_HEADERS,
         )
-        return sender, self._recipients(message), data
+        return sender, data
 
     @staticmethod
     def _recipients(message: Claimed) -> list[str]:
