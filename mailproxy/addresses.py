@@ -6,6 +6,7 @@ common cases take a precompiled-regex fast path and never go through the `email`
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import re
 
@@ -130,10 +131,13 @@ def _unquote_phrase(name: str) -> str:
     return "".join(out).strip()
 
 
+@functools.lru_cache(maxsize=1024)
 def split_address(item: str) -> tuple[str, str]:
     """(display name, addr-spec) of `Name <a@b>`, `<a@b>`, `a@b` or `a@b (Name)`.
 
-    The addr-spec is not validated here (see check_address); only the shape is.
+    The addr-spec is not validated here (see check_address); only the shape is. Memoised:
+    bulk mail names the same senders and recipients again and again, and intake, the
+    worker and the composer each split them (a refusal is raised again, never cached).
     """
     _reject_crlf(item)
     text = item.strip()

@@ -52,6 +52,9 @@ _MIME_TYPE_RE = re.compile(r"[A-Za-z0-9!#$&^_.+\-]+/[A-Za-z0-9!#$&^_.+\-]+")
 _DOMAIN_RE = re.compile(r"[A-Za-z0-9\-]+(?:\.[A-Za-z0-9\-]+)*|\[[A-Za-z0-9.:]+\]")
 _CRLF_RE = re.compile(r"[\r\n]")
 _HIGH_BYTES = bytes(range(128, 256))
+# Bytes that quoted-printable carries as themselves anywhere in a line (RFC 2045 6.7).
+_QP_LITERAL = bytes(range(0x20, 0x7F)).replace(b"=", b"") + b"\t\n"
+_QP_WIDTH = 76  # characters per encoded line, the soft break's "=" included
 _PARAM_SAFE = "!#$&+-.^_`|~"
 _PARAM_CHUNK = 50  # keeps each RFC 2231 segment line under 78 characters
 _RAW_FIELD_RE = re.compile(rb"([\x21-\x39\x3b-\x7e]+)[ \t]*:")
@@ -151,8 +154,10 @@ def _fold(name: str, value: str) -> str:
     return "\r\n".join(lines)
 
 
+@functools.lru_cache(maxsize=1024)
 def _format_mailbox(item: str) -> str:
-    """One address for a header: display name encoded word by word, addr-spec never."""
+    """One address for a header: display name encoded word by word, addr-spec never.
+    Memoised, like split_address: the same senders come back message after message."""
     name, addr = split_address(item)
     if not addr.isascii():
         with contextlib.suppress(ValueError):  # already checked at intake; keep it as is
@@ -172,6 +177,7 @@ def _angle(message_id: str) -> str:
     return "<" + message_id.removeprefix("<").removesuffix(">") + ">"
 
 
+@functools.lru_cache(maxsize=256)
 def _msgid_domain(domain: str | None, hostname: str) -> str:
     """An ASCII right-hand side for a generated Message-ID."""
     if domain and not domain.isascii():
@@ -279,14 +285,38 @@ def _encode_text(text: str) -> tuple[bytes, str]:
     text = _lf(text)
     if text and not text.endswith("\n"):
         text += "\n"
-    if text.isascii() and "\x00" not in text and not _has_long_line(text):
-        return text.replace("\n", "\r\n").encode("ascii"), "7bit"
+    if text.isascii():
+        if "\x00" not in text and not _has_long_line(text):
+            return text.replace("\n", "\r\n").encode("ascii"), "7bit"
+        data = text.encode("ascii")
+        plain = _qp_plain(data)
+        if plain is not None:
+            return plain, "quoted-printable"
+        return binascii.b2a_qp(data, istext=True).replace(b"\n", b"\r\n"), "quoted-printable"
     data = text.encode("utf-8")
     high = len(data) - len(data.translate(None, _HIGH_BYTES))
     if high * 6 > len(data):  # base64 (4/3 of the size) beats quoted-printable (3 per byte)
         # Text is encoded in canonical form (CRLF line ends), as RFC 2045 asks.
         return _base64_lines(data.replace(b"\n", b"\r\n")), "base64"
     return binascii.b2a_qp(data, istext=True).replace(b"\n", b"\r\n"), "quoted-printable"
+
+
+def _qp_plain(data: bytes) -> bytes | None:
+    """Quoted-printable of LF-ended ASCII text that needs no escape (no "=", no control
+    character but tab, no white space ending a line): its long lines are only cut by soft
+    line breaks. About twice as fast as binascii's encoder, which looks at every byte; None
+    when the text needs that encoder."""
+    if data.translate(None, _QP_LITERAL):
+        return None
+    lines = data.split(b"\n")
+    if any(line.endswith((b" ", b"\t")) for line in lines):
+        return None
+    step = _QP_WIDTH - 1
+    return b"\r\n".join([
+        line if len(line) <= _QP_WIDTH
+        else b"=\r\n".join([line[i:i + step] for i in range(0, len(line), step)])
+        for line in lines
+    ])
 
 
 def _text_entity(text: str, subtype: str) -> tuple[list[str], bytes]:

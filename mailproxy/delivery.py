@@ -92,9 +92,6 @@ def _normalise(data: bytes) -> bytes:
     return data if data.endswith(b"\r\n") else data + b"\r\n"
 
 
-# Past this many dots, one replace over the whole message is cheaper than looking at each.
-_DOTS_LOOKED_AT = 64
-
 Pieces = tuple[bytes, ...]
 
 
@@ -108,20 +105,13 @@ def _pieces(data: bytes | Sequence[bytes], crlf: bool) -> Pieces:
 
 
 def _starts_a_line_with_dot(pieces: Pieces) -> bool:
-    """Whether any line of the CRLF message begins with a dot. Dots are rare in mail (none
-    in base64, a few in headers and text), and finding the next one is a memchr, so this is
-    far cheaper than searching for CRLF + dot among thousands of line ends."""
-    looked = 0
+    """Whether any line of the CRLF message begins with a dot: a search for LF + dot in
+    each piece (a C substring search, a few microseconds for a 2 KB message however many
+    dots its text holds), and a look at where one piece meets the next."""
     line_start = True  # the message begins a line
     for piece in pieces:
-        at = piece.find(b".")
-        while at >= 0:
-            if (line_start if at == 0 else piece[at - 1] == 0x0A):
-                return True
-            looked += 1
-            if looked >= _DOTS_LOOKED_AT:
-                return True  # stop looking: stuff the whole message
-            at = piece.find(b".", at + 1)
+        if (line_start and piece[:1] == b".") or b"\n." in piece:
+            return True
         line_start = piece.endswith(b"\n")
     return False
 

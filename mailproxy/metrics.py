@@ -13,7 +13,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from typing import Protocol
+from typing import Any, Protocol, TypeVar
 
 from aiohttp import web
 from aiohttp.typedefs import Middleware
@@ -41,6 +41,7 @@ HTTP_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
 # Any token is a valid HTTP method; other ones share a label so that series stay bounded.
 HTTP_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"})
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+Collector = TypeVar("Collector", Counter, Histogram)
 
 
 class MetricsStore(QueueCounts, DirectoryReader, Protocol):
@@ -56,6 +57,9 @@ class Metrics:
         self.token = token
         self.registry = registry or CollectorRegistry(auto_describe=True)
         self._names: dict[str, str] = {}
+        # A collector's child per label values: labels() checks and converts the values on
+        # every call, a microsecond and more on each delivered message and each request.
+        self._children: dict[tuple[Any, tuple[str, ...]], Any] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         reg = self.registry
         self.sent = Counter("gmp_sent_total", "Messages accepted by the relay.",
@@ -87,6 +91,13 @@ class Metrics:
                                       ("method", "route"), buckets=HTTP_BUCKETS, registry=reg)
 
     # -- labels ------------------------------------------------------------------------------
+
+    def _child(self, collector: Collector, *values: str) -> Collector:
+        key = (collector, values)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = collector.labels(*values)
+        return child
 
     def _labels(self, tenant_id: str, account_id: str) -> tuple[str, str, str, str]:
         return tenant_id, self._names.get(tenant_id, tenant_id), account_id, account_id
@@ -133,33 +144,33 @@ class Metrics:
     def outcome(self, message: Claimed, outcome: Outcome, now: float) -> None:
         labels = self._labels(message.tenant_id, message.account_id)
         if isinstance(outcome, Sent):
-            self.sent.labels(*labels).inc()
+            self._child(self.sent, *labels).inc()
             latency = max(0.0, now - message.created_ts)
-            self.queue_latency.labels(message.tenant_id).observe(latency)
+            self._child(self.queue_latency, message.tenant_id).observe(latency)
         elif isinstance(outcome, Deferred):
-            self.deferred.labels(*labels).inc()
+            self._child(self.deferred, *labels).inc()
         elif isinstance(outcome, Failed):
-            self.errors.labels(*labels).inc()
+            self._child(self.errors, *labels).inc()
 
     def rate_limited(self, tenant_id: str, account_id: str, deferred: bool) -> None:
         """A claim over a limit: deferred (limit_behavior defer) or failed (reject)."""
         labels = self._labels(tenant_id, account_id)
-        self.rate_limited_total.labels(*labels).inc()
-        (self.deferred if deferred else self.errors).labels(*labels).inc()
+        self._child(self.rate_limited_total, *labels).inc()
+        self._child(self.deferred if deferred else self.errors, *labels).inc()
 
     def smtp_seconds(self, outcome: str, seconds: float) -> None:
-        self.smtp_send.labels(outcome).observe(seconds)
+        self._child(self.smtp_send, outcome).observe(seconds)
 
     # -- reporter and bounce poller ----------------------------------------------------------
 
     def report_sent(self, tenant_id: str) -> None:
-        self.reports_sent.labels(tenant_id).inc()
+        self._child(self.reports_sent, tenant_id).inc()
 
     def report_failed(self, tenant_id: str) -> None:
-        self.report_failures.labels(tenant_id).inc()
+        self._child(self.report_failures, tenant_id).inc()
 
     def bounce(self, tenant_id: str | None, bounce_type: str) -> None:
-        self.bounces.labels(tenant_id or "unknown", bounce_type).inc()
+        self._child(self.bounces, tenant_id or "unknown", bounce_type).inc()
 
     # -- HTTP --------------------------------------------------------------------------------
 
@@ -183,8 +194,8 @@ class Metrics:
     def _count(self, request: web.Request, status: int, began: float) -> None:
         method = request.method if request.method in HTTP_METHODS else "other"
         route = route_template(request)
-        self.http_requests.labels(method, route, str(status)).inc()
-        self.http_seconds.labels(method, route).observe(time.perf_counter() - began)
+        self._child(self.http_requests, method, route, str(status)).inc()
+        self._child(self.http_seconds, method, route).observe(time.perf_counter() - began)
 
     async def close(self) -> None:
         for task in list(self._tasks):

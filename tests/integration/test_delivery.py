@@ -109,7 +109,7 @@ async def test_dots_at_line_starts_survive_the_transfer(relay: Relay, pool: Smtp
 
 
 async def test_a_dot_line_after_many_dots_is_still_stuffed(relay: Relay, pool: SmtpPool) -> None:
-    # Past the first dozens of dots the check gives up looking and stuffs the whole message.
+    # Dots inside lines are no line starts; the one late in the message is.
     data = b"Subject: x\r\n\r\n" + b"a.b.c.d\r\n" * 40 + b".late\r\n"
     await send(pool, relay, data=data)
 

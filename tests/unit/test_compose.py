@@ -398,6 +398,28 @@ def test_every_composed_message_is_in_wire_form(
     assert message.endswith(b"\r\n")
 
 
+# Text that quoted-printable can carry as is, or nearly: long lines, the characters that
+# need escapes ("=", controls, white space ending a line), dots and spaces at the cuts.
+_QP_TEXT = st.text(alphabet=st.sampled_from(list("ab .=\t\n\x01~")), max_size=400).map(
+    lambda text: text + "x" * 1000)
+
+
+@settings(max_examples=300, deadline=None)
+@given(body=_QP_TEXT)
+def test_quoted_printable_bodies_decode_back_exactly(body: str) -> None:
+    """Long ASCII lines go out quoted-printable, cut by soft line breaks into lines of at
+    most 76 characters, and decode back to the text (escapes only where they are needed)."""
+    data = _build(_content(body=body))
+    _assert_wire_form(data)
+    message = _parse(data)
+    assert message["Content-Transfer-Encoding"] == "quoted-printable"
+    assert _text(message) == body + "\n"
+    encoded = data.split(b"\r\n\r\n", 1)[1]
+    assert max(map(len, encoded.split(b"\r\n"))) <= 76
+    if "=" not in body:
+        assert b"=3D" not in encoded
+
+
 def test_missing_final_newline_is_added_like_the_email_package() -> None:
     message = _parse(_build(_content(body="no newline")))
     assert _text(message) == "no newline\n"
