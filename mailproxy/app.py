@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-import gc
 import logging
 import os
 import secrets
@@ -18,7 +17,7 @@ from pathlib import Path
 
 from aiohttp import web
 
-from mailproxy import __version__, intake, runstate, sync
+from mailproxy import __version__, heap, intake, runstate, sync
 from mailproxy.attachments.cache import Cache, CacheLimits
 from mailproxy.attachments.fetch import Fetcher, FetchSettings
 from mailproxy.attachments.prepare import MessagePreparer
@@ -73,9 +72,6 @@ class Parts:
 
 
 PARTS = web.AppKey("parts", Parts)
-# New container objects between two young collections of the cyclic collector (see
-# _tune_collector; Python's default is 700).
-GC_YOUNG_THRESHOLD = 10_000
 
 
 def admin_token(settings: Settings) -> str:
@@ -375,7 +371,7 @@ async def serve(settings: Settings) -> None:
         with contextlib.suppress(Exception):
             await runner.cleanup()
         raise
-    _tune_collector()
+    heap.tune_collector()
     url = _url(settings.host, sock.getsockname()[1])
     log.info("mail-proxy %s listening on %s (instance %s, database %s)",
              __version__, url, settings.instance, _db_label(settings))
@@ -398,18 +394,6 @@ async def serve(settings: Settings) -> None:
         with contextlib.suppress(Exception):
             await runner.cleanup()
         runstate.clear(settings.data_dir)
-
-
-def _tune_collector() -> None:
-    """Once started: what start-up built (modules, schemas, templates) is moved out of the
-    cyclic collector's view, and young collections run every GC_YOUNG_THRESHOLD new
-    objects instead of 700. With the defaults a 1000-message request set off some twenty
-    collections, and the full ones walked every object of the process: 12 % of the CPU of
-    batched intake went to them (bench notes, issue 16). Garbage without cycles is freed
-    at once by reference counting either way."""
-    gc.collect()
-    gc.freeze()
-    gc.set_threshold(GC_YOUNG_THRESHOLD, *gc.get_threshold()[1:])
 
 
 def _bind(host: str, port: int) -> socket.socket:
