@@ -71,7 +71,7 @@ async def wait_received(sink_count: object, target: int, timeout: float = 600) -
 async def main(args: argparse.Namespace) -> None:
     if args.scale_only:
         with running_sink() as sink:
-            await scale(sink)
+            await scale(sink, args.large)
         return
     with running_sink() as sink:
         raw = await raw_smtp_rate(sink.port)
@@ -119,7 +119,7 @@ async def main(args: argparse.Namespace) -> None:
         finally:
             server.stop()
         if args.scale:
-            await scale(sink)
+            await scale(sink, args.large)
 
 
 async def settled(sink: object, quiet: float = 0.5) -> None:
@@ -130,15 +130,17 @@ async def settled(sink: object, quiet: float = 0.5) -> None:
         await asyncio.sleep(quiet)
 
 
-async def scale(sink: object, rounds: int = 4, chunk: int = 5000) -> None:
-    """Ingest and drain cost per message with 10k vs 200k messages already queued.
+async def scale(sink: object, large: int = 200_000, rounds: int = 4, chunk: int = 5000
+                ) -> None:
+    """Ingest and drain cost per message with 10k vs `large` (200k) messages already queued,
+    and each server's RSS with its backlog.
 
     Two servers run side by side, one per backlog, and the ingest chunks alternate between
     them `rounds` times (medians): a host that slows down for a while slows both alike.
     The chunks add to the backlogs (10k grows to 30k, 200k to 220k with the defaults).
     """
     port = getattr(sink, "port")  # noqa: B009
-    servers = {10_000: Server(), 200_000: Server()}
+    servers = {10_000: Server(), large: Server()}
     ingest: dict[int, list[float]] = {backlog: [] for backlog in servers}
     drain: dict[int, float] = {}
     try:
@@ -148,6 +150,8 @@ async def scale(sink: object, rounds: int = 4, chunk: int = 5000) -> None:
                 await setup_tenant(session, server.url, port)
                 await command(session, server.url, "suspend")
                 await post_batches(session, server.url, 0, backlog)
+                rss, _peak = server.rss_mb()
+                figure(f"RSS with {backlog} queued (scale servers)", rss, "MB")
             for r in range(rounds):
                 for backlog, server in servers.items():
                     first = 50_000_000 + r * chunk
@@ -168,8 +172,8 @@ async def scale(sink: object, rounds: int = 4, chunk: int = 5000) -> None:
         every = ", ".join(f"{v:.0f}" for v in ingest[backlog])
         figure(f"ingest cost at {backlog} queued", costs[backlog], "us/msg", f"all: {every}")
         figure(f"claim+send cost at {backlog} queued", drain[backlog], "us/msg")
-    figure("ingest cost ratio 200k/10k", costs[200_000] / costs[10_000], "x")
-    figure("claim+send cost ratio 200k/10k", drain[200_000] / drain[10_000], "x")
+    figure(f"ingest cost ratio {large}/10000", costs[large] / costs[10_000], "x")
+    figure(f"claim+send cost ratio {large}/10000", drain[large] / drain[10_000], "x")
 
 
 if __name__ == "__main__":
@@ -179,4 +183,6 @@ if __name__ == "__main__":
     parser.add_argument("--queued", type=int, default=100_000)
     parser.add_argument("--scale", action="store_true")
     parser.add_argument("--scale-only", action="store_true", help="only the --scale figures")
+    parser.add_argument("--large", type=int, default=200_000,
+                        help="the large backlog of --scale (10k is the small one)")
     asyncio.run(main(parser.parse_args()))
