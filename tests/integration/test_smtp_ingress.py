@@ -461,6 +461,23 @@ async def test_oversized_messages_are_552_at_mail_and_at_data(
     assert await proxy.api.messages() == []
 
 
+async def test_a_line_over_1000_octets_is_500_and_the_session_goes_on(proxy: Proxy) -> None:
+    smtp = await session(proxy)
+    await smtp.mail("sender@acme.test")
+    await smtp.rcpt("rcpt@example.org")
+    with pytest.raises(aiosmtplib.SMTPDataError) as refused:
+        await smtp.data(simple("long-1") + b"x" * 1000 + b"\r\n")
+    assert (refused.value.code, refused.value.message) == (
+        500, "Line too long (see RFC5321 4.5.3.1.6)")
+    assert await command(smtp, "NOOP") == (250, "OK")
+    await smtp.sendmail("sender@acme.test", ["rcpt@example.org"],
+                        simple("fits-1") + b"y" * 998 + b"\r\n")
+    await smtp.quit()
+    [got] = await proxy.relay.wait_for(1)
+    assert got.content.endswith(b"\r\n\r\nBody line\r\n" + b"y" * 998 + b"\r\n")
+    assert [r["id"] for r in await proxy.api.messages()] == ["fits-1"]
+
+
 @pytest.mark.parametrize("header", [
     "X-Mail-Proxy-Priority: urgent", "X-Mail-Proxy-Priority: 7",
     "X-Mail-Proxy-Deferred-Ts: tomorrow", "X-Mail-Proxy-Deferred-Ts: -5",
