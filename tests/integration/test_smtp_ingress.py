@@ -547,6 +547,53 @@ async def test_garbage_and_malformed_mime_never_break_the_listener(proxy: Proxy)
     await proxy.relay.wait_for(4)
 
 
+async def _exchange(port: int, writes: list[bytes], until: bytes) -> bytes:
+    """Send `writes` as they come (pipelined), read until `until` arrives, then hang up."""
+    reader, writer = await asyncio.open_connection(HOST, port)
+    writer.write(b"".join(writes))
+    answer = b""
+    async with asyncio.timeout(10):
+        while until not in answer and (chunk := await reader.read(65536)):
+            answer += chunk
+    writer.close()
+    await writer.wait_closed()
+    return answer
+
+
+async def test_a_client_gone_mid_data_leaves_nothing_queued_and_no_error(
+    proxy: Proxy, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="mailproxy")
+    partial = simple("gone-1") + b"half a line of the body"
+    answer = await _exchange(proxy.port, [
+        b"EHLO client\r\n", b"AUTH PLAIN " + plain_blob(proxy.user, proxy.token) + b"\r\n",
+        b"MAIL FROM:<sender@acme.test>\r\n", b"RCPT TO:<rcpt@example.org>\r\n",
+        b"DATA\r\n", partial], until=b"354 ")
+    assert b"354 " in answer
+    assert b"Queued" not in answer
+    smtp = await session(proxy)  # the listener goes on
+    await smtp.sendmail("sender@acme.test", ["rcpt@example.org"], simple("after-1"))
+    await smtp.quit()
+    await proxy.relay.wait_for(1)
+    assert [r["id"] for r in await proxy.api.messages()] == ["after-1"]
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+
+
+async def test_commands_pipelined_after_the_end_mark_are_answered(proxy: Proxy) -> None:
+    # The content, its end mark, and the next transaction and QUIT in one write.
+    answer = await _exchange(proxy.port, [
+        b"EHLO client\r\n", b"AUTH PLAIN " + plain_blob(proxy.user, proxy.token) + b"\r\n",
+        b"MAIL FROM:<sender@acme.test>\r\nRCPT TO:<rcpt@example.org>\r\nDATA\r\n",
+        simple("pipe-1") + b".\r\nMAIL FROM:<sender@acme.test>\r\n"
+        b"RCPT TO:<rcpt@example.org>\r\nDATA\r\n",
+        simple("pipe-2") + b"..dotted\r\n.\r\nQUIT\r\n"], until=b"221 ")
+    assert answer.count(b"250 2.0.0 Queued as pipe-") == 2
+    assert answer.rstrip().endswith(b"221 Bye")
+    got = await proxy.relay.wait_for(2)
+    assert sorted(m.content.split(b"\r\n\r\n", 1)[1] for m in got) == [
+        b"Body line\r\n", b"Body line\r\n.dotted\r\n"]
+
+
 async def test_protocol_logger_stays_at_info_and_no_secret_is_logged(
     make_api: ApiFactory, relay: Relay, caplog: pytest.LogCaptureFixture
 ) -> None:
