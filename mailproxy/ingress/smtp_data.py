@@ -47,6 +47,8 @@ async def read_data(reader: asyncio.StreamReader, size_limit: int | None,
                 break
         if refusal is None and size_limit and len(seen) - 2 > size_limit:
             refusal = LINE_TOO_LONG if _has_long_line(seen, line_limit) else TOO_MUCH_DATA
+        elif refusal is None and len(seen) - seen.rfind(b"\r\n") - 2 > line_limit:
+            refusal = LINE_TOO_LONG  # the line being read is too long already: drop it
         if refusal is not None and len(seen) > 8:
             del seen[:-4]  # keep what a mark split across two reads needs
     raw = bytes(memoryview(seen)[2:-3])  # the content lines, each with its CRLF

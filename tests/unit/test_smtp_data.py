@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import tracemalloc
 from collections.abc import Sequence
 
 from hypothesis import given, settings
@@ -68,6 +69,19 @@ def test_a_line_over_the_limit_is_500_and_the_stream_stays_in_step() -> None:
     wire = stuffed([b"Subject: long", b"", b"x" * 1000, b"after"])
     assert run(wire) == (DataRead(b"", LINE_TOO_LONG), NEXT)
     assert run(stuffed([b"y" * 999]))[0].content == b"y" * 999 + b"\r\n"  # 1001 with CRLF
+
+
+def test_an_endless_line_is_dropped_as_it_arrives_without_a_size_limit() -> None:
+    """Memory stays bounded by what arrives at a time, not by the line (aiosmtpd's rule)."""
+    wire = b"Subject: x\r\n\r\n" + b"w" * 3_000_000 + b"\r\nend\r\n.\r\n"
+    tracemalloc.start()
+    try:
+        got = run(wire, list(range(0, len(wire), 16_384)))
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert got == (DataRead(b"", LINE_TOO_LONG), NEXT)
+    assert peak < 1_000_000  # the wire itself is held by the test, outside the trace
 
 
 def test_content_over_the_size_limit_is_552_and_read_to_its_end() -> None:
