@@ -10,7 +10,9 @@ one idle for longer is checked with NOOP first.
 
 The transaction is driven through delivery_pipe: MAIL, every RCPT and DATA in one write when
 the relay advertises PIPELINING (RFC 2920), else one command per round trip with aiosmtplib's
-execute_command. The message is normalised and dot-stuffed here once, where
+execute_command. On a pipelining relay a connection goes back to the pool as soon as a
+transaction's content is out: the next message's commands follow it in the same stream while
+the first still waits for its reply. The message is normalised and dot-stuffed here once, where
 mail()/rcpt()/data() would parse every address and rescan the content again (about a fifth
 of the CPU per message). aiosmtplib is pinned; tests/integration/test_delivery.py holds the
 behaviour (byte-for-byte content, dot-stuffing, replies at each step) against a real relay.
@@ -28,7 +30,7 @@ from collections.abc import Awaitable, Callable, Sequence
 
 import aiosmtplib
 
-from mailproxy.delivery_pipe import Exchange, open_exchange
+from mailproxy.delivery_pipe import Exchange, OneByOne, Pipeline
 from mailproxy.errors import (
     DeliveryError,
     PermanentFailure,
@@ -217,8 +219,8 @@ async def _login(smtp: aiosmtplib.SMTP, account: Account) -> None:
 class _Conn:
     """One pooled connection and what its relay advertised."""
 
-    __slots__ = ("broken", "chunking", "eightbit", "last_used", "pipelining", "size", "smtp",
-                 "smtputf8", "uses")
+    __slots__ = ("broken", "chunking", "eightbit", "last_used", "pipe", "pipelining", "size",
+                 "smtp", "smtputf8", "uses")
 
     def __init__(self, smtp: aiosmtplib.SMTP, now: float) -> None:
         self.smtp = smtp
@@ -230,6 +232,29 @@ class _Conn:
         self.size = smtp.supports_extension("size")
         self.pipelining = smtp.supports_extension("pipelining")
         self.chunking = smtp.supports_extension("chunking")
+        self.pipe: Pipeline | None = None  # holds the transport once pipelined on
+
+    def exchange(self) -> Exchange:
+        if not self.pipelining:
+            return OneByOne(self.smtp)
+        if self.pipe is None:
+            self.pipe = Pipeline(self.smtp)
+        return self.pipe.transaction()
+
+    @property
+    def owed(self) -> int:
+        """Replies an earlier transaction still waits for on this connection."""
+        return 0 if self.pipe is None else self.pipe.owed
+
+    async def command(self, command: str) -> None:
+        """NOOP or RSET, through the pipeline if the connection has one; raises on a reply
+        other than 250."""
+        if self.pipe is None:
+            reply = await self.smtp.execute_command(command.encode("ascii"))
+        else:
+            reply = await self.pipe.command(command.encode("ascii"))
+        if reply.code != 250:
+            raise aiosmtplib.SMTPResponseException(reply.code, reply.message)
 
 
 class _AccountPool:
@@ -306,10 +331,10 @@ class SmtpPool:
         payload = _pieces(data, crlf)
         retried = False
         while True:
-            pool, conn = await self._acquire(account)
+            lease = _Lease(self._release, *await self._acquire(account))
             try:
-                return await self._deliver(conn, sender, recipients, payload, smtputf8,
-                                           eightbit)
+                return await self._deliver(lease.conn, sender, recipients, payload, smtputf8,
+                                           eightbit, lease.give_back)
             except _StaleConnection as stale:
                 # A reused connection died before the relay answered anything: nothing was
                 # accepted, so one more try on another connection is safe.
@@ -317,14 +342,17 @@ class SmtpPool:
                     raise stale.failure from None
                 retried = True
             finally:
-                self._release(pool, conn)
+                lease.end()
 
     def discard(self, tenant_id: str, account_id: str) -> None:
         """Forget an account's connections (account updated or deleted)."""
         pool = self._pools.pop((tenant_id, account_id), None)
         if pool is not None:
             for conn in pool.retire():
-                _abort(conn.smtp)
+                if conn.owed:  # closed by its transaction once the reply it waits for is in
+                    conn.broken = True
+                else:
+                    _abort(conn.smtp)
 
     async def close(self) -> None:
         """Close every connection: QUIT the idle ones, abort those still in use."""
@@ -337,6 +365,9 @@ class SmtpPool:
             for conn in list(pool.busy):
                 conn.broken = True
                 _abort(conn.smtp)
+        for conn in [conn for conn in idle if conn.owed]:  # a reply still on its way
+            idle.remove(conn)
+            _abort(conn.smtp)
         await asyncio.gather(*(self._quit(conn) for conn in idle))
         # Let the transports run their connection_lost callbacks before the caller moves on.
         await asyncio.sleep(0)
@@ -390,7 +421,8 @@ class SmtpPool:
         while pool.idle:
             conn = pool.idle.pop()
             idle_for = now - conn.last_used
-            if not conn.smtp.is_connected or idle_for > pool.account.ttl:
+            if not conn.smtp.is_connected or conn.broken or (
+                    idle_for > pool.account.ttl and not conn.owed):
                 _abort(conn.smtp)
                 continue
             if idle_for > NOOP_AFTER_IDLE and not await self._alive(conn):
@@ -408,6 +440,8 @@ class SmtpPool:
             pool.idle.append(conn)
             if pool.sweeper is None:
                 pool.sweeper = loop.call_at(conn.last_used + pool.account.ttl, self._sweep, pool)
+        elif conn.owed and conn.smtp.is_connected:
+            conn.broken = True  # given back early: closed once its last reply is in (_Lease)
         else:
             _abort(conn.smtp)
         pool.slots.release()
@@ -417,7 +451,7 @@ class SmtpPool:
         pool.sweeper = None
         loop = asyncio.get_running_loop()
         deadline = loop.time() - pool.account.ttl
-        while pool.idle and pool.idle[0].last_used <= deadline:
+        while pool.idle and pool.idle[0].last_used <= deadline and not pool.idle[0].owed:
             _abort(pool.idle.pop(0).smtp)
         if pool.idle and not pool.retired:
             when = pool.idle[0].last_used + pool.account.ttl
@@ -427,7 +461,7 @@ class SmtpPool:
     async def _alive(conn: _Conn) -> bool:
         try:
             async with asyncio.timeout(NOOP_TIMEOUT):
-                await conn.smtp.noop()
+                await conn.command("NOOP")
         except Exception:
             _abort(conn.smtp)
             return False
@@ -436,6 +470,8 @@ class SmtpPool:
     @staticmethod
     async def _quit(conn: _Conn) -> None:
         transport = conn.smtp.transport
+        if conn.pipe is not None:
+            conn.pipe.release()
         try:
             async with asyncio.timeout(QUIT_TIMEOUT):
                 await conn.smtp.quit()
@@ -533,6 +569,7 @@ class SmtpPool:
         payload: Pieces,
         smtputf8: bool,
         eightbit: bool,
+        handoff: Callable[[], None],
     ) -> tuple[RecipientFailure, ...]:
         if smtputf8 and not conn.smtputf8:
             raise PermanentFailure("relay does not support SMTPUTF8")
@@ -545,9 +582,12 @@ class SmtpPool:
             options.append("SMTPUTF8")
         progress = _Progress()
         try:
-            return await self._transfer(conn, sender, recipients, payload, options, progress)
+            return await self._transfer(conn, sender, recipients, payload, options, progress,
+                                        handoff)
         except DeliveryError:
             await self._reset(conn, progress)
+            raise
+        except _StaleConnection:
             raise
         except aiosmtplib.SMTPResponseException as exc:
             if exc.code == -1:  # a reply we could not read: the stream may be out of step
@@ -573,6 +613,7 @@ class SmtpPool:
         payload: Pieces,
         options: list[str],
         progress: _Progress,
+        handoff: Callable[[], None],
     ) -> tuple[RecipientFailure, ...]:
         encoding = "utf-8" if "SMTPUTF8" in options else "ascii"
         # The commands are built here, not by aiosmtplib's mail()/rcpt(): the addresses are
@@ -587,37 +628,60 @@ class SmtpPool:
         last, tail = ((b"BDAT %d LAST" % sum(map(len, payload)), payload) if chunked
                       else (b"DATA", ()))
         async with asyncio.timeout(self._send_timeout):
-            exchange = open_exchange(conn.smtp, conn.pipelining)
+            exchange = conn.exchange()
+            commands = [mail, *rcpts, last]
+            exchange.send([b"RSET", *commands] if exchange.reset else commands, tail)
             try:
-                exchange.send([mail, *rcpts, last], tail)
-                try:
-                    refused = await _envelope(exchange, conn.smtp, recipients, progress,
-                                              250 if chunked else 354)
-                except (DeliveryError, aiosmtplib.SMTPResponseException):
-                    if not await exchange.settle():
-                        conn.broken = True
-                    raise
-                if not chunked:
-                    reply = await exchange.content(_data_content(payload))
-                    if reply.code != 250:
-                        raise _reply_failure(reply.code, reply.message)
-            finally:
-                exchange.release()
+                if exchange.reset:
+                    await _rset_reply(exchange, conn)
+                refused = await _envelope(exchange, conn.smtp, recipients, progress,
+                                          250 if chunked else 354)
+            except (DeliveryError, aiosmtplib.SMTPResponseException) as exc:
+                if not await exchange.settle():
+                    conn.broken = True
+                if (exchange.behind and progress.replies == 0
+                        and getattr(exc, "code", None) == 503):
+                    # Refused as nested in a transaction that the relay kept open after
+                    # refusing the content this one was written behind (its RCPT and
+                    # DATA may have gone into that transaction): nothing of this message
+                    # was sent, so it goes again on another connection.
+                    conn.broken = True
+                    raise _StaleConnection(TemporaryFailure(
+                        "relay out of step after refusing the message before")) from exc
+                raise
+            if not chunked:
+                exchange.send_content(_data_content(payload))
+                if exchange.overlaps:
+                    # The transaction ends with the next reply whatever it says (a refusal
+                    # makes the next transaction begin with RSET): the connection can take
+                    # the next transaction's commands now.
+                    progress.mail_accepted = False
+                    handoff()
+                reply = await exchange.reply()
+                if reply.code != 250:
+                    raise _reply_failure(reply.code, reply.message)
         progress.mail_accepted = False
         return refused
 
     async def _reset(self, conn: _Conn, progress: _Progress) -> None:
         """After a refusal the connection stays usable; RSET if a transaction is open."""
-        if not conn.smtp.is_connected:
+        if conn.broken or not conn.smtp.is_connected:  # out of step: closed, not reset
             conn.broken = True
             return
         if not progress.mail_accepted:
             return
         try:
             async with asyncio.timeout(RSET_TIMEOUT):
-                await conn.smtp.rset()
+                await conn.command("RSET")
         except Exception:
             conn.broken = True
+
+
+async def _rset_reply(exchange: Exchange, conn: _Conn) -> None:
+    reply = await exchange.reply()
+    if reply.code != 250:
+        conn.broken = True
+        raise TemporaryFailure(f"relay refused RSET: {smtp_code_text(reply.code, reply.message)}")
 
 
 async def _envelope(
@@ -645,6 +709,31 @@ async def _envelope(
     if reply.code != last_code:
         raise _reply_failure(reply.code, reply.message)
     return tuple(refused)
+
+
+class _Lease:
+    """A connection taken from its pool for one send, given back once: when the send ends,
+    or as soon as its content is out (give_back) for the next send to write behind it."""
+
+    __slots__ = ("conn", "pool", "release", "returned")
+
+    def __init__(self, release: Callable[[_AccountPool, _Conn], None], pool: _AccountPool,
+                 conn: _Conn) -> None:
+        self.release = release
+        self.pool = pool
+        self.conn = conn
+        self.returned = False
+
+    def give_back(self) -> None:
+        if not self.returned:
+            self.returned = True
+            self.release(self.pool, self.conn)
+
+    def end(self) -> None:
+        if not self.returned:
+            self.give_back()
+        elif self.conn.broken:  # back in the pool already: closed under whoever holds it
+            _abort(self.conn.smtp)
 
 
 class _Progress:

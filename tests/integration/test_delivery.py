@@ -421,7 +421,7 @@ async def test_waiting_for_a_free_connection_is_bounded(
     relay: Relay, make_pool: PoolFactory
 ) -> None:
     pool = make_pool(pool_size=1, pool_wait=0.2, send_timeout=5)
-    relay.stalls["DATA"] = 1
+    relay.stalls["RCPT"] = 1  # mid-transaction: the connection cannot take another one yet
 
     results = await asyncio.gather(send(pool, relay), send(pool, relay), return_exceptions=True)
 

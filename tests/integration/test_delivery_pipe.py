@@ -34,6 +34,7 @@ class Scripted(asyncio.Protocol):
         self.chunk = b""
         self.mail_ok = False
         self.rcpts = 0
+        self.held = False  # the reply to a content is held back (relay.hold_end)
         self.transport: Any = None
 
     def connection_made(self, transport: Any) -> None:
@@ -43,8 +44,13 @@ class Scripted(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self.relay.chunks.append(data)
+        if self.held:
+            self.relay.early.append(data)
         self.buffer += data
-        while not self.transport.is_closing():
+        self.work()
+
+    def work(self) -> None:
+        while not self.transport.is_closing() and not self.held:
             if self.bdat is not None:
                 if not self.take_chunk():
                     return
@@ -56,7 +62,7 @@ class Scripted(asyncio.Protocol):
                 self.relay.contents.append(self.buffer[:end + 2])
                 self.buffer = self.buffer[end + 5:]
                 self.in_data = False
-                self.answer(self.relay.replies.get("END", "250 2.0.0 queued"))
+                self.end(self.relay.replies.get("END", "250 2.0.0 queued"))
                 continue
             line, sep, rest = self.buffer.partition(b"\r\n")
             if not sep:
@@ -73,15 +79,36 @@ class Scripted(asyncio.Protocol):
         if self.bdat:
             return False
         self.bdat = None
+        chunk, self.chunk = self.chunk, b""
         if not self.mail_ok:
             self.answer("503 5.5.1 need MAIL")
         elif not self.rcpts:
+            self.mail_ok = False
             self.answer("554 5.5.1 no valid recipients")
         else:
-            self.relay.contents.append(self.chunk)
-            self.answer(self.relay.replies.get("END", "250 2.0.0 queued"))
-        self.chunk, self.mail_ok = b"", False
+            self.relay.contents.append(chunk)
+            self.end(self.relay.replies.get("END", "250 2.0.0 queued"))
         return True
+
+    def end(self, reply: str) -> None:
+        """Answer a content; the transaction stays open after a refusal if the relay keeps
+        it (as Postfix does), and the reply waits relay.hold_end seconds if set."""
+        self.mail_ok = self.relay.keeps_open and not reply.startswith("2")
+        if self.relay.replies_end:
+            reply = self.relay.replies_end.pop(0)
+            self.mail_ok = self.relay.keeps_open and not reply.startswith("2")
+        if not self.relay.hold_end:
+            self.answer(reply)
+            return
+        self.held = True
+        self.relay.early.append(self.buffer)  # what came with the content, after its end
+
+        def release() -> None:
+            self.held = False
+            self.answer(reply)
+            self.work()
+
+        asyncio.get_running_loop().call_later(self.relay.hold_end, release)
 
     def command(self, line: str) -> None:
         verb = line[:4].upper()
@@ -91,6 +118,9 @@ class Scripted(asyncio.Protocol):
             chunking = "250-CHUNKING\r\n" if self.relay.mode == "chunked" else ""
             self.answer(f"250-scripted\r\n{pipelining}{chunking}250 SIZE 1000000")
         elif verb == "MAIL":
+            if self.mail_ok:
+                self.answer("503 5.5.1 Error: nested MAIL command")
+                return
             reply = replies.get("MAIL", "250 2.1.0 ok")
             self.mail_ok, self.rcpts = reply.startswith("2"), 0
             self.answer(reply)
@@ -130,6 +160,10 @@ class ScriptedRelay:
         self.misbehave = False
         self.replies: dict[str, str] = {}
         self.rcpt: dict[str, str] = {}
+        self.replies_end: list[str] = []  # the replies to the next contents, in turn
+        self.keeps_open = False  # a refused content leaves the transaction open (Postfix)
+        self.hold_end = 0.0  # seconds the reply to a content is held back
+        self.early: list[bytes] = []  # what arrived while such a reply was held back
         self.chunks: list[bytes] = []
         self.contents: list[bytes] = []
         self.connections = 0
@@ -291,11 +325,13 @@ async def test_parser_reads_replies_split_anywhere_and_joined() -> None:
     wire = b"250 ok\r\n250-first\r\n250-second\r\n250 last\r\n354 go\r\n"
     for cut in range(1, len(wire)):
         replies = _Replies(_Inner())
+        owed = replies.expect(3)
         replies.data_received(wire[:cut])
         replies.data_received(wire[cut:])
-        got = [await replies.next() for _ in range(3)]
+        got = [await reply for reply in owed]
         assert [(r.code, r.message) for r in got] == [
             (250, "ok"), (250, "first\nsecond\nlast"), (354, "go")]
+        assert replies.owed == 0
 
 
 async def test_parser_reports_garbage_and_loss_after_what_it_read() -> None:
@@ -303,21 +339,100 @@ async def test_parser_reports_garbage_and_loss_after_what_it_read() -> None:
 
     inner = _Inner()
     replies = _Replies(inner)
+    first, second = replies.expect(2)
     replies.data_received(b"250 ok\r\nnonsense\r\n")
-    assert (await replies.next()).code == 250
+    assert (await first).code == 250
     with pytest.raises(aiosmtplib.SMTPResponseException, match="Malformed"):
-        await replies.next()
+        await second
+    (later,) = replies.expect(1)  # nothing after garbage is read: the stream is out of step
+    with pytest.raises(aiosmtplib.SMTPResponseException, match="Malformed"):
+        await later
 
     replies = _Replies(inner)
+    (reply,) = replies.expect(1)
     replies.data_received(b"250-x" * 10_000)
     with pytest.raises(aiosmtplib.SMTPResponseException, match="too long"):
-        await replies.next()
+        await reply
 
     replies = _Replies(inner)
+    first, second = replies.expect(2)
     replies.data_received(b"421 bye\r\n")
     replies.connection_lost(None)
-    assert (await replies.next()).code == 421
+    assert (await first).code == 421
     with pytest.raises(aiosmtplib.SMTPServerDisconnected):
-        await replies.next()
+        await second
     assert inner.lost == [None]  # aiosmtplib's protocol learns of the loss too
 
+
+async def test_a_reply_nobody_asked_for_fails_the_connection() -> None:
+    """A relay that answers more than it was asked is out of step (or is closing an idle
+    session): the connection is closed, not read on."""
+    import aiosmtplib
+
+    class Transport(asyncio.Transport):
+        closed = False
+
+        def close(self) -> None:
+            self.closed = True
+
+    transport = Transport()
+    replies = _Replies(_Inner(), transport)
+    replies.data_received(b"421 4.4.2 idle too long\r\n")
+    assert transport.closed
+    (reply,) = replies.expect(1)
+    with pytest.raises(aiosmtplib.SMTPResponseException, match="nobody asked for"):
+        await reply
+
+
+# -- transactions written behind one another ---------------------------------------------------
+
+
+async def test_the_next_transaction_is_written_while_the_content_reply_is_awaited(
+    scripted: ScriptedRelay, pool: SmtpPool
+) -> None:
+    """One connection, two messages at once: on a pipelining relay the second message's
+    commands are on the wire before the first one's content is answered; never otherwise
+    (one by one, or chunked, where a refused BDAT leaves the session to the relay)."""
+    await send(pool, scripted)  # the connection is open and pooled
+    scripted.hold_end = 0.3
+
+    assert await asyncio.gather(send(pool, scripted), send(pool, scripted)) == [(), ()]
+
+    early = b"".join(scripted.early)
+    assert (b"MAIL FROM:<a@example.com>" in early) == (scripted.mode == "pipelined")
+    assert len(scripted.contents) == 3 and scripted.connections == 1
+
+
+@pytest.mark.parametrize("held", [False, True], ids=["answered", "still-awaited"])
+@pytest.mark.parametrize("end", ["554 5.7.1 refused after the content",
+                                 "451 4.3.0 later after the content"])
+async def test_a_refused_content_that_leaves_the_transaction_open(
+    scripted: ScriptedRelay, pool: SmtpPool, end: str, held: bool
+) -> None:
+    """A relay that keeps the transaction open after refusing a content (Postfix answers
+    the next MAIL with 503 "nested MAIL command"): the next message goes through, on the
+    same connection if it was written after the refusal was read (it begins with RSET), on
+    a new one if it was written behind the content, before the refusal came (its RCPT and
+    DATA went into the open transaction: the connection is dropped without a content)."""
+    scripted.keeps_open = True
+    await send(pool, scripted)
+    scripted.replies_end = [end]
+    scripted.hold_end = 0.2 if held else 0.0
+
+    if held:
+        first, second = await asyncio.gather(send(pool, scripted), send(pool, scripted),
+                                             return_exceptions=True)
+    else:
+        (first,) = await asyncio.gather(send(pool, scripted), return_exceptions=True)
+        second = await send(pool, scripted)
+
+    assert isinstance(first, DeliveryError) and str(first) == end
+    assert isinstance(first, PermanentFailure if end.startswith("5") else TemporaryFailure)
+    assert second == ()
+    overlapped = held and scripted.mode == "pipelined"
+    assert len(scripted.contents) == 3
+    assert scripted.connections == (2 if overlapped else 1)
+    assert scripted.rsets == (0 if overlapped else 1)
+    rsets = scripted.rsets
+    assert await send(pool, scripted) == ()  # and the connection is in step
+    assert scripted.rsets == rsets

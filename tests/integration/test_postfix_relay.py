@@ -12,6 +12,7 @@ installed, failed under CI=true.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import re
 import time
@@ -185,3 +186,29 @@ async def test_one_connection_carries_every_transaction(
     while not pattern.search(relay_postfix.log_text()):
         assert time.monotonic() < deadline, relay_postfix.log_text()[-1500:]
         time.sleep(0.1)
+
+
+async def test_messages_sent_at_once_on_one_connection_each_get_their_own_outcome(
+    pool: SmtpPool, account: Account, sink: Relay
+) -> None:
+    """Six messages at once through one connection: without CHUNKING each one's commands
+    go out behind the content before it. Postfix keeps the transaction open after refusing
+    a content (the next MAIL meets 503 "nested MAIL command"); the messages around the
+    refused ones are delivered all the same, each exactly once, and the refused ones get
+    Postfix's own replies."""
+    senders = ["one@example.com", "eodrefused@example.com", "two@example.com",
+               "eodlater@example.com", "three@example.com", "four@example.com"]
+
+    results = await asyncio.gather(
+        *(pool.send(account, sender, ["b@example.org"], MESSAGE) for sender in senders),
+        return_exceptions=True)
+
+    outcomes = dict(zip(senders, results, strict=True))
+    refused, later = outcomes.pop("eodrefused@example.com"), outcomes.pop("eodlater@example.com")
+    assert isinstance(refused, PermanentFailure) and refused.code == 554
+    assert isinstance(later, TemporaryFailure) and later.code == 451
+    assert list(outcomes.values()) == [(), (), (), ()]
+    got = await sink.wait_for(4, timeout=30)
+    await asyncio.sleep(0.5)  # a duplicate would have arrived by now
+    assert sorted(m.mail_from for m in sink.messages) == sorted(outcomes)
+    assert len(got) == 4
