@@ -1,7 +1,7 @@
 """Side-by-side A/B of two mail-proxy checkouts on one sink, alternating, on a shared host.
 
     python bench/ab.py --base /path/to/other/checkout [--rounds 2] [--messages 10000]
-                       [--sink aiosmtpd|lean] [--rtt-ms 0]
+                       [--sink aiosmtpd|lean|lean-data] [--rtt-ms 0]
 
 Each round measures the raw aiosmtplib limit, then each checkout in turn (the order flips
 every round): drain of a backlog of --messages, then end to end (POST -> sink) of as many,
@@ -63,7 +63,8 @@ async def main(args: argparse.Namespace) -> None:
     results: dict[str, list[dict[str, float]]] = {name: [] for name in checkouts}
     raws: list[float] = []
     delay = args.rtt_ms / 1000
-    with running_sink(lean=args.sink == "lean" or delay > 0, delay=delay) as sink:
+    lean = args.sink != "aiosmtpd" or delay > 0
+    with running_sink(lean=lean, delay=delay, chunking=args.sink != "lean-data") as sink:
         for r in range(args.rounds):
             raw = await raw_smtp_rate(sink.port)
             raws.append(raw)
@@ -75,7 +76,7 @@ async def main(args: argparse.Namespace) -> None:
                       f"({got['drain'] / raw:4.0%})  e2e {got['e2e']:7,.0f} "
                       f"({got['e2e'] / raw:4.0%})  cpu {got['cpu_ms']:.2f} ms/msg", flush=True)
     raw = statistics.median(raws)
-    sink_name = "lean" if delay else args.sink
+    sink_name = "lean" if lean and args.sink == "aiosmtpd" else args.sink  # --rtt-ms: lean
     print(f"sink={sink_name} rtt={args.rtt_ms} ms messages={args.messages} rounds={args.rounds} "
           f"raw median {raw:,.0f} msgs/s (aiosmtplib, 8 connections)")
     for key in ("drain", "e2e", "cpu_ms"):
@@ -93,7 +94,9 @@ if __name__ == "__main__":
     parser.add_argument("--new", default=str(HERE), help="the checkout under test")
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--messages", type=int, default=10_000)
-    parser.add_argument("--sink", choices=("aiosmtpd", "lean"), default="aiosmtpd")
+    parser.add_argument("--sink", choices=("aiosmtpd", "lean", "lean-data"), default="aiosmtpd",
+                        help="lean: a minimal relay that offers CHUNKING; lean-data: the same "
+                             "without CHUNKING (the content after DATA's 354)")
     parser.add_argument("--rtt-ms", type=float, default=0.0,
                         help="the lean sink holds each reply back this long (a relay's RTT)")
     asyncio.run(main(parser.parse_args()))

@@ -92,9 +92,11 @@ class _LeanSmtp(asyncio.Protocol):
     EHLO = (b"250-sink\r\n250-SIZE 52428800\r\n250-8BITMIME\r\n250-SMTPUTF8\r\n"
             b"250-PIPELINING\r\n250-CHUNKING\r\n250 ENHANCEDSTATUSCODES\r\n")
 
-    def __init__(self, accept: Any, delay: float = 0.0) -> None:
+    def __init__(self, accept: Any, delay: float = 0.0, chunking: bool = True) -> None:
         self.accept = accept  # called with each message's content
         self.delay = delay  # seconds before each batch of replies leaves: a relay's distance
+        if not chunking:  # content only after DATA's 354
+            self.EHLO = self.EHLO.replace(b"250-CHUNKING\r\n", b"")
         self.buffer = bytearray()
         self.in_data = False
         self.chunk = 0  # bytes of a BDAT LAST chunk still to come
@@ -180,13 +182,13 @@ class _LeanSmtp(asyncio.Protocol):
 
 
 def _lean_sink_main(port: int, counter: Any, ready: Any, distinct: Any = None,
-                    delay: float = 0.0) -> None:
+                    delay: float = 0.0, chunking: bool = True) -> None:
     accept = _counting(counter, distinct)
 
     async def serve() -> None:
         loop = asyncio.get_running_loop()
-        server = await loop.create_server(lambda: _LeanSmtp(accept, delay), "127.0.0.1",
-                                          port)
+        server = await loop.create_server(lambda: _LeanSmtp(accept, delay, chunking),
+                                          "127.0.0.1", port)
         ready.set()
         stop = asyncio.Event()
         loop.add_signal_handler(signal.SIGTERM, stop.set)
@@ -216,11 +218,13 @@ class Sink:
     seen: Any = field(default_factory=lambda: mp.Value("q", 0))
     lean: bool = False
     delay: float = 0.0  # lean only: seconds each reply is held back, as by a network RTT
+    chunking: bool = True  # lean only: offers CHUNKING (BDAT)
 
     def start(self) -> Sink:
         ready = mp.Event()
         distinct = self.seen if self.count_ids else None
-        args = (self.port, self.counter, ready, distinct, *((self.delay,) if self.lean else ()))
+        lean = (self.delay, self.chunking) if self.lean else ()
+        args = (self.port, self.counter, ready, distinct, *lean)
         self.proc = mp.Process(target=_lean_sink_main if self.lean else _sink_main,
                                args=args, daemon=True)
         self.proc.start()
@@ -330,9 +334,9 @@ class Server:
 
 
 @contextlib.contextmanager
-def running_sink(count_ids: bool = False, lean: bool = False, delay: float = 0.0
-                 ) -> Iterator[Sink]:
-    sink = Sink(count_ids=count_ids, lean=lean, delay=delay).start()
+def running_sink(count_ids: bool = False, lean: bool = False, delay: float = 0.0,
+                 chunking: bool = True) -> Iterator[Sink]:
+    sink = Sink(count_ids=count_ids, lean=lean, delay=delay, chunking=chunking).start()
     try:
         yield sink
     finally:

@@ -114,7 +114,9 @@ async def main(args: argparse.Namespace) -> None:
                 await command(session, server.url, "suspend")
                 await post_batches(session, server.url, 20_000_000, args.queued)
                 rss, peak = server.rss_mb()
-                figure(f"RSS with {args.queued} queued", rss, "MB")
+                figure(f"RSS with {args.queued} queued, just after the last batch", rss, "MB")
+                await asyncio.sleep(2)  # past the quiet second that trims the heap
+                figure(f"RSS with {args.queued} queued, 2 s later", server.rss_mb()[0], "MB")
                 figure("peak RSS over the whole run", peak, "MB")
         finally:
             server.stop()
@@ -152,6 +154,10 @@ async def scale(sink: object, large: int = 200_000, rounds: int = 4, chunk: int 
                 await post_batches(session, server.url, 0, backlog)
                 rss, _peak = server.rss_mb()
                 figure(f"RSS with {backlog} queued (scale servers)", rss, "MB")
+            await asyncio.sleep(2)  # past the quiet second that trims the heap
+            for backlog, server in servers.items():
+                figure(f"RSS with {backlog} queued (scale servers), settled",
+                       server.rss_mb()[0], "MB")
             for r in range(rounds):
                 for backlog, server in servers.items():
                     first = 50_000_000 + r * chunk

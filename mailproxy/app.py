@@ -16,6 +16,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from aiohttp import web
+from aiohttp.typedefs import Middleware
 
 from mailproxy import __version__, heap, intake, runstate, sync
 from mailproxy.attachments.cache import Cache, CacheLimits
@@ -278,8 +279,10 @@ def _smtp_listener(settings: Settings, store: Store, clock: Clock, worker: Worke
 
 def make_app(parts: Parts) -> web.Application:
     """The aiohttp application; the worker starts and stops with it."""
+    trimmer = heap.HeapTrimmer()
+    outer = [trim_after_large_bodies(trimmer)] if trimmer.enabled else []
     app = web.Application(
-        middlewares=[parts.metrics.middleware(), http.command_log_middleware,
+        middlewares=[*outer, parts.metrics.middleware(), http.command_log_middleware,
                      http.error_middleware],
         client_max_size=parts.settings.api_max_body_bytes,
     )
@@ -320,6 +323,7 @@ def make_app(parts: Parts) -> web.Application:
         await parts.fetcher.close()
         await parts.service.settle_command_log(timeout=10)
         await parts.store.close()
+        trimmer.close()
 
     app.cleanup_ctx.append(lifetime)
     listener = parts.listener
@@ -333,6 +337,19 @@ def make_app(parts: Parts) -> web.Application:
 
         app.cleanup_ctx.append(smtp_lifetime)
     return app
+
+
+def trim_after_large_bodies(trimmer: heap.HeapTrimmer) -> Middleware:
+    @web.middleware
+    async def trim_after_large_bodies(request: web.Request, handler: http.Handler
+                                      ) -> web.StreamResponse:
+        try:
+            return await handler(request)
+        finally:
+            if (request.content_length or 0) > heap.LARGE_BODY:
+                trimmer.large_request()
+
+    return trim_after_large_bodies
 
 
 def _dashboard(parts: Parts) -> Dashboard:
