@@ -340,16 +340,17 @@ def make_app(parts: Parts) -> web.Application:
 
 
 def trim_after_large_bodies(trimmer: heap.HeapTrimmer) -> Middleware:
+    """Tells the trimmer of every request with a body over heap.LARGE_BODY, once handled."""
+
     @web.middleware
-    async def trim_after_large_bodies(request: web.Request, handler: http.Handler
-                                      ) -> web.StreamResponse:
+    async def middleware(request: web.Request, handler: http.Handler) -> web.StreamResponse:
         try:
             return await handler(request)
         finally:
             if (request.content_length or 0) > heap.LARGE_BODY:
                 trimmer.large_request()
 
-    return trim_after_large_bodies
+    return middleware
 
 
 def _dashboard(parts: Parts) -> Dashboard:
