@@ -425,7 +425,10 @@ class SmtpPool:
                     idle_for > pool.account.ttl and not conn.owed):
                 _abort(conn.smtp)
                 continue
-            if idle_for > NOOP_AFTER_IDLE and not await self._alive(conn):
+            # A connection still owed the reply to a content is mid-exchange, not idle: a NOOP
+            # would queue behind that reply (a relay may scan a content for seconds) and, timing
+            # out, close the connection under the transaction that waits for it.
+            if idle_for > NOOP_AFTER_IDLE and not conn.owed and not await self._alive(conn):
                 continue
             conn.uses += 1
             return conn

@@ -470,6 +470,28 @@ async def test_idle_connection_is_checked_with_noop(
     assert relay.connections == 1
 
 
+async def test_a_connection_awaiting_a_slow_content_reply_is_not_checked_with_noop(
+    relay: Relay, make_pool: PoolFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A relay that takes its time over a content (scanning it): a second send that comes for
+    the connection meanwhile writes behind it (when pipelining) without a NOOP, which would
+    wait behind the reply and, timing out, close the connection under the first send."""
+    monkeypatch.setattr(delivery, "NOOP_AFTER_IDLE", 0.05)
+    monkeypatch.setattr(delivery, "NOOP_TIMEOUT", 0.2)
+    pool = make_pool(pool_size=1)
+    await send(pool, relay)
+    relay.stalls["DATA"] = 0.6  # the reply to the content
+    first = asyncio.create_task(send(pool, relay))
+    await wait_until(lambda: relay.commands["DATA"] == 2)
+    await asyncio.sleep(0.1)
+
+    second = await send(pool, relay)
+
+    assert await first == () and second == ()
+    assert relay.commands["NOOP"] == 0
+    assert relay.connections == 1
+
+
 async def test_dead_idle_connection_is_replaced(
     relay: Relay, pool: SmtpPool, monkeypatch: pytest.MonkeyPatch
 ) -> None:
