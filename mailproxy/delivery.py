@@ -434,30 +434,37 @@ class SmtpPool:
             return conn
         return await self._open(pool.account)
 
-    def _release(self, pool: _AccountPool, conn: _Conn) -> None:
+    def _release(self, pool: _AccountPool, conn: _Conn, early: bool = False) -> bool:
+        """Back to the idle connections, or closed; the slot is freed. `early`: a send whose
+        content is out offers it while it waits for the reply; a connection that would not
+        be kept stays with that send (and its slot) until the send ends. False if so."""
+        keep = (not (conn.broken or pool.retired) and pool.account.ttl > 0
+                and conn.smtp.is_connected)
+        if early and not keep:
+            return False
         pool.busy.discard(conn)
-        keep = not (conn.broken or pool.retired) and pool.account.ttl > 0
-        if keep and conn.smtp.is_connected:
+        if keep:
             loop = asyncio.get_running_loop()
             conn.last_used = loop.time()
             pool.idle.append(conn)
             if pool.sweeper is None:
                 pool.sweeper = loop.call_at(conn.last_used + pool.account.ttl, self._sweep, pool)
-        elif conn.owed and conn.smtp.is_connected:
-            conn.broken = True  # given back early: closed once its last reply is in (_Lease)
         else:
             _abort(conn.smtp)
         pool.slots.release()
+        return True
 
     def _sweep(self, pool: _AccountPool) -> None:
-        """Close idle connections unused for longer than the account ttl."""
+        """Close idle connections unused for longer than the account ttl. One still owed the
+        reply to a content is mid-exchange: looked at again a ttl later."""
         pool.sweeper = None
         loop = asyncio.get_running_loop()
-        deadline = loop.time() - pool.account.ttl
-        while pool.idle and pool.idle[0].last_used <= deadline and not pool.idle[0].owed:
-            _abort(pool.idle.pop(0).smtp)
+        now, ttl = loop.time(), pool.account.ttl
+        for conn in [c for c in pool.idle if c.last_used <= now - ttl and not c.owed]:
+            pool.idle.remove(conn)
+            _abort(conn.smtp)
         if pool.idle and not pool.retired:
-            when = pool.idle[0].last_used + pool.account.ttl
+            when = min(now + ttl if c.owed else c.last_used + ttl for c in pool.idle)
             pool.sweeper = loop.call_at(when, self._sweep, pool)
 
     @staticmethod
@@ -630,10 +637,16 @@ class SmtpPool:
         chunked = conn.pipelining and conn.chunking
         last, tail = ((b"BDAT %d LAST" % sum(map(len, payload)), payload) if chunked
                       else (b"DATA", ()))
-        async with asyncio.timeout(self._send_timeout):
+        async with asyncio.timeout(self._send_timeout) as deadline:
             exchange = conn.exchange()
             commands = [mail, *rcpts, last]
             exchange.send([b"RSET", *commands] if exchange.reset else commands, tail)
+            if exchange.behind:
+                # The send ahead bounds this wait (it gives up at its own deadline, before
+                # ours); the relay starts on this one once it has answered that content, and
+                # from then on this one has the whole send_timeout.
+                await exchange.after_previous()
+                deadline.reschedule(asyncio.get_running_loop().time() + self._send_timeout)
             try:
                 if exchange.reset:
                     await _rset_reply(exchange, conn)
@@ -720,8 +733,8 @@ class _Lease:
 
     __slots__ = ("conn", "pool", "release", "returned")
 
-    def __init__(self, release: Callable[[_AccountPool, _Conn], None], pool: _AccountPool,
-                 conn: _Conn) -> None:
+    def __init__(self, release: Callable[[_AccountPool, _Conn, bool], bool],
+                 pool: _AccountPool, conn: _Conn) -> None:
         self.release = release
         self.pool = pool
         self.conn = conn
@@ -729,12 +742,11 @@ class _Lease:
 
     def give_back(self) -> None:
         if not self.returned:
-            self.returned = True
-            self.release(self.pool, self.conn)
+            self.returned = self.release(self.pool, self.conn, True)
 
     def end(self) -> None:
         if not self.returned:
-            self.give_back()
+            self.release(self.pool, self.conn, False)
         elif self.conn.broken:  # back in the pool already: closed under whoever holds it
             _abort(self.conn.smtp)
 

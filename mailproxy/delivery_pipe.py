@@ -59,6 +59,11 @@ class Exchange(Protocol):
         """Whether it is written before the reply to the content before it came."""
         ...
 
+    async def after_previous(self) -> None:
+        """Until the reply to the content before it is in (at once if not `behind`), whatever
+        that reply is: the relay only starts on this transaction then."""
+        ...
+
     def send(self, commands: Sequence[bytes], tail: Sequence[bytes] = ()) -> None: ...
 
     def send_content(self, pieces: Sequence[bytes]) -> None:
@@ -83,6 +88,9 @@ class OneByOne:
         if any(tail):
             raise ValueError("content after the commands needs PIPELINING")
         self._due.extend(commands)
+
+    async def after_previous(self) -> None:
+        return None
 
     def send_content(self, pieces: Sequence[bytes]) -> None:
         protocol = self._smtp.protocol
@@ -129,9 +137,9 @@ class Pipeline:
 
     def transaction(self) -> Transaction:
         replies = self._replies
-        reset, behind = replies.refused_content, replies.contents_owed > 0
+        reset, previous = replies.refused_content, replies.last_content
         replies.refused_content = False  # the RSET this transaction begins with clears it
-        return Transaction(self, reset, behind)
+        return Transaction(self, reset, previous if replies.contents_owed else None)
 
     async def command(self, command: bytes) -> aiosmtplib.SMTPResponse:
         """One command, after whatever is still owed on the connection."""
@@ -172,11 +180,18 @@ class Transaction:
 
     overlaps = True
 
-    def __init__(self, pipeline: Pipeline, reset: bool, behind: bool) -> None:
+    def __init__(self, pipeline: Pipeline, reset: bool, previous: Reply | None) -> None:
         self._pipeline = pipeline
         self._due: collections.deque[Reply] = collections.deque()
+        self._previous = previous  # the reply owed to the content this one is written behind
         self.reset = reset
-        self.behind = behind
+        self.behind = previous is not None
+
+    async def after_previous(self) -> None:
+        if self._previous is not None and not self._previous.done():
+            # asyncio.wait: neither the previous reply's failure nor its cancellation (its
+            # owner gave up) is raised here; this transaction's own replies tell
+            await asyncio.wait([self._previous])
 
     def send(self, commands: Sequence[bytes], tail: Sequence[bytes] = ()) -> None:
         """One write: the commands, then `tail` (the pieces of the content of a BDAT among
@@ -220,6 +235,7 @@ class _Replies(asyncio.Protocol):
         self._owed: collections.deque[tuple[Reply, bool]] = collections.deque()
         self._failure: Exception | None = None
         self.contents_owed = 0  # replies owed to end marks
+        self.last_content: Reply | None = None  # the reply owed to the latest end mark
         # an end mark was refused and no RSET was written since (set as the reply is read,
         # before any task runs, so that a transaction written next sees it)
         self.refused_content = False
@@ -236,7 +252,9 @@ class _Replies(asyncio.Protocol):
                 _fail_quietly(reply, self._failure)
         else:
             self._owed.extend((reply, content) for reply in replies)
-            self.contents_owed += content * count
+            if content:
+                self.contents_owed += count
+                self.last_content = replies[-1]
         return replies
 
     def data_received(self, data: bytes) -> None:

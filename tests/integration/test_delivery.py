@@ -535,6 +535,83 @@ async def test_ttl_zero_keeps_no_idle_connection(relay: Relay, pool: SmtpPool) -
     assert relay.connections == 2
 
 
+async def test_ttl_zero_never_opens_more_connections_than_the_pool(
+    relay: Relay, make_pool: PoolFactory
+) -> None:
+    """A connection that will not be kept stays with its send until the reply to its content:
+    the next send waits for the slot instead of opening a second connection meanwhile."""
+    pool = make_pool(pool_size=1)
+    account = relay.account(ttl=0)
+    relay.stalls["DATA"] = 0.3
+    most = 0
+
+    async def watch() -> None:
+        nonlocal most
+        while True:
+            most = max(most, len(relay.live))
+            await asyncio.sleep(0.01)
+
+    watcher = asyncio.create_task(watch())
+    try:
+        await asyncio.gather(*(send(pool, relay, account=account) for _ in range(3)))
+    finally:
+        watcher.cancel()
+    assert most == 1 and relay.connections == 3
+
+
+async def test_a_send_that_times_out_mid_envelope_closes_its_connection(
+    relay: Relay, make_pool: PoolFactory
+) -> None:
+    pool = make_pool(pool_size=1, send_timeout=0.3)
+    relay.stalls["RCPT"] = 30
+
+    with pytest.raises(TemporaryFailure, match="timed out"):
+        await send(pool, relay)
+
+    await wait_until(lambda: not relay.live)  # closed, not left open for the relay to drop
+
+
+async def test_a_send_written_behind_a_slow_content_has_its_own_send_timeout(
+    relay: Relay, make_pool: PoolFactory
+) -> None:
+    """Two sends at once over one connection to a relay that takes 0.5 s over each content,
+    with a 0.8 s send timeout: the second one's time starts when the relay gets to it, not
+    when it was written behind the first (it would time out after its content was taken)."""
+    pool = make_pool(pool_size=1, send_timeout=0.8)
+    await send(pool, relay)
+    relay.stalls["DATA"] = 0.5
+
+    assert await asyncio.gather(send(pool, relay), send(pool, relay)) == [(), ()]
+    await relay.wait_for(3)
+    assert relay.connections == 1
+
+
+async def test_sweeping_waits_for_a_connection_owed_a_content_reply(
+    relay: Relay, make_pool: PoolFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The idle sweep runs a ttl after the last use; a connection still waiting for the reply
+    to a content (here longer than the ttl) is looked at again later, not in a busy loop."""
+    pool = make_pool(pool_size=1, send_timeout=5)
+    account = relay.account(ttl=1)
+    sweeps = 0
+    sweep = pool._sweep
+
+    def counted(p: Any) -> None:
+        nonlocal sweeps
+        sweeps += 1
+        sweep(p)
+
+    monkeypatch.setattr(pool, "_sweep", counted)
+    await send(pool, relay, account=account)
+    await asyncio.sleep(1.1)  # swept: closed
+    relay.stalls["DATA"] = 1.5
+
+    assert await send(pool, relay, account=account) == ()
+
+    assert sweeps <= 3
+    await wait_until(lambda: not relay.live, timeout=3)  # and closed a ttl after its last use
+
+
 async def test_discard_closes_the_accounts_connections(relay: Relay, pool: SmtpPool) -> None:
     await send(pool, relay)
     pool.discard("t1", "a1")
