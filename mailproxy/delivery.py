@@ -246,6 +246,11 @@ class _Conn:
         """Replies an earlier transaction still waits for on this connection."""
         return 0 if self.pipe is None else self.pipe.owed
 
+    @property
+    def waits_on_earlier(self) -> bool:
+        """Whether a send that gave this connection back still waits for its content reply."""
+        return self.pipe is not None and self.pipe.waits_on_earlier
+
     async def command(self, command: str) -> None:
         """NOOP or RSET, through the pipeline if the connection has one; raises on a reply
         other than 250."""
@@ -449,6 +454,12 @@ class SmtpPool:
             pool.idle.append(conn)
             if pool.sweeper is None:
                 pool.sweeper = loop.call_at(conn.last_used + pool.account.ttl, self._sweep, pool)
+        elif conn.waits_on_earlier:
+            # e.g. a send written behind another, cancelled before the relay got to it: the
+            # one ahead has its whole content out and awaits the reply; it closes the
+            # connection once that is in (_Lease.end). Until then the pool may hold one
+            # connection more than its size.
+            conn.broken = True
         else:
             _abort(conn.smtp)
         pool.slots.release()
@@ -464,7 +475,8 @@ class SmtpPool:
             pool.idle.remove(conn)
             _abort(conn.smtp)
         if pool.idle and not pool.retired:
-            when = min(now + ttl if c.owed else c.last_used + ttl for c in pool.idle)
+            when = min(now + max(ttl, NOOP_AFTER_IDLE) if c.owed else c.last_used + ttl
+                       for c in pool.idle)
             pool.sweeper = loop.call_at(when, self._sweep, pool)
 
     @staticmethod

@@ -128,6 +128,7 @@ class Pipeline:
         # uvloop's transports are not asyncio.Transport instances, but have its methods
         self._transport = cast(asyncio.Transport, transport)
         self._replies = _Replies(protocol, transport)
+        self._latest: Transaction | None = None
         transport.set_protocol(self._replies)
 
     @property
@@ -139,7 +140,15 @@ class Pipeline:
         replies = self._replies
         reset, previous = replies.refused_content, replies.last_content
         replies.refused_content = False  # the RSET this transaction begins with clears it
-        return Transaction(self, reset, previous if replies.contents_owed else None)
+        self._latest = Transaction(self, reset, previous if replies.contents_owed else None)
+        return self._latest
+
+    @property
+    def waits_on_earlier(self) -> bool:
+        """Whether an earlier transaction still waits for the reply to its content: the
+        latest one has not sent its own, so every content reply owed is an earlier one's."""
+        latest = self._latest
+        return self._replies.contents_owed > 0 and latest is not None and not latest.content_sent
 
     async def command(self, command: bytes) -> aiosmtplib.SMTPResponse:
         """One command, after whatever is still owed on the connection."""
@@ -186,6 +195,7 @@ class Transaction:
         self._previous = previous  # the reply owed to the content this one is written behind
         self.reset = reset
         self.behind = previous is not None
+        self.content_sent = False
 
     async def after_previous(self) -> None:
         if self._previous is not None and not self._previous.done():
@@ -201,6 +211,7 @@ class Transaction:
 
     def send_content(self, pieces: Sequence[bytes]) -> None:
         self._due.extend(self._pipeline.write(pieces, 1, content=True))
+        self.content_sent = True
 
     async def reply(self) -> aiosmtplib.SMTPResponse:
         return await self._pipeline.answer(self._due.popleft())

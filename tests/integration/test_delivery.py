@@ -586,6 +586,29 @@ async def test_a_send_written_behind_a_slow_content_has_its_own_send_timeout(
     assert relay.connections == 1
 
 
+async def test_a_send_cancelled_behind_another_leaves_that_one_its_reply(
+    relay: Relay, make_pool: PoolFactory, pipelining: bool
+) -> None:
+    """The send ahead has its whole content out; cancelling the one written behind it must
+    not close the connection before the relay has answered that content."""
+    pool = make_pool(pool_size=1)
+    await send(pool, relay)
+    relay.stalls["DATA"] = 0.4
+    first = asyncio.create_task(send(pool, relay))
+    await wait_until(lambda: relay.commands["DATA"] == 2)  # its content is in
+    second = asyncio.create_task(send(pool, relay))
+    await asyncio.sleep(0.05)
+
+    second.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await second
+
+    assert await first == ()
+    await relay.wait_for(2)
+    if pipelining:  # the cancelled send's commands went out: closed, as out of step
+        await wait_until(lambda: not relay.live)
+
+
 async def test_sweeping_waits_for_a_connection_owed_a_content_reply(
     relay: Relay, make_pool: PoolFactory, monkeypatch: pytest.MonkeyPatch
 ) -> None:
