@@ -25,6 +25,7 @@ from aioimaplib import IMAP4, IMAP4_SSL
 
 from mailproxy.bounces.model import MailboxCursor
 from mailproxy.bounces.service import BounceStore, Clock
+from mailproxy.tasks import cancel_and_wait
 
 log = logging.getLogger("mailproxy.bounces.imap")
 
@@ -214,9 +215,7 @@ class Poller:
     async def stop(self) -> None:
         task, self._task = self._task, None
         if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            await cancel_and_wait(task)
         with contextlib.suppress(Exception):
             await self._store.release_lease(self.name, self._owner)
 

@@ -19,6 +19,7 @@ from mailproxy.bounces.model import MailboxCursor, PecReceipt
 from mailproxy.bounces.pec import parse_receipt
 from mailproxy.bounces.service import BounceService, BounceStore, Clock
 from mailproxy.model import Account
+from mailproxy.tasks import cancel_and_wait
 
 log = logging.getLogger("mailproxy.pec")
 
@@ -79,9 +80,7 @@ class PecRunner:
     async def stop(self) -> None:
         task, self._task = self._task, None
         if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            await cancel_and_wait(task)
         await asyncio.gather(*(p.stop() for p in self.pollers.values()))
         self.pollers.clear()
         with contextlib.suppress(Exception):

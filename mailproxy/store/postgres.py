@@ -49,6 +49,7 @@ from mailproxy.store import rows
 from mailproxy.store.groups import GroupWriter, Linger
 from mailproxy.store.pgsql import Sql, affected, compile_sql
 from mailproxy.store.queries import load_queries, migrations
+from mailproxy.tasks import cancel_and_wait
 
 log = logging.getLogger("mailproxy.store.postgres")
 
@@ -284,9 +285,7 @@ class PostgresStore:
         for writer in (self._intake, self._commands, self._records):
             await writer.drain()
         if self._listen_task is not None:
-            self._listen_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._listen_task
+            await cancel_and_wait(self._listen_task)
             self._listen_task = None
         await self._drop_listener()
         if self._pool is not None:
