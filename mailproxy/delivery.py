@@ -243,7 +243,7 @@ class _Conn:
 
     @property
     def owed(self) -> int:
-        """Replies an earlier transaction still waits for on this connection."""
+        """Replies written for on this connection that have not arrived yet."""
         return 0 if self.pipe is None else self.pipe.owed
 
     @property

@@ -93,9 +93,7 @@ class OneByOne:
         return None
 
     def send_content(self, pieces: Sequence[bytes]) -> None:
-        protocol = self._smtp.protocol
-        if protocol is None:
-            raise aiosmtplib.SMTPServerDisconnected("Connection lost")
+        protocol = self._protocol()
         for piece in pieces:
             protocol.write(piece)
         self._due.append(None)
@@ -104,15 +102,18 @@ class OneByOne:
         command = self._due.popleft()
         if command is not None:
             return await self._smtp.execute_command(command)
-        protocol = self._smtp.protocol
-        if protocol is None:
-            raise aiosmtplib.SMTPServerDisconnected("Connection lost")
-        return await protocol.read_response()
+        return await self._protocol().read_response()
 
     async def settle(self) -> bool:
         """Commands not sent yet are dropped: nothing is left to read."""
         self._due.clear()
         return True
+
+    def _protocol(self) -> aiosmtplib.protocol.SMTPProtocol:
+        protocol = self._smtp.protocol
+        if protocol is None:
+            raise aiosmtplib.SMTPServerDisconnected("Connection lost")
+        return protocol
 
 
 class Pipeline:
