@@ -48,6 +48,7 @@ from mailproxy.service import MailService, tenant_in_scope
 from mailproxy.store import open_bounce_store, open_dashboard_store, open_store, rows
 from mailproxy.store.offload_index import offload_index
 from mailproxy.submission import AuthThrottle, SmtpSubmission
+from mailproxy.tasks import cancel_and_wait
 from mailproxy.tokens import new_token
 from mailproxy.vault import Vault, load_key, write_private
 from mailproxy.worker import Observer, Worker, WorkerSettings
@@ -313,9 +314,7 @@ def make_app(parts: Parts) -> web.Application:
         yield
         await parts.bounce_runner.stop()
         await parts.pec_runner.stop()
-        cleanup.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await cleanup
+        await cancel_and_wait(cleanup)
         await parts.reporter.stop()
         await parts.worker.stop(parts.settings.shutdown_grace_seconds)
         await parts.metrics.close()

@@ -38,6 +38,7 @@ from mailproxy.model import (
 from mailproxy.policy import RetryPolicy, retry_error_text
 from mailproxy.ports import AccountReader, Clock, QueueStore
 from mailproxy.relayhost import UnknownHosts
+from mailproxy.tasks import cancel_and_wait
 from mailproxy.timefmt import iso
 
 log = logging.getLogger("mailproxy.worker")
@@ -190,9 +191,7 @@ class Worker:
                 task.cancel()
             await asyncio.gather(*pending, return_exceptions=True)
         if self._renewer is not None:
-            self._renewer.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._renewer
+            await cancel_and_wait(self._renewer)
         leftover = list(self._inflight.values())
         if leftover:
             with contextlib.suppress(StoreError):
