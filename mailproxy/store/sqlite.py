@@ -44,10 +44,12 @@ from mailproxy.model import (
 )
 from mailproxy.store import rows
 from mailproxy.store.queries import load_queries, migrations
+from mailproxy.store.sqlite_batch import MultiRowInsert
 
 T = TypeVar("T")
 Q = load_queries("sqlite")
 R = load_queries("sqlite", "reports.sql")
+_INSERT_MESSAGES = MultiRowInsert(Q["insert_message"])
 
 
 class _Busy(Exception):
@@ -359,15 +361,55 @@ class SqliteStore:
     # -- messages: intake --------------------------------------------------------------------
 
     async def enqueue(self, items: Sequence[NewMessage], now: float) -> list[str | None]:
-        """Store each item in one transaction; per item None (queued) or a rejection reason."""
+        """Store each item in one transaction; per item None (queued) or a rejection reason.
+
+        New valid messages, most of any call, go in as multi-row INSERTs (sqlite_batch):
+        a thousand of them in a handful of statements. A message already stored, one given
+        twice in the call, or one stored as an intake error takes the one-row path, after
+        the new rows before it, so rows are numbered in the order given."""
         def op(c: sqlite3.Connection) -> list[str | None]:
             added: Counter[tuple[str, str]] = Counter()
-            reasons = [self._enqueue_one(c, m, now, added) for m in items]
+            stored = self._stored_ids(c, items)  # grows with the ids this call stores
+            fresh: list[dict[str, Any]] = []
+            reasons: list[str | None] = []
+            for m in items:
+                key = (m.tenant_id, m.id)
+                if m.error is None and key not in stored:
+                    values = self._new_values(m, now)
+                    values.update(intake_error=0, error=None, error_ts=None)
+                    fresh.append(values)
+                    added[m.tenant_id, values["status"]] += 1
+                    reasons.append(None)
+                else:
+                    _INSERT_MESSAGES.run(c, fresh)
+                    fresh.clear()
+                    reasons.append(self._enqueue_one(c, m, now, added))
+                stored.add(key)
+            _INSERT_MESSAGES.run(c, fresh)
             if added:  # new rows' status counters, once per (tenant, status): migration 010
                 c.executemany(Q["count_added"], [(*key, n) for key, n in added.items()])
             return reasons
 
         return await self._write(op)
+
+    @staticmethod
+    def _stored_ids(c: sqlite3.Connection, items: Sequence[NewMessage]) -> set[tuple[str, str]]:
+        """The (tenant, client id) pairs of `items` already stored: one query per tenant."""
+        by_tenant: dict[str, list[str]] = {}
+        for m in items:
+            by_tenant.setdefault(m.tenant_id, []).append(m.id)
+        found: set[tuple[str, str]] = set()
+        for tenant_id, ids in by_tenant.items():
+            text = c.execute(Q["messages_state"], (tenant_id, json.dumps(ids))).fetchone()[0]
+            found.update((tenant_id, entry[0]) for entry in json.loads(text))
+        return found
+
+    def _new_values(self, m: NewMessage, now: float) -> dict[str, Any]:
+        values = rows.message_values(m, now, self._cipher)
+        values["pk"] = rows.new_pk()
+        values["tenant_id"] = m.tenant_id
+        values["client_id"] = m.id
+        return values
 
     def _enqueue_one(self, c: sqlite3.Connection, m: NewMessage, now: float,
                      added: Counter[tuple[str, str]]) -> str | None:
@@ -380,10 +422,7 @@ class SqliteStore:
             values = rows.message_values(m, now, self._cipher)
             c.execute(Q["upsert_message"], {**values, "seq": seq})
             return None
-        values = rows.message_values(m, now, self._cipher)
-        values["pk"] = rows.new_pk()
-        values["tenant_id"] = m.tenant_id
-        values["client_id"] = m.id
+        values = self._new_values(m, now)
         if m.error is not None:
             values.update(status="error", queued=None, intake_error=1, error=m.error,
                           error_ts=int(now))

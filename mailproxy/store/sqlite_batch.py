@@ -1,0 +1,65 @@
+"""Many rows per SQLite statement, for the writer thread.
+
+Python's sqlite3 lets go of the GIL around every step of a statement and must take it back
+after each. While the event loop runs Python (decoding the next request, composing the next
+message), each take-back waits for the loop to yield the GIL, up to the switch interval
+(5 ms): a thousand one-row INSERTs then cost seconds instead of milliseconds, and the writer
+and the loop, meant to overlap, take turns. One statement for many rows is one step: the
+rows go in with the GIL released, beside the loop.
+"""
+
+from __future__ import annotations
+
+import re
+import sqlite3
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any
+
+_NAMED = re.compile(r":(\w+)")
+_MAX_ROWS = 1024
+
+
+class MultiRowInsert:
+    """A one-row `INSERT ... VALUES (:a, :b, ...)` run for many rows at once."""
+
+    def __init__(self, single_row_sql: str) -> None:
+        head, sep, group = single_row_sql.strip().rstrip(";").rpartition("VALUES")
+        if not sep:
+            raise ValueError("not an INSERT ... VALUES statement")
+        self._head = head + "VALUES "
+        self._names = tuple(_NAMED.findall(group))
+        self._group = _NAMED.sub("?", group.strip())
+        self._sql: dict[int, str] = {}
+
+    def run(self, c: sqlite3.Connection, rows: Sequence[Mapping[str, Any]]) -> None:
+        """Insert `rows` (each holding every name of the statement) in as few statements as
+        the database's limit on parameters allows, and few distinct statement texts."""
+        if not rows:
+            return
+        limit = c.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER) // max(len(self._names), 1)
+        start = 0
+        for n in chunk_sizes(len(rows), min(limit, _MAX_ROWS)):
+            args = [row[name] for row in rows[start:start + n] for name in self._names]
+            c.execute(self._text(n), args)
+            start += n
+
+    def _text(self, n: int) -> str:
+        sql = self._sql.get(n)
+        if sql is None:
+            sql = self._sql[n] = self._head + ", ".join([self._group] * n)
+        return sql
+
+
+def chunk_sizes(total: int, most: int) -> Iterator[int]:
+    """Sizes adding up to `total`, each a power of two no larger than `most` (at least 1):
+    a handful of statements, and at most a dozen distinct texts for the statement cache."""
+    top = 1
+    while top * 2 <= max(most, 1):
+        top *= 2
+    left = total
+    size = top
+    while left > 0:
+        while size > left:
+            size //= 2
+        yield size
+        left -= size
