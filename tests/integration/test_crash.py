@@ -142,9 +142,13 @@ async def _delivered_ids(relay: Relay, wanted: set[str], timeout: float) -> set[
     messages is not enough: a send in flight at the kill is made again (at least once), so
     the count can reach len(wanted) while some acknowledged ids are still queued."""
     deadline = asyncio.get_running_loop().time() + timeout
+    delivered: set[str] = set()
+    seen = 0  # messages parsed so far: each is parsed once, not at every poll
     while True:
-        delivered = {email.message_from_bytes(r.content)["X-Genro-Mail-ID"]
-                     for r in relay.messages}
+        arrived = relay.messages[seen:]
+        seen += len(arrived)
+        delivered.update(email.message_from_bytes(r.content)["X-Genro-Mail-ID"]
+                         for r in arrived)
         if wanted <= delivered or asyncio.get_running_loop().time() > deadline:
             return delivered
         await asyncio.sleep(0.05)
