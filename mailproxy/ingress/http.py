@@ -625,21 +625,24 @@ async def command_log_middleware(request: web.Request, handler: Handler) -> web.
     Requests whose token failed are not recorded: an anonymous caller must not be able to
     write into the audit log.
     """
-    response = await handler(request)
-    caller = request.get(CALLER)
-    if (caller is None or request.method not in _LOGGED_METHODS
-            or request.path in _UNLOGGED_PATHS):
-        return response
     try:
-        payload = await bodies.logged_payload(request)
-        await request.app[SERVICE].record_command_after(
-            request.method, jsonsafe.scrub(request.path),
-            jsonsafe.scrub(_logged_tenant(request, caller, payload)), payload,
-            response.status)
-    except Exception as exc:  # the command itself is done; losing its log line is not fatal
-        log.warning("command log write failed for %s %s: %s", request.method, request.path,
-                    type(exc).__name__)
-    return response
+        response = await handler(request)
+        caller = request.get(CALLER)
+        if (caller is None or request.method not in _LOGGED_METHODS
+                or request.path in _UNLOGGED_PATHS):
+            return response
+        try:
+            payload = await bodies.logged_payload(request)
+            await request.app[SERVICE].record_command_after(
+                request.method, jsonsafe.scrub(request.path),
+                jsonsafe.scrub(_logged_tenant(request, caller, payload)), payload,
+                response.status)
+        except Exception as exc:  # the command is done; losing its log line is not fatal
+            log.warning("command log write failed for %s %s: %s", request.method,
+                        request.path, type(exc).__name__)
+        return response
+    finally:
+        bodies.forget(request)  # the body's last reader is done
 
 
 def _logged_tenant(request: web.Request, caller: Caller, payload: Any) -> str | None:
