@@ -1,14 +1,19 @@
 """`make bench`: ingest, end-to-end, enqueue latency and memory, beside the raw SMTP limit.
 
 Usage: python bench/run.py [--messages 20000] [--queued 100000] [--scale | --scale-only]
+                           [--ingest-only]
   --scale also measures ingest and drain cost per message at 10,000 vs 200,000 queued
           (two servers side by side, ingest chunks alternating between them, medians).
+  --ingest-only: batched ingest alone, after a warm-up, beside raw sqlite3, with the
+          server's CPU per message in each of its busy threads (besides the event loop,
+          the SQLite writer: the reader is idle while delivery is paused).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import statistics
 import sys
 import time
@@ -68,7 +73,46 @@ async def wait_received(sink_count: object, target: int, timeout: float = 600) -
     return time.perf_counter() - began
 
 
+def thread_cpu(pid: int) -> dict[str, float]:
+    """CPU seconds so far of each thread of a process (Linux /proc), by thread id."""
+    out = {}
+    for tid in Path(f"/proc/{pid}/task").iterdir():
+        fields = (tid / "stat").read_text().rsplit(")", 1)[1].split()
+        out[tid.name] = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return out
+
+
+async def ingest_only(sink: object, count: int) -> None:
+    server = await Server().start()
+    assert server.proc is not None
+    try:
+        async with aiohttp.ClientSession() as session:
+            await setup_tenant(session, server.url, getattr(sink, "port"))  # noqa: B009
+            await command(session, server.url, "suspend")
+            await post_batches(session, server.url, 90_000_000, 2000)  # warm-up
+            before = thread_cpu(server.proc.pid)
+            elapsed = await post_batches(session, server.url, 0, count)
+            after = thread_cpu(server.proc.pid)
+    finally:
+        server.stop()
+    ingest = count / elapsed
+    sqlite_raw = raw_sqlite_insert_rate(count)
+    figure("batched ingest (1000/batch, paused, warm)", ingest, "msgs/s")
+    figure("raw sqlite3 insert, same rows (1000/txn)", sqlite_raw, "rows/s")
+    figure("batched ingest / raw sqlite3 insert", 100 * ingest / sqlite_raw, "%")
+    main_thread = str(server.proc.pid)
+    spent = sorted(((after[t] - before.get(t, 0.0), t) for t in after), reverse=True)
+    for seconds, tid in spent:
+        if seconds > 0.01:
+            name = "event loop" if tid == main_thread else f"thread {tid}"
+            figure(f"server CPU, {name}", 1e6 * seconds / count, "us/msg")
+
+
 async def main(args: argparse.Namespace) -> None:
+    if args.ingest_only:
+        with running_sink() as sink:
+            await ingest_only(sink, args.ingest)
+        return
     if args.scale_only:
         with running_sink() as sink:
             await scale(sink, args.large)
@@ -189,6 +233,8 @@ if __name__ == "__main__":
     parser.add_argument("--queued", type=int, default=100_000)
     parser.add_argument("--scale", action="store_true")
     parser.add_argument("--scale-only", action="store_true", help="only the --scale figures")
+    parser.add_argument("--ingest-only", action="store_true",
+                        help="only batched ingest, warm, with server CPU per thread")
     parser.add_argument("--large", type=int, default=200_000,
                         help="the large backlog of --scale (10k is the small one)")
     asyncio.run(main(parser.parse_args()))
