@@ -400,7 +400,8 @@ class SqliteStore:
             by_tenant.setdefault(m.tenant_id, []).append(m.id)
         found: set[tuple[str, str]] = set()
         for tenant_id, ids in by_tenant.items():
-            text = c.execute(Q["messages_state"], (tenant_id, json.dumps(ids))).fetchone()[0]
+            text = c.execute(Q["messages_state"],
+                             (tenant_id, json.dumps(ids, ensure_ascii=False))).fetchone()[0]
             found.update((tenant_id, entry[0]) for entry in json.loads(text))
         return found
 

@@ -316,6 +316,20 @@ async def test_a_mixed_batch_answers_each_item_in_order_and_queues_in_batch_orde
     assert [m.id for m in batch.messages if m.tenant_id == "beta"] == ["m3"]
 
 
+async def test_ids_of_any_text_are_known_again_in_a_large_batch(store: Store) -> None:
+    await tenant(store)
+    await account(store)
+    odd = ['q"uote', "back\\slash", "emoji \U0001f600", "caf\u00e9", "tab\tin", "a,b"]
+    await store.enqueue([new(i) for i in odd], T0)
+    await send_all(store, T0)
+    batch = [new(i, subject="again") for i in odd] + [new(n) for n in range(500)]
+    assert await store.enqueue(batch, T0 + 1) == ["already sent"] * len(odd) + [None] * 500
+    records = await listing(store, T0 + 1)
+    assert len(records) == len(odd) + 500
+    assert {records[f"m{i}"]["message"]["subject"] for i in odd} == {
+        f"Hello {i}" for i in odd}
+
+
 async def test_intake_error_stored_then_replaced_by_valid_repost(store: Store) -> None:
     await tenant(store)
     await account(store)
