@@ -10,6 +10,7 @@ from aiohttp import web
 from mailproxy import jsonsafe
 
 EMPTY = object()  # the value of an empty body
+TOO_LARGE = object()  # the value of a body cut off at client_max_size (a 413)
 
 
 class Parsed:
@@ -28,8 +29,20 @@ PARSED = web.RequestKey("parsed_body", Parsed)
 
 async def parsed(request: web.Request) -> Parsed:
     cached: Parsed | None = request.get(PARSED)
-    if cached is not None:
-        return cached
+    if cached is None:
+        try:
+            cached = request[PARSED] = await _parse(request)
+        except web.HTTPRequestEntityTooLarge:
+            # Remembered: a second reader (the command log) must not take what is left of
+            # the stream for the body.
+            request[PARSED] = Parsed(b"", TOO_LARGE)
+            raise
+    if cached.value is TOO_LARGE:
+        raise web.HTTPRequestEntityTooLarge(request.client_max_size)
+    return cached
+
+
+async def _parse(request: web.Request) -> Parsed:
     raw = await _read(request)
     value: Any = EMPTY
     if raw.strip():
@@ -37,8 +50,7 @@ async def parsed(request: web.Request) -> Parsed:
             value = jsonsafe.load(raw)
         except (ValueError, UnicodeDecodeError) as exc:  # TooDeep is a ValueError
             value = exc if isinstance(exc, jsonsafe.TooDeep) else ValueError(str(exc))
-    result = request[PARSED] = Parsed(raw, value)
-    return result
+    return Parsed(raw, value)
 
 
 async def _read(request: web.Request) -> bytes:
