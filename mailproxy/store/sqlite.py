@@ -44,12 +44,13 @@ from mailproxy.model import (
 )
 from mailproxy.store import rows
 from mailproxy.store.queries import load_queries, migrations
-from mailproxy.store.sqlite_batch import MultiRowInsert
+from mailproxy.store.sqlite_batch import InList, MultiRowInsert
 
 T = TypeVar("T")
 Q = load_queries("sqlite")
 R = load_queries("sqlite", "reports.sql")
 _INSERT_MESSAGES = MultiRowInsert(Q["insert_message"])
+_STORED_IDS = InList(Q["stored_ids"])
 
 
 class _Busy(Exception):
@@ -366,7 +367,8 @@ class SqliteStore:
         New valid messages, most of any call, go in as multi-row INSERTs (sqlite_batch):
         a thousand of them in a handful of statements. A message already stored, one given
         twice in the call, or one stored as an intake error takes the one-row path, after
-        the new rows before it, so rows are numbered in the order given."""
+        the new rows before it and their status counters, so rows are numbered in the order
+        given and a row replaced within the call moves a counter that exists."""
         def op(c: sqlite3.Connection) -> list[str | None]:
             added: Counter[tuple[str, str]] = Counter()
             stored = self._stored_ids(c, items)  # grows with the ids this call stores
@@ -381,28 +383,38 @@ class SqliteStore:
                     added[m.tenant_id, values["status"]] += 1
                     reasons.append(None)
                 else:
-                    _INSERT_MESSAGES.run(c, fresh)
-                    fresh.clear()
+                    self._flush_new(c, fresh, added)
                     reasons.append(self._enqueue_one(c, m, now, added))
                 stored.add(key)
-            _INSERT_MESSAGES.run(c, fresh)
-            if added:  # new rows' status counters, once per (tenant, status): migration 010
-                c.executemany(Q["count_added"], [(*key, n) for key, n in added.items()])
+            self._flush_new(c, fresh, added)
             return reasons
 
         return await self._write(op)
 
     @staticmethod
+    def _flush_new(c: sqlite3.Connection, fresh: list[dict[str, Any]],
+                   added: Counter[tuple[str, str]]) -> None:
+        """Write the new rows gathered so far and the status counters of the rows added so
+        far (once per tenant and status, not per row: migration 010)."""
+        _INSERT_MESSAGES.run(c, fresh)
+        fresh.clear()
+        if added:
+            c.executemany(Q["count_added"], [(*key, n) for key, n in added.items()])
+            added.clear()
+
+    @staticmethod
     def _stored_ids(c: sqlite3.Connection, items: Sequence[NewMessage]) -> set[tuple[str, str]]:
-        """The (tenant, client id) pairs of `items` already stored: one query per tenant."""
+        """The (tenant, client id) pairs of `items` already stored: per tenant, a few
+        queries with the ids as bound parameters (any text compares as stored)."""
         by_tenant: dict[str, list[str]] = {}
         for m in items:
             by_tenant.setdefault(m.tenant_id, []).append(m.id)
         found: set[tuple[str, str]] = set()
         for tenant_id, ids in by_tenant.items():
-            text = c.execute(Q["messages_state"],
-                             (tenant_id, json.dumps(ids, ensure_ascii=False))).fetchone()[0]
-            found.update((tenant_id, entry[0]) for entry in json.loads(text))
+            unique = list(dict.fromkeys(ids))
+            for part in _STORED_IDS.parts(c, unique, fixed=1):
+                found.update((tenant_id, client_id) for (client_id,) in
+                             c.execute(_STORED_IDS.text(len(part)), (tenant_id, *part)))
         return found
 
     def _new_values(self, m: NewMessage, now: float) -> dict[str, Any]:

@@ -20,15 +20,21 @@ _MAX_ROWS = 1024
 
 
 class MultiRowInsert:
-    """A one-row `INSERT ... VALUES (:a, :b, ...)` run for many rows at once."""
+    """A one-row `INSERT ... VALUES (:a, :b, ...)` run for many rows at once.
+
+    The statement must end with its one VALUES group (no ON CONFLICT or RETURNING after
+    it, which would be repeated with each row), with no string literal in the group and no
+    ':' before it: every ':name' is a parameter."""
 
     def __init__(self, single_row_sql: str) -> None:
         head, sep, group = single_row_sql.strip().rstrip(";").rpartition("VALUES")
-        if not sep:
-            raise ValueError("not an INSERT ... VALUES statement")
+        group = group.strip()
+        if (not sep or not head.lstrip().upper().startswith("INSERT")
+                or not _one_group(group) or ":" in head or "'" in group):
+            raise ValueError("not an INSERT ... VALUES (...) statement ending with its values")
         self._head = head + "VALUES "
         self._names = tuple(_NAMED.findall(group))
-        self._group = _NAMED.sub("?", group.strip())
+        self._group = _NAMED.sub("?", group)
         self._sql: dict[int, str] = {}
 
     def run(self, c: sqlite3.Connection, rows: Sequence[Mapping[str, Any]]) -> None:
@@ -48,6 +54,46 @@ class MultiRowInsert:
         if sql is None:
             sql = self._sql[n] = self._head + ", ".join([self._group] * n)
         return sql
+
+
+class InList:
+    """A query ending with `IN`, run with a list of values bound as parameters: in as few
+    statements as the database's parameter limit allows, few distinct texts."""
+
+    def __init__(self, sql_ending_with_in: str) -> None:
+        head = sql_ending_with_in.strip().rstrip(";")
+        if not head.upper().endswith(" IN"):
+            raise ValueError("the query must end with IN")
+        self._head = head
+        self._sql: dict[int, str] = {}
+
+    @staticmethod
+    def parts(c: sqlite3.Connection, values: Sequence[Any], *, fixed: int = 0
+              ) -> Iterator[Sequence[Any]]:
+        """`values` cut to fit beside `fixed` other parameters of the query."""
+        most = min(c.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER) - fixed, _MAX_ROWS)
+        start = 0
+        for n in chunk_sizes(len(values), most):
+            yield values[start:start + n]
+            start += n
+
+    def text(self, n: int) -> str:
+        sql = self._sql.get(n)
+        if sql is None:
+            sql = self._sql[n] = f"{self._head} ({', '.join('?' * n)})"
+        return sql
+
+
+def _one_group(text: str) -> bool:
+    """Whether text is one parenthesised group and nothing after it."""
+    if not text.startswith("("):
+        return False
+    depth = 0
+    for index, ch in enumerate(text):
+        depth += {"(": 1, ")": -1}.get(ch, 0)
+        if depth == 0:
+            return index == len(text) - 1
+    return False
 
 
 def chunk_sizes(total: int, most: int) -> Iterator[int]:

@@ -316,6 +316,15 @@ async def test_a_mixed_batch_answers_each_item_in_order_and_queues_in_batch_orde
     assert [m.id for m in batch.messages if m.tenant_id == "beta"] == ["m3"]
 
 
+async def test_rows_are_numbered_in_the_order_given_around_intake_errors(
+        store: Store) -> None:
+    await tenant(store)
+    await account(store)
+    assert await store.enqueue([new(1), new(2, error="missing to"), new(3), new(4)], T0) == [
+        None, "missing to", None, None]
+    assert list(await listing(store, T0)) == ["m4", "m3", "m2", "m1"]  # newest first
+
+
 async def test_ids_of_any_text_are_known_again_in_a_large_batch(store: Store) -> None:
     await tenant(store)
     await account(store)

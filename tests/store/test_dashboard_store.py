@@ -75,6 +75,19 @@ async def test_counters_follow_every_transition(store: Store) -> None:
     await check_counts(dash, store, T0 + 400)
 
 
+async def test_counters_follow_an_id_given_twice_in_one_call(store: Store) -> None:
+    dash = open_dashboard_store(store)
+    await tenant(store)
+    await account(store)
+    assert await store.enqueue([new("x", error="invalid to"), new("x")], T0) == [
+        "invalid to", None]
+    assert await store.enqueue([new("y"), new("y", deferred_ts=int(T0) + 600)], T0) == [
+        None, None]
+    await check_counts(dash, store, T0)
+    assert nonzero(await dash.status_counts("acme", int(T0)))["acme"] == {
+        "pending": 1, "scheduled": 1}
+
+
 async def test_minute_rollups_and_attempt_times(store: Store) -> None:
     dash = open_dashboard_store(store)
     await tenant(store)

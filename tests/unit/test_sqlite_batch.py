@@ -6,7 +6,7 @@ import sqlite3
 
 import pytest
 
-from mailproxy.store.sqlite_batch import MultiRowInsert, chunk_sizes
+from mailproxy.store.sqlite_batch import InList, MultiRowInsert, chunk_sizes
 
 INSERT = "INSERT INTO t (a, b, c) VALUES (:a, :b, :a || :b);"
 
@@ -62,6 +62,28 @@ def test_no_rows_run_no_statement() -> None:
     assert seen == []
 
 
-def test_only_insert_values_statements_are_taken() -> None:
+@pytest.mark.parametrize("sql", [
+    "UPDATE t SET a = :a",
+    "INSERT INTO t (a) VALUES (:a) ON CONFLICT DO NOTHING",
+    "INSERT INTO t (a) VALUES (:a) RETURNING seq",
+    "INSERT INTO t (a, b) VALUES (:a, 'x:y')",
+    "INSERT INTO t (a) SELECT :a",
+])
+def test_only_plain_insert_values_statements_are_taken(sql: str) -> None:
     with pytest.raises(ValueError):
-        MultiRowInsert("UPDATE t SET a = :a")
+        MultiRowInsert(sql)
+
+
+def test_an_in_list_is_cut_to_fit_the_parameter_limit() -> None:
+    conn = table()
+    conn.executemany("INSERT INTO t (a, b) VALUES (?, ?)", [(f"r{i}", i % 2) for i in range(50)])
+    conn.setlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER, 9)  # 8 values beside the one fixed
+    query = InList("SELECT a FROM t WHERE b = ? AND a IN")
+    wanted = [f"r{i}" for i in range(0, 50, 3)] + ["absent"]
+    parts = list(query.parts(conn, wanted, fixed=1))
+    assert [len(p) for p in parts] == [8, 8, 2]
+    assert [v for p in parts for v in p] == wanted
+    found = [a for p in parts for (a,) in conn.execute(query.text(len(p)), (1, *p))]
+    assert sorted(found) == sorted(f"r{i}" for i in range(0, 50, 3) if i % 2 == 1)
+    with pytest.raises(ValueError):
+        InList("SELECT a FROM t WHERE a = ?")

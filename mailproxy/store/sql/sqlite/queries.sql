@@ -80,11 +80,10 @@ WHERE tenant_id = ? AND account_id = ? AND status NOT IN ('sent', 'error', 'boun
 -- name: message_state
 SELECT seq, status, intake_error FROM messages WHERE tenant_id = ? AND client_id = ?;
 
--- name: messages_state
--- message_state of many client ids of one tenant (a JSON array of them), as one JSON array
--- of [client_id, seq, status, intake_error]: one row, whatever the number found.
-SELECT json_group_array(json_array(client_id, seq, status, intake_error)) FROM messages
-WHERE tenant_id = ? AND client_id IN (SELECT value FROM json_each(?));
+-- name: stored_ids
+-- Which of some client ids of one tenant are stored; the IN list ("?, ?, ...") is added
+-- by sqlite_batch.InList for the number of ids asked.
+SELECT client_id FROM messages WHERE tenant_id = ? AND client_id IN;
 
 -- name: insert_message
 INSERT INTO messages (pk, tenant_id, client_id, account_id, status, queued, priority, due_ts,
