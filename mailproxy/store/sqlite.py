@@ -377,8 +377,7 @@ class SqliteStore:
             for m in items:
                 key = (m.tenant_id, m.id)
                 if m.error is None and key not in stored:
-                    values = self._new_values(m, now)
-                    values.update(intake_error=0, error=None, error_ts=None)
+                    values = self._valid_values(m, now)
                     fresh.append(values)
                     added[m.tenant_id, values["status"]] += 1
                     reasons.append(None)
@@ -411,10 +410,8 @@ class SqliteStore:
             by_tenant.setdefault(m.tenant_id, []).append(m.id)
         found: set[tuple[str, str]] = set()
         for tenant_id, ids in by_tenant.items():
-            unique = list(dict.fromkeys(ids))
-            for part in _STORED_IDS.parts(c, unique, fixed=1):
-                found.update((tenant_id, client_id) for (client_id,) in
-                             c.execute(_STORED_IDS.text(len(part)), (tenant_id, *part)))
+            found.update((tenant_id, client_id) for (client_id,) in
+                         _STORED_IDS.run(c, (tenant_id,), list(dict.fromkeys(ids))))
         return found
 
     def _new_values(self, m: NewMessage, now: float) -> dict[str, Any]:
@@ -422,6 +419,12 @@ class SqliteStore:
         values["pk"] = rows.new_pk()
         values["tenant_id"] = m.tenant_id
         values["client_id"] = m.id
+        return values
+
+    def _valid_values(self, m: NewMessage, now: float) -> dict[str, Any]:
+        """A new row for a message that passed intake."""
+        values = self._new_values(m, now)
+        values.update(intake_error=0, error=None, error_ts=None)
         return values
 
     def _enqueue_one(self, c: sqlite3.Connection, m: NewMessage, now: float,
@@ -435,8 +438,8 @@ class SqliteStore:
             values = rows.message_values(m, now, self._cipher)
             c.execute(Q["upsert_message"], {**values, "seq": seq})
             return None
-        values = self._new_values(m, now)
         if m.error is not None:
+            values = self._new_values(m, now)
             values.update(status="error", queued=None, intake_error=1, error=m.error,
                           error_ts=int(now))
             cur = c.execute(Q["insert_message"], values)
@@ -444,7 +447,7 @@ class SqliteStore:
                                           m.error, rows.dumps({"error_code": None})))
             added[m.tenant_id, "error"] += 1
             return m.error
-        values.update(intake_error=0, error=None, error_ts=None)
+        values = self._valid_values(m, now)
         c.execute(Q["insert_message"], values)
         added[m.tenant_id, values["status"]] += 1
         return None

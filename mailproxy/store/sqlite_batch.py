@@ -40,14 +40,10 @@ class MultiRowInsert:
     def run(self, c: sqlite3.Connection, rows: Sequence[Mapping[str, Any]]) -> None:
         """Insert `rows` (each holding every name of the statement) in as few statements as
         the database's limit on parameters allows, and few distinct statement texts."""
-        if not rows:
-            return
         limit = c.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER) // max(len(self._names), 1)
-        start = 0
-        for n in chunk_sizes(len(rows), min(limit, _MAX_ROWS)):
-            args = [row[name] for row in rows[start:start + n] for name in self._names]
-            c.execute(self._text(n), args)
-            start += n
+        for piece in pieces(rows, min(limit, _MAX_ROWS)):
+            args = [row[name] for row in piece for name in self._names]
+            c.execute(self._text(len(piece)), args)
 
     def _text(self, n: int) -> str:
         sql = self._sql.get(n)
@@ -72,10 +68,13 @@ class InList:
               ) -> Iterator[Sequence[Any]]:
         """`values` cut to fit beside `fixed` other parameters of the query."""
         most = min(c.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER) - fixed, _MAX_ROWS)
-        start = 0
-        for n in chunk_sizes(len(values), most):
-            yield values[start:start + n]
-            start += n
+        return pieces(values, most)
+
+    def run(self, c: sqlite3.Connection, fixed: Sequence[Any], values: Sequence[Any]
+            ) -> Iterator[Any]:
+        """The rows of the query for all `values`, `fixed` bound before each list."""
+        for part in self.parts(c, values, fixed=len(fixed)):
+            yield from c.execute(self.text(len(part)), (*fixed, *part))
 
     def text(self, n: int) -> str:
         sql = self._sql.get(n)
@@ -94,6 +93,14 @@ def _one_group(text: str) -> bool:
         if depth == 0:
             return index == len(text) - 1
     return False
+
+
+def pieces(values: Sequence[Any], most: int) -> Iterator[Sequence[Any]]:
+    """`values` in consecutive slices of chunk_sizes (none for no values)."""
+    start = 0
+    for n in chunk_sizes(len(values), most):
+        yield values[start:start + n]
+        start += n
 
 
 def chunk_sizes(total: int, most: int) -> Iterator[int]:
