@@ -45,6 +45,7 @@ from mailproxy.model import (
 from mailproxy.store import rows
 from mailproxy.store.queries import load_queries, migrations
 from mailproxy.store.sqlite_batch import InList, MultiRowInsert
+from mailproxy.store.sqlite_commands import CommandLogFile
 
 T = TypeVar("T")
 Q = load_queries("sqlite")
@@ -91,6 +92,7 @@ class SqliteStore:
         self._flush_task: asyncio.Task[None] | None = None
         self._lock_fd: int | None = None
         self._claim_offset = 0
+        self._commands = CommandLogFile(path)
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -108,6 +110,8 @@ class SqliteStore:
             self._rconn = self._wconn
         else:
             self._rconn = await loop.run_in_executor(self._reader, self._connect, True)
+        await self._commands.open()
+        await loop.run_in_executor(self._writer, self._commands.adopt, self._wconn)
 
     def _take_lock(self) -> None:
         fd = os.open(self._path + ".lock", os.O_RDWR | os.O_CREAT, 0o600)
@@ -156,6 +160,7 @@ class SqliteStore:
         if self._flush_task is not None:
             with contextlib.suppress(Exception):
                 await self._flush_task
+        await self._commands.close()
         loop = asyncio.get_running_loop()
         if self._rconn is self._wconn:
             self._rconn = None
@@ -808,36 +813,26 @@ class SqliteStore:
         await self._write(lambda c: c.execute(R["put_instance"], data))
 
     async def log_command(self, entry: CommandEntry) -> None:
-        args = (entry.command_ts, entry.endpoint, entry.tenant_id, rows.dumps(entry.payload),
-                entry.response_status)
-        await self._write(lambda c: c.execute(R["insert_command"], args))
+        await self._commands.log(entry)
 
     async def list_commands(
         self, *, tenant_id: str | None, since_ts: int | None, until_ts: int | None,
         endpoint: str | None, limit: int, offset: int,
     ) -> tuple[int, list[CommandEntry]]:
         """Matching rows newest first, and the number of all matches."""
-        args = {"tenant_id": tenant_id, "since_ts": since_ts, "until_ts": until_ts,
-                "endpoint": endpoint, "limit": limit, "offset": offset}
-
-        def op(c: sqlite3.Connection) -> tuple[int, list[Any]]:
-            total = c.execute(R["count_commands"], args).fetchone()[0]
-            return int(total), c.execute(R["list_commands"], args).fetchall()
-
-        total, found = await self._read(op)
-        return total, [rows.command_from_row(r) for r in found]
+        return await self._commands.matching({
+            "tenant_id": tenant_id, "since_ts": since_ts, "until_ts": until_ts,
+            "endpoint": endpoint, "limit": limit, "offset": offset})
 
     async def export_commands(
         self, *, tenant_id: str | None, since_ts: int | None, until_ts: int | None
     ) -> list[CommandEntry]:
         """Successful (2xx) rows, oldest first."""
-        args = {"tenant_id": tenant_id, "since_ts": since_ts, "until_ts": until_ts}
-        found = await self._read(lambda c: c.execute(R["export_commands"], args).fetchall())
-        return [rows.command_from_row(r) for r in found]
+        return await self._commands.export(
+            {"tenant_id": tenant_id, "since_ts": since_ts, "until_ts": until_ts})
 
     async def prune_commands(self, before_ts: int) -> int:
-        return int(await self._write(
-            lambda c: c.execute(R["prune_commands"], (before_ts,)).rowcount))
+        return await self._commands.prune(before_ts)
 
 
 def _statements(script: str) -> list[str]:

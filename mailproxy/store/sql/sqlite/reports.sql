@@ -1,4 +1,4 @@
--- Named queries of the report loop, retention, instance settings and command log.
+-- Named queries of the report loop, retention and instance settings (the command log: commands.sql).
 
 -- name: pending_event_counts
 SELECT tenant_id, COUNT(*) FROM events WHERE reported_ts IS NULL GROUP BY tenant_id;
@@ -99,33 +99,3 @@ ON CONFLICT (id) DO UPDATE SET
     bounce_imap_folder = excluded.bounce_imap_folder, bounce_imap_ssl = excluded.bounce_imap_ssl,
     bounce_poll_interval = excluded.bounce_poll_interval,
     bounce_return_path = excluded.bounce_return_path, updated_at = excluded.updated_at;
-
--- name: insert_command
-INSERT INTO command_log (command_ts, endpoint, tenant_id, payload, response_status)
-VALUES (?, ?, ?, ?, ?);
-
--- name: count_commands
-SELECT COUNT(*) FROM command_log
-WHERE (:tenant_id IS NULL OR tenant_id = :tenant_id)
-  AND (:since_ts IS NULL OR command_ts >= :since_ts)
-  AND (:until_ts IS NULL OR command_ts <= :until_ts)
-  AND (:endpoint IS NULL OR instr(lower(endpoint), lower(:endpoint)) > 0);
-
--- name: list_commands
-SELECT id, command_ts, endpoint, tenant_id, payload, response_status FROM command_log
-WHERE (:tenant_id IS NULL OR tenant_id = :tenant_id)
-  AND (:since_ts IS NULL OR command_ts >= :since_ts)
-  AND (:until_ts IS NULL OR command_ts <= :until_ts)
-  AND (:endpoint IS NULL OR instr(lower(endpoint), lower(:endpoint)) > 0)
-ORDER BY command_ts DESC, id DESC LIMIT :limit OFFSET :offset;
-
--- name: export_commands
-SELECT id, command_ts, endpoint, tenant_id, payload, response_status FROM command_log
-WHERE (:tenant_id IS NULL OR tenant_id = :tenant_id)
-  AND (:since_ts IS NULL OR command_ts >= :since_ts)
-  AND (:until_ts IS NULL OR command_ts <= :until_ts)
-  AND response_status BETWEEN 200 AND 299
-ORDER BY command_ts, id;
-
--- name: prune_commands
-DELETE FROM command_log WHERE command_ts < ?;

@@ -1,0 +1,132 @@
+"""The SQLite command log's own file: where it is, what survives a restart, and the move of
+the lines an older version kept in the message database."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sqlite3
+from pathlib import Path
+
+from mailproxy.model import CommandEntry
+from mailproxy.store.sqlite import SqliteStore
+from mailproxy.store.sqlite_commands import log_path
+from mailproxy.vault import Vault
+
+
+def _entry(ts: int, endpoint: str = "POST /commands/add-messages") -> CommandEntry:
+    return CommandEntry(command_ts=ts, endpoint=endpoint, tenant_id="acme",
+                        payload={"messages": [{"id": f"m{ts}", "body": "x" * 100}]},
+                        response_status=200)
+
+
+def _legacy_lines(db: Path, lines: list[tuple[int, int]]) -> None:
+    """Lines (id, ts) written into the message database's own table, as versions before
+    the log had its file kept them."""
+    with sqlite3.connect(db) as conn:
+        conn.executemany(
+            "INSERT INTO command_log (id, command_ts, endpoint, tenant_id, payload,"
+            " response_status) VALUES (?, ?, 'PUT /tenant', 'acme', ?, 200)",
+            [(i, ts, json.dumps({"id": "acme", "n": i})) for i, ts in lines])
+    conn.close()
+
+
+def _lines_in(path: Path | str) -> int:
+    conn = sqlite3.connect(path)
+    try:
+        return int(conn.execute("SELECT COUNT(*) FROM command_log").fetchone()[0])
+    finally:
+        conn.close()
+
+
+async def test_lines_live_beside_the_database_and_survive_a_restart(
+        tmp_path: Path, cipher: Vault) -> None:
+    db = tmp_path / "mail.db"
+    store = SqliteStore(str(db), cipher)
+    await store.open()
+    for ts in (100, 101, 102):
+        await store.log_command(_entry(ts))
+    await store.close()
+
+    assert log_path(str(db)) == str(db) + ".commands"
+    assert _lines_in(log_path(str(db))) == 3
+    assert _lines_in(db) == 0  # the message database holds no second copy of the bodies
+
+    again = SqliteStore(str(db), cipher)
+    await again.open()
+    try:
+        total, found = await again.list_commands(tenant_id=None, since_ts=None, until_ts=None,
+                                                 endpoint=None, limit=10, offset=0)
+        assert total == 3
+        assert [e.command_ts for e in found] == [102, 101, 100]
+        assert found[0].payload == _entry(102).payload
+    finally:
+        await again.close()
+
+
+async def test_lines_of_the_message_database_are_moved_with_their_ids(
+        tmp_path: Path, cipher: Vault) -> None:
+    db = tmp_path / "mail.db"
+    first = SqliteStore(str(db), cipher)
+    await first.open()  # the schema, as any version leaves it
+    await first.close()
+    Path(log_path(str(db))).unlink()  # as before the log had a file
+    _legacy_lines(db, [(i, 1000 + i) for i in range(1, 1203)])  # more than one move step
+
+    store = SqliteStore(str(db), cipher)
+    await store.open()
+    try:
+        assert _lines_in(db) == 0
+        await store.log_command(_entry(5000))
+        total, found = await store.list_commands(tenant_id="acme", since_ts=None,
+                                                 until_ts=None, endpoint=None, limit=2,
+                                                 offset=0)
+        assert total == 1203
+        assert found[0].command_ts == 5000 and found[0].id > 1202  # ids go on after the moved
+        assert (found[1].id, found[1].payload) == (1202, {"id": "acme", "n": 1202})
+        exported = await store.export_commands(tenant_id=None, since_ts=None, until_ts=None)
+        assert [e.id for e in exported[:3]] == [1, 2, 3]
+    finally:
+        await store.close()
+
+
+async def test_a_move_cut_short_is_finished_without_repeating_a_line(
+        tmp_path: Path, cipher: Vault) -> None:
+    db = tmp_path / "mail.db"
+    store = SqliteStore(str(db), cipher)
+    await store.open()
+    await store.close()
+    # Cut short: the first lines already copied into the log file, not yet deleted here.
+    _legacy_lines(db, [(1, 10), (2, 11), (3, 12)])
+    with sqlite3.connect(log_path(str(db))) as conn:
+        conn.execute("INSERT INTO command_log (id, command_ts, endpoint, tenant_id, payload,"
+                     " response_status) VALUES (1, 10, 'PUT /tenant', 'acme', '{}', 200)")
+    conn.close()
+
+    again = SqliteStore(str(db), cipher)
+    await again.open()
+    try:
+        total, found = await again.list_commands(tenant_id=None, since_ts=None, until_ts=None,
+                                                 endpoint=None, limit=10, offset=0)
+        assert total == 3
+        assert [e.id for e in found] == [3, 2, 1]
+        assert _lines_in(db) == 0
+    finally:
+        await again.close()
+
+
+async def test_a_line_that_cannot_be_written_fails_alone(cipher: Vault) -> None:
+    store = SqliteStore(":memory:", cipher)
+    await store.open()
+    try:
+        bad = CommandEntry(command_ts=1, endpoint="POST /x", tenant_id=None,
+                           payload={"x": object()}, response_status=200)
+        outcomes = await asyncio.gather(store.log_command(_entry(2)), store.log_command(bad),
+                                        store.log_command(_entry(3)), return_exceptions=True)
+        assert outcomes[0] is None and outcomes[2] is None
+        assert isinstance(outcomes[1], Exception)
+        total, _ = await store.list_commands(tenant_id=None, since_ts=None, until_ts=None,
+                                             endpoint=None, limit=10, offset=0)
+        assert total == 2
+    finally:
+        await store.close()
