@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import ipaddress
 
 import pytest
@@ -70,7 +71,9 @@ def test_redaction_and_export() -> None:
                    {"storage_path": "base64:QUJD", "auth": {"token": "x"}},
                    {"storage_path": "doc=1"}]}],
                "large_file_config": {"storage_options": {"key": "k"}}}
+    given = copy.deepcopy(payload)
     redacted = audit.redact(payload)
+    assert payload == given  # the request's own payload is left as it came
     assert redacted["client_auth"]["password"] == "***"
     assert redacted["messages"][0]["raw"] == "<omitted 4 bytes>"
     assert redacted["messages"][0]["attachments"][0] == {
@@ -80,6 +83,7 @@ def test_redaction_and_export() -> None:
     exported = audit.strip_secrets(redacted)
     assert exported["client_auth"] == {"method": "basic", "user": "u"}
     assert exported["large_file_config"] == {}
+    assert payload == given
 
 
 @pytest.mark.parametrize("address", [
