@@ -91,7 +91,9 @@ async def ingest_only(sink: object, count: int) -> None:
             await command(session, server.url, "suspend")
             await post_batches(session, server.url, 90_000_000, 2000)  # warm-up
             before = thread_cpu(server.proc.pid)
+            client_before = time.process_time()
             elapsed = await post_batches(session, server.url, 0, count)
+            client_cpu = time.process_time() - client_before
             after = thread_cpu(server.proc.pid)
     finally:
         server.stop()
@@ -106,6 +108,7 @@ async def ingest_only(sink: object, count: int) -> None:
         if seconds > 0.01:
             name = "event loop" if tid == main_thread else f"thread {tid}"
             figure(f"server CPU, {name}", 1e6 * seconds / count, "us/msg")
+    figure("bench client CPU (builds and encodes bodies)", 1e6 * client_cpu / count, "us/msg")
 
 
 async def main(args: argparse.Namespace) -> None:
