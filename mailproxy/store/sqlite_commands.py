@@ -53,7 +53,10 @@ class CommandLogFile:
         self._conn = await self._run(self._connect)
 
     def _connect(self) -> sqlite3.Connection:
-        conn = sqlite3.connect(self._path, isolation_level=None, check_same_thread=False)
+        # No statement cache: a cached INSERT would keep its last bound line (an
+        # add-messages payload, megabytes) until the next line is written.
+        conn = sqlite3.connect(self._path, isolation_level=None, check_same_thread=False,
+                               cached_statements=0)
         conn.execute("PRAGMA busy_timeout = 10000")
         conn.execute("PRAGMA journal_mode = WAL")
         conn.execute("PRAGMA synchronous = NORMAL")
@@ -112,9 +115,13 @@ class CommandLogFile:
         await self._lines.submit([entry])
 
     async def _insert(self, entries: list[CommandEntry]) -> list[bool]:
+        # Encoded here, not on the log's thread: encoded there (in that thread's malloc
+        # arena), the lines left RSS 4-6 MB higher after a burst, measured with 100,000
+        # queued. Encoding a 1000-message line costs the loop 0.3 ms.
+        values = [(e.command_ts, e.endpoint, e.tenant_id, rows.dumps(e.payload),
+                   e.response_status) for e in entries]
+
         def op(c: sqlite3.Connection) -> list[bool]:
-            values = [(e.command_ts, e.endpoint, e.tenant_id, rows.dumps(e.payload),
-                       e.response_status) for e in entries]
             c.execute("BEGIN IMMEDIATE")
             try:
                 c.executemany(C["insert_command"], values)
