@@ -157,7 +157,7 @@ class AuditPruning(Protocol):
 class AuditLog(AuditPruning, Protocol):
     """The command log (§3.7)."""
 
-    async def log_command(self, entry: CommandEntry) -> None: ...
+    async def log_commands(self, entries: Sequence[CommandEntry]) -> None: ...
     async def list_commands(
         self, *, tenant_id: str | None, since_ts: int | None, until_ts: int | None,
         endpoint: str | None, limit: int, offset: int,

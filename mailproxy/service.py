@@ -5,8 +5,6 @@ The store is the service's own: the edges call these use cases, never the store.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, fields, replace
@@ -14,6 +12,7 @@ from typing import Any, Protocol
 
 from mailproxy import audit, intake, jsonsafe, sync
 from mailproxy.apikeys import tenant_for_token
+from mailproxy.auditlog import LaterLines
 from mailproxy.commands import (
     ABSENT,
     ClientAuthChange,
@@ -141,7 +140,7 @@ class MailService:
 
     def __post_init__(self) -> None:
         self._directory = DirectoryCache(self.store, self.clock)
-        self._log_writes: set[asyncio.Task[None]] = set()
+        self._later_lines = LaterLines(self.store, backlog=MAX_LOG_BACKLOG)
 
     # -- auth --------------------------------------------------------------------------------
 
@@ -512,8 +511,8 @@ class MailService:
     async def record_command(
         self, method: str, path: str, tenant_id: str | None, payload: Any, status: int
     ) -> None:
-        await self.store.log_command(self._command_entry(method, path, tenant_id, payload,
-                                                         status))
+        await self.store.log_commands([self._command_entry(method, path, tenant_id, payload,
+                                                           status)])
 
     def _command_entry(self, method: str, path: str, tenant_id: str | None, payload: Any,
                        status: int) -> CommandEntry:
@@ -525,35 +524,19 @@ class MailService:
         self, method: str, path: str, tenant_id: str | None, payload: Any, status: int
     ) -> None:
         """record_command, without holding up the response: the command itself is done (and
-        committed); its log line, stamped now, is written just after, in the next group
-        commit, instead of costing the caller a second commit. Reads of the log on this
-        instance wait for these writes first, so a caller who reads it after the response
-        sees its own command. Past MAX_LOG_BACKLOG lines not yet written (a slow database),
-        the caller waits for its own, as before."""
-        entry = self._command_entry(method, path, tenant_id, payload, status)
-        if len(self._log_writes) >= MAX_LOG_BACKLOG:
-            await self._log_quietly(entry)
-            return
-        task = asyncio.create_task(self._log_quietly(entry))
-        self._log_writes.add(task)
-        task.add_done_callback(self._log_writes.discard)
-
-    async def _log_quietly(self, entry: CommandEntry) -> None:
-        try:
-            await self.store.log_command(entry)
-        except Exception as exc:  # the command is done; losing its log line is not fatal
-            log.warning("command log write failed for %s: %s", entry.endpoint,
-                        type(exc).__name__)
+        committed); its log line, stamped now, is written just after, with the other lines
+        handed in meanwhile (auditlog.LaterLines), instead of costing the caller a second
+        commit. Reads of the log on this instance wait for these writes first, so a caller
+        who reads it after the response sees its own command. Past MAX_LOG_BACKLOG lines not
+        yet written (a slow database), the caller waits for its own, as before."""
+        await self._later_lines.add(self._command_entry(method, path, tenant_id, payload,
+                                                        status))
 
     async def settle_command_log(self, timeout: float | None = None) -> None:
         """Until the log lines begun so far are stored (reads of the log; shutdown, bounded by
         `timeout`). Lines begun meanwhile are not waited for: steady traffic never holds a
         reader up for longer than one write."""
-        pending = tuple(self._log_writes)
-        if pending:
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(timeout):
-                    await asyncio.gather(*pending, return_exceptions=True)
+        await self._later_lines.settle(timeout)
 
     async def command_log(
         self, caller: Caller, *, tenant_id: str | None, since_ts: int | None,

@@ -1027,9 +1027,9 @@ class PostgresStore:
         data["now_text"] = rows.now_text()
         await self._run(lambda c: _ex(c, "put_instance", **data))
 
-    async def log_command(self, entry: CommandEntry) -> None:
+    async def log_commands(self, entries: Sequence[CommandEntry]) -> None:
         """Group commit, as for small enqueues: one row per REST command."""
-        await self._commands.submit([entry])
+        await self._commands.submit(entries)
 
     async def _insert_commands(self, entries: list[CommandEntry]) -> list[bool]:
         values = {"command_tss": [e.command_ts for e in entries],

@@ -812,8 +812,8 @@ class SqliteStore:
         data["now_text"] = rows.now_text()
         await self._write(lambda c: c.execute(R["put_instance"], data))
 
-    async def log_command(self, entry: CommandEntry) -> None:
-        await self._commands.log(entry)
+    async def log_commands(self, entries: Sequence[CommandEntry]) -> None:
+        await self._commands.log(entries)
 
     async def list_commands(
         self, *, tenant_id: str | None, since_ts: int | None, until_ts: int | None,

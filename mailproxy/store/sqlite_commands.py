@@ -111,8 +111,8 @@ class CommandLogFile:
 
     # -- the store's command-log calls --------------------------------------------------------
 
-    async def log(self, entry: CommandEntry) -> None:
-        await self._lines.submit([entry])
+    async def log(self, entries: Sequence[CommandEntry]) -> None:
+        await self._lines.submit(entries)
 
     async def _insert(self, entries: list[CommandEntry]) -> list[bool]:
         # Encoded here, not on the log's thread: encoded there (in that thread's malloc

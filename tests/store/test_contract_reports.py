@@ -227,7 +227,7 @@ async def _fill_log(store: Store) -> None:
         _entry(t + 5, "DELETE /account/main", "beta", 404),
         _entry(t + 6, "PUT /tenant/acme", "acme", 204),
     ):
-        await store.log_command(entry)
+        await store.log_commands([entry])
 
 
 async def test_command_log_order_total_and_paging(store: Store) -> None:
@@ -253,8 +253,9 @@ async def test_concurrent_command_log_writes_are_all_kept_in_arrival_order(
     store: Store
 ) -> None:
     t = int(T0)
-    await asyncio.gather(*(store.log_command(_entry(t, f"POST /x{i}", "acme", payload={"i": i}))
-                           for i in range(30)))
+    await asyncio.gather(*(
+        store.log_commands([_entry(t, f"POST /x{i}", "acme", payload={"i": i})])
+        for i in range(30)))
     total, found = await store.list_commands(tenant_id=None, since_ts=None, until_ts=None,
                                              endpoint=None, limit=100, offset=0)
     assert total == 30

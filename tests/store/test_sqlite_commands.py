@@ -45,7 +45,7 @@ async def test_lines_live_beside_the_database_and_survive_a_restart(
     store = SqliteStore(str(db), cipher)
     await store.open()
     for ts in (100, 101, 102):
-        await store.log_command(_entry(ts))
+        await store.log_commands([_entry(ts)])
     await store.close()
 
     assert log_path(str(db)) == str(db) + ".commands"
@@ -77,7 +77,7 @@ async def test_lines_of_the_message_database_are_moved_with_their_ids(
     await store.open()
     try:
         assert _lines_in(db) == 0
-        await store.log_command(_entry(5000))
+        await store.log_commands([_entry(5000)])
         total, found = await store.list_commands(tenant_id="acme", since_ts=None,
                                                  until_ts=None, endpoint=None, limit=2,
                                                  offset=0)
@@ -121,8 +121,8 @@ async def test_a_line_that_cannot_be_written_fails_alone(cipher: Vault) -> None:
     try:
         bad = CommandEntry(command_ts=1, endpoint="POST /x", tenant_id=None,
                            payload={"x": object()}, response_status=200)
-        outcomes = await asyncio.gather(store.log_command(_entry(2)), store.log_command(bad),
-                                        store.log_command(_entry(3)), return_exceptions=True)
+        outcomes = await asyncio.gather(store.log_commands([_entry(2)]), store.log_commands([bad]),
+                                        store.log_commands([_entry(3)]), return_exceptions=True)
         assert outcomes[0] is None and outcomes[2] is None
         assert isinstance(outcomes[1], Exception)
         total, _ = await store.list_commands(tenant_id=None, since_ts=None, until_ts=None,

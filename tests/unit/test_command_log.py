@@ -4,7 +4,7 @@ over a real SQLite store whose log writes the test can hold back."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 
 import pytest
 
@@ -21,10 +21,10 @@ class Held(SqliteStore):
     gate = asyncio.Event()
     held = "/"
 
-    async def log_command(self, entry: CommandEntry) -> None:
-        if entry.endpoint.split(" ", 1)[1].startswith(self.held):
+    async def log_commands(self, entries: Sequence[CommandEntry]) -> None:
+        if any(e.endpoint.split(" ", 1)[1].startswith(self.held) for e in entries):
             await self.gate.wait()
-        await super().log_command(entry)
+        await super().log_commands(entries)
 
 
 @pytest.fixture
