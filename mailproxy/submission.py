@@ -20,7 +20,7 @@ from dataclasses import dataclass, field, replace
 from email.policy import default as _HEADER_POLICY
 from typing import Any, Protocol
 
-from mailproxy import compose
+from mailproxy import compose, randomid
 from mailproxy.addresses import check_address
 from mailproxy.apikeys import tenant_for_token
 from mailproxy.bounces.service import SuppressionCheck
@@ -299,7 +299,7 @@ class SmtpSubmission:
             control = read_control(headers, self.default_priority)
         except InvalidControl as exc:
             return Submitted(Acceptance.INVALID_CONTROL, detail=str(exc))
-        client_id = control.client_id or f"smtp-{uuid.uuid4()}"
+        client_id = control.client_id or f"smtp-{randomid.uuid4()}"
         login = sender.login
         subject = _decoded_subject(headers.get("subject"))
         payload: dict[str, Any] = {

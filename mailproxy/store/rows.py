@@ -4,14 +4,12 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 from typing import Any, Protocol
 
-from mailproxy import jsonsafe
+from mailproxy import jsonsafe, randomid
 from mailproxy.bounces.correlate import sent_message_id
 from mailproxy.model import (
     Account,
@@ -65,37 +63,8 @@ class Cipher(Protocol):
     def decrypt(self, token: str | None) -> str | None: ...
 
 
-_UUID7_CLEAR = ~((0xF << 76) | (0x3 << 62))
-_UUID7_SET = (0x7 << 76) | (0x2 << 62)  # version 7, RFC 4122 variant
-
-
-class _Noise(threading.local):
-    """Random bytes for pks, drawn from os.urandom a block at a time. os.urandom lets go of
-    the GIL for its system call; once per row, the SQLite writer then queued for the GIL
-    behind the event loop a thousand times per batch (13 % of the busy samples of batched
-    intake). Per thread; a forked child draws its own."""
-
-    block = b""
-    at = 0
-
-    def take(self) -> int:
-        if self.at + 10 > len(self.block):
-            self.block, self.at = os.urandom(_NOISE_BLOCK), 0
-        self.at += 10
-        return int.from_bytes(self.block[self.at - 10:self.at], "big")
-
-
-_NOISE_BLOCK = 10 * 512
-_noise = _Noise()
-os.register_at_fork(after_in_child=lambda: setattr(_noise, "block", b""))
-
-
 def new_pk() -> str:
-    """A time-ordered UUID (version 7 layout): new rows land at the end of the pk index.
-    Formatted by hand: uuid.UUID's constructor and str() cost more than the random bytes."""
-    value = (int(time.time() * 1000) << 80) | _noise.take()
-    h = "%032x" % (value & _UUID7_CLEAR | _UUID7_SET)
-    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+    return randomid.uuid7()
 
 
 def now_text(now: float | None = None) -> str:
