@@ -14,12 +14,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fcntl
+import functools
 import json
 import os
 import sqlite3
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -93,6 +95,9 @@ class SqliteStore:
         self._lock_fd: int | None = None
         self._claim_offset = 0
         self._commands = CommandLogFile(path)
+        # The enqueue calls gathered into the intake op queued last, while nothing else was
+        # queued after it and its group commit has not begun (see enqueue).
+        self._intake: list[_IntakeCall] | None = None
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -188,19 +193,25 @@ class SqliteStore:
             raise StoreError(f"database read failed: {exc}") from exc
 
     async def _write(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        return await self._submit(fn)
+
+    def _submit(self, fn: Callable[[sqlite3.Connection], T]) -> asyncio.Future[T]:
+        """fn queued for the next group commit; its future settles after COMMIT."""
         if self._wconn is None:
             raise StoreError("store is closed")
+        self._intake = None  # a write after a gathered intake op: later calls go after it
         loop = asyncio.get_running_loop()
         future: asyncio.Future[T] = loop.create_future()
         self._pending.append((fn, future))
         if self._flush_task is None or self._flush_task.done():
             self._flush_task = loop.create_task(self._flush())
-        return await future
+        return future
 
     async def _flush(self) -> None:
         loop = asyncio.get_running_loop()
         while self._pending:
             batch, self._pending = self._pending, []
+            self._intake = None  # taken: the calls gathered into its intake op are sealed
             try:
                 results = await loop.run_in_executor(
                     self._writer, self._run_batch, [fn for fn, _ in batch]
@@ -369,31 +380,81 @@ class SqliteStore:
     async def enqueue(self, items: Sequence[NewMessage], now: float) -> list[str | None]:
         """Store each item in one transaction; per item None (queued) or a rejection reason.
 
-        New valid messages, most of any call, go in as multi-row INSERTs (sqlite_batch):
-        a thousand of them in a handful of statements. A message already stored, one given
-        twice in the call, or one stored as an intake error takes the one-row path, after
-        the new rows before it and their status counters, so rows are numbered in the order
-        given and a row replaced within the call moves a counter that exists."""
-        def op(c: sqlite3.Connection) -> list[str | None]:
-            added: Counter[tuple[str, str]] = Counter()
-            stored = self._stored_ids(c, items)  # grows with the ids this call stores
-            fresh: list[dict[str, Any]] = []
-            reasons: list[str | None] = []
-            for m in items:
-                key = (m.tenant_id, m.id)
-                if m.error is None and key not in stored:
-                    values = self._valid_values(m, now)
-                    fresh.append(values)
-                    added[m.tenant_id, values["status"]] += 1
-                    reasons.append(None)
-                else:
-                    self._flush_new(c, fresh, added)
-                    reasons.append(self._enqueue_one(c, m, now, added))
-                stored.add(key)
-            self._flush_new(c, fresh, added)
-            return reasons
+        Calls that arrive while the writer is busy are gathered into one write of the next
+        group commit, in arrival order (as if one after the other): with 16 single-message
+        calls at a time, one savepoint, existence check and INSERT instead of one each per
+        call, and the writer thread takes the GIL back a few times per commit instead of a
+        few dozen (each take waits behind the event loop). Should the gathered write fail,
+        each call is written alone, so that one bad call never fails the others."""
+        loop = asyncio.get_running_loop()
+        call = _IntakeCall(items, now, loop.create_future())
+        if self._intake is not None:
+            self._intake.append(call)
+        else:
+            calls = [call]
+            self._submit(lambda c: self._enqueue_calls(c, calls)).add_done_callback(
+                functools.partial(_settle_intake, calls))
+            self._intake = calls  # after _submit, which seals the group before
+        return await call.future
 
-        return await self._write(op)
+    def _enqueue_calls(self, c: sqlite3.Connection, calls: list[_IntakeCall]
+                       ) -> list[tuple[bool, Any]]:
+        """The gathered calls' outcomes, each (True, reasons) or (False, its error)."""
+        if len(calls) > 1:
+            c.execute("SAVEPOINT gathered")
+            try:
+                reasons = self._enqueue_items(c, [(m, call.now) for call in calls
+                                                  for m in call.items])
+            except Exception:  # perhaps one call's fault: each alone below
+                c.execute("ROLLBACK TO gathered")
+                c.execute("RELEASE gathered")
+            else:
+                c.execute("RELEASE gathered")
+                out: list[tuple[bool, Any]] = []
+                start = 0
+                for call in calls:
+                    out.append((True, reasons[start:start + len(call.items)]))
+                    start += len(call.items)
+                return out
+        return [self._enqueue_alone(c, call) for call in calls]
+
+    def _enqueue_alone(self, c: sqlite3.Connection, call: _IntakeCall) -> tuple[bool, Any]:
+        c.execute("SAVEPOINT alone")
+        try:
+            reasons = self._enqueue_items(c, [(m, call.now) for m in call.items])
+        except Exception as exc:
+            c.execute("ROLLBACK TO alone")
+            c.execute("RELEASE alone")
+            if isinstance(exc, sqlite3.Error):
+                exc = StoreError(f"database write failed: {exc}")
+            return False, exc
+        c.execute("RELEASE alone")
+        return True, reasons
+
+    def _enqueue_items(self, c: sqlite3.Connection, items: Sequence[tuple[NewMessage, float]]
+                       ) -> list[str | None]:
+        """New valid messages, most of any call, go in as multi-row INSERTs (sqlite_batch):
+        a thousand of them in a handful of statements. A message already stored, one given
+        twice, or one stored as an intake error takes the one-row path, after the new rows
+        before it and their status counters, so rows are numbered in the order given and a
+        row replaced within the call moves a counter that exists."""
+        added: Counter[tuple[str, str]] = Counter()
+        stored = self._stored_ids(c, [m for m, _ in items])  # grows with the ids stored here
+        fresh: list[dict[str, Any]] = []
+        reasons: list[str | None] = []
+        for m, now in items:
+            key = (m.tenant_id, m.id)
+            if m.error is None and key not in stored:
+                values = self._valid_values(m, now)
+                fresh.append(values)
+                added[m.tenant_id, values["status"]] += 1
+                reasons.append(None)
+            else:
+                self._flush_new(c, fresh, added)
+                reasons.append(self._enqueue_one(c, m, now, added))
+            stored.add(key)
+        self._flush_new(c, fresh, added)
+        return reasons
 
     @staticmethod
     def _flush_new(c: sqlite3.Connection, fresh: list[dict[str, Any]],
@@ -847,3 +908,30 @@ def _statements(script: str) -> list[str]:
     if pending.strip():
         found.append(pending)
     return found
+
+
+@dataclass(frozen=True, slots=True)
+class _IntakeCall:
+    """One enqueue call gathered into an intake write (SqliteStore.enqueue)."""
+
+    items: Sequence[NewMessage]
+    now: float
+    future: asyncio.Future[list[str | None]]
+
+
+def _settle_intake(calls: list[_IntakeCall], done: asyncio.Future[list[tuple[bool, Any]]]
+                   ) -> None:
+    """Hand each gathered call its reasons or its error, once the group commit is over."""
+    failure = None if done.cancelled() else done.exception()
+    outcomes = None if done.cancelled() or failure is not None else done.result()
+    for index, call in enumerate(calls):
+        if call.future.done():  # the caller gave up
+            continue
+        if outcomes is None:
+            call.future.set_exception(failure or StoreError("write cancelled"))
+        else:
+            ok, value = outcomes[index]
+            if ok:
+                call.future.set_result(value)
+            else:
+                call.future.set_exception(value)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import replace
 from typing import Any
 
@@ -337,6 +338,32 @@ async def test_ids_of_any_text_are_known_again_in_a_large_batch(store: Store) ->
     assert len(records) == len(odd) + 500
     assert {records[f"m{i}"]["message"]["subject"] for i in odd} == {
         f"Hello {i}" for i in odd}
+
+
+async def test_concurrent_calls_are_answered_each_and_stored_in_arrival_order(
+        store: Store) -> None:
+    await tenant(store)
+    await account(store)
+    await store.enqueue([new(0)], T0)
+    calls = [[new(1)], [new(2), new(3, error="missing to")], [new(1, subject="again")],
+             [new(0, subject="again")], [new(4)]]
+    answers = await asyncio.gather(*(store.enqueue(c, T0 + 1) for c in calls))
+    assert answers == [[None], [None, "missing to"], [None], [None], [None]]
+    records = await listing(store, T0 + 1)
+    assert list(records) == ["m4", "m3", "m2", "m1", "m0"]  # the order they came in
+    assert records["m1"]["message"]["subject"] == "again"  # the later call replaced it
+    assert records["m0"]["message"]["subject"] == "again"
+
+
+async def test_a_call_refused_by_the_database_fails_alone(store: Store) -> None:
+    await tenant(store)
+    await account(store)
+    unwritable = replace(new(2), payload={"id": "m2", "when": object()})
+    answers = await asyncio.gather(store.enqueue([new(1)], T0), store.enqueue([unwritable], T0),
+                                   store.enqueue([new(3)], T0), return_exceptions=True)
+    assert answers[0] == [None] and answers[2] == [None]
+    assert isinstance(answers[1], Exception)
+    assert list(await listing(store, T0)) == ["m3", "m1"]
 
 
 async def test_intake_error_stored_then_replaced_by_valid_repost(store: Store) -> None:
