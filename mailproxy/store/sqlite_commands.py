@@ -77,13 +77,7 @@ class CommandLogFile:
         conn.execute("PRAGMA synchronous = FULL")
         try:
             while lines := database.execute(C["legacy_lines"], (_MOVE_CHUNK,)).fetchall():
-                conn.execute("BEGIN IMMEDIATE")
-                try:
-                    conn.executemany(C["copy_line"], lines)
-                    conn.execute("COMMIT")
-                except BaseException:
-                    conn.execute("ROLLBACK")
-                    raise
+                _write_lines(conn, C["copy_line"], lines)
                 database.execute(C["forget_legacy_lines"], (lines[-1][0],))
                 moved += len(lines)
         finally:
@@ -122,13 +116,7 @@ class CommandLogFile:
                    e.response_status) for e in entries]
 
         def op(c: sqlite3.Connection) -> list[bool]:
-            c.execute("BEGIN IMMEDIATE")
-            try:
-                c.executemany(C["insert_command"], values)
-                c.execute("COMMIT")
-            except BaseException:
-                c.execute("ROLLBACK")
-                raise
+            _write_lines(c, C["insert_command"], values)
             return [True] * len(entries)
 
         return await self._query(op)
@@ -151,6 +139,17 @@ class CommandLogFile:
     async def prune(self, before_ts: int) -> int:
         return int(await self._query(
             lambda c: c.execute(C["prune_commands"], (before_ts,)).rowcount))
+
+
+def _write_lines(conn: sqlite3.Connection, sql: str, values: Sequence[Sequence[Any]]) -> None:
+    """`sql` for each of `values`, in one transaction."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        conn.executemany(sql, values)
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
 
 
 def _one_lines_fault(exc: Exception) -> bool:

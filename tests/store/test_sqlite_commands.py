@@ -31,6 +31,20 @@ def _legacy_lines(db: Path, lines: list[tuple[int, int]]) -> None:
     conn.close()
 
 
+async def _schema_only(tmp_path: Path, cipher: Vault) -> Path:
+    """A database (and log file) with the schema and nothing in it, as any version leaves."""
+    db = tmp_path / "mail.db"
+    store = SqliteStore(str(db), cipher)
+    await store.open()
+    await store.close()
+    return db
+
+
+async def _all_lines(store: SqliteStore) -> tuple[int, list[CommandEntry]]:
+    return await store.list_commands(tenant_id=None, since_ts=None, until_ts=None,
+                                     endpoint=None, limit=10, offset=0)
+
+
 def _lines_in(path: Path | str) -> int:
     conn = sqlite3.connect(path)
     try:
@@ -55,8 +69,7 @@ async def test_lines_live_beside_the_database_and_survive_a_restart(
     again = SqliteStore(str(db), cipher)
     await again.open()
     try:
-        total, found = await again.list_commands(tenant_id=None, since_ts=None, until_ts=None,
-                                                 endpoint=None, limit=10, offset=0)
+        total, found = await _all_lines(again)
         assert total == 3
         assert [e.command_ts for e in found] == [102, 101, 100]
         assert found[0].payload == _entry(102).payload
@@ -66,10 +79,7 @@ async def test_lines_live_beside_the_database_and_survive_a_restart(
 
 async def test_lines_of_the_message_database_are_moved_with_their_ids(
         tmp_path: Path, cipher: Vault) -> None:
-    db = tmp_path / "mail.db"
-    first = SqliteStore(str(db), cipher)
-    await first.open()  # the schema, as any version leaves it
-    await first.close()
+    db = await _schema_only(tmp_path, cipher)
     Path(log_path(str(db))).unlink()  # as before the log had a file
     _legacy_lines(db, [(i, 1000 + i) for i in range(1, 1203)])  # more than one move step
 
@@ -92,10 +102,7 @@ async def test_lines_of_the_message_database_are_moved_with_their_ids(
 
 async def test_a_move_cut_short_is_finished_without_repeating_a_line(
         tmp_path: Path, cipher: Vault) -> None:
-    db = tmp_path / "mail.db"
-    store = SqliteStore(str(db), cipher)
-    await store.open()
-    await store.close()
+    db = await _schema_only(tmp_path, cipher)
     # Cut short: the first lines already copied into the log file, not yet deleted here.
     _legacy_lines(db, [(1, 10), (2, 11), (3, 12)])
     with sqlite3.connect(log_path(str(db))) as conn:
@@ -106,8 +113,7 @@ async def test_a_move_cut_short_is_finished_without_repeating_a_line(
     again = SqliteStore(str(db), cipher)
     await again.open()
     try:
-        total, found = await again.list_commands(tenant_id=None, since_ts=None, until_ts=None,
-                                                 endpoint=None, limit=10, offset=0)
+        total, found = await _all_lines(again)
         assert total == 3
         assert [e.id for e in found] == [3, 2, 1]
         assert _lines_in(db) == 0
@@ -125,8 +131,7 @@ async def test_a_line_that_cannot_be_written_fails_alone(cipher: Vault) -> None:
                                         store.log_commands([_entry(3)]), return_exceptions=True)
         assert outcomes[0] is None and outcomes[2] is None
         assert isinstance(outcomes[1], Exception)
-        total, _ = await store.list_commands(tenant_id=None, since_ts=None, until_ts=None,
-                                             endpoint=None, limit=10, offset=0)
+        total, _ = await _all_lines(store)
         assert total == 2
     finally:
         await store.close()
