@@ -36,8 +36,8 @@ SETTINGS: tuple[Setting, ...] = (
     _s("instance", str, "default", "server", "Instance name used by `serve` without a name."),
     _s("data_dir", str, None, "server", "Data directory (default ~/.mail-proxy/<instance>)."),
     _s("db_path", str, None, "server",
-       "SQLite path (sqlite:///path accepted) or postgresql:// URL "
-       "(default <data_dir>/mail_service.db)."),
+       "SQLite path (sqlite:///path accepted; the command log is kept beside it, in "
+       "<path>.commands) or postgresql:// URL (default <data_dir>/mail_service.db)."),
     _s("db_pool_size", int, 10, "server", "PostgreSQL connections per process."),
     _s("sqlite_synchronous", str, "FULL", "server",
        "FULL or NORMAL; NORMAL may lose the last acknowledged messages on power loss."),
