@@ -8,10 +8,14 @@ certainly the standard library's: orjson accepted the text and the value holds n
 (orjson reads an integer beyond 64 bits as one). Any other body, every invalid one among
 them, is parsed by the standard library, whose values and errors are the reference: exact for
 integers of any size, refusing NaN and infinities, which JSON does not have and jsonb cannot
-store, with the error messages clients have seen. Stored text is written by orjson, an
-order of magnitude faster at encoding a message, with the standard library behind it for
-what orjson refuses (integers beyond 64 bits, lone surrogates, non-string keys): the same
-JSON values either way.
+store, with the error messages clients have seen. One difference, found by a differential
+fuzz: a body whose only nesting beyond the limit sits in a value that a later duplicate key
+replaces is read, as such bodies always were below ~1,000 levels, up to orjson's 1,024; the
+standard library's recursion error at ~1,000 read as "too deep".
+
+Stored text is written by orjson, an order of magnitude faster at encoding a message, with
+the standard library behind it for what orjson refuses (integers beyond 64 bits, lone
+surrogates, non-string keys): the same JSON values either way.
 
 Both checks are almost free for ordinary bodies: a short body cannot nest deeply, and a body
 without a surrogate or NUL escape cannot hold such a string; only the rest is walked.

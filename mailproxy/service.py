@@ -511,8 +511,10 @@ class MailService:
     async def record_command(
         self, method: str, path: str, tenant_id: str | None, payload: Any, status: int
     ) -> None:
-        await self.store.log_commands([self._command_entry(method, path, tenant_id, payload,
-                                                           status)])
+        """The line of a command, written before returning (in the one queue of lines:
+        auditlog.LaterLines)."""
+        await self._later_lines.add_and_wait(self._command_entry(method, path, tenant_id,
+                                                                 payload, status))
 
     def _command_entry(self, method: str, path: str, tenant_id: str | None, payload: Any,
                        status: int) -> CommandEntry:

@@ -1032,12 +1032,14 @@ class PostgresStore:
         await self._commands.submit(entries)
 
     async def _insert_commands(self, entries: list[CommandEntry]) -> list[bool]:
-        values = {"command_tss": [e.command_ts for e in entries],
-                  "endpoints": [e.endpoint for e in entries],
-                  "tenant_ids": [e.tenant_id for e in entries],
-                  "payloads": [rows.dumps(e.payload) for e in entries],
-                  "statuses": [e.response_status for e in entries]}
-        await self._run(lambda c: _ex(c, "insert_commands", **values))
+        lines = rows.command_lines(entries)
+        values = {"command_tss": [line[0] for line in lines],
+                  "endpoints": [line[1] for line in lines],
+                  "tenant_ids": [line[2] for line in lines],
+                  "payloads": [line[3] for line in lines],
+                  "statuses": [line[4] for line in lines]}
+        if lines:
+            await self._run(lambda c: _ex(c, "insert_commands", **values))
         return [True] * len(entries)
 
     async def list_commands(

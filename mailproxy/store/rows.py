@@ -560,6 +560,22 @@ def instance_to_row(config: InstanceConfig, cipher: Cipher) -> dict[str, Any]:
     }
 
 
+def command_lines(entries: Sequence[CommandEntry]
+                  ) -> list[tuple[int, str, str | None, str, int]]:
+    """(ts, endpoint, tenant, payload text, status) of each line that can be encoded; a line
+    that cannot is left out with a warning, so that it never costs the others theirs."""
+    out = []
+    for e in entries:
+        try:
+            payload = dumps(e.payload)
+        except (TypeError, ValueError) as exc:
+            log.warning("command log line of %s left out: its payload cannot be encoded (%s)",
+                        e.endpoint, type(exc).__name__)
+            continue
+        out.append((e.command_ts, e.endpoint, e.tenant_id, payload, e.response_status))
+    return out
+
+
 def command_from_row(row: Sequence[Any]) -> CommandEntry:
     command_id, ts, endpoint, tenant_id, payload, status = row
     return CommandEntry(

@@ -15,6 +15,7 @@ before the log had its own file are moved on open (see adopt).
 from __future__ import annotations
 
 import asyncio
+import functools
 import sqlite3
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -31,6 +32,7 @@ C = load_queries("sqlite", "commands.sql")
 _SCHEMA = ("create_table", "create_ts_index", "create_tenant_index")
 _GROUP = 1000  # lines per commit at most
 _MOVE_CHUNK = 500  # lines of the message database moved per step
+_LINE = ("id", "command_ts", "endpoint", "tenant_id", "payload", "response_status")
 
 
 def log_path(database: str) -> str:
@@ -70,14 +72,21 @@ class CommandLogFile:
         their ids, and return how many. Run on the database's writer thread, at open, before
         anything else writes. Each step copies a chunk durably (synchronous=FULL for the
         move), then deletes it from the database; a step cut short by a crash is repeated on
-        the next open, and INSERT OR IGNORE keeps it from copying a line twice."""
+        the next open without copying a line twice (copy_line). New ids go on after every id
+        the database's table ever gave."""
         conn = self._conn
         assert conn is not None
         moved = 0
         conn.execute("PRAGMA synchronous = FULL")
         try:
+            # ids go on after every id the database's table gave, even to lines pruned since
+            (high_water,) = database.execute(C["legacy_high_water"]).fetchone()
+            _in_transaction(conn, lambda: (conn.execute(C["keep_high_water"]),
+                                           conn.execute(C["raise_high_water"], (high_water,))))
             while lines := database.execute(C["legacy_lines"], (_MOVE_CHUNK,)).fetchall():
-                _write_lines(conn, C["copy_line"], lines)
+                named = [dict(zip(_LINE, line, strict=True)) for line in lines]
+                _in_transaction(conn, functools.partial(conn.executemany, C["copy_line"],
+                                                        named))
                 database.execute(C["forget_legacy_lines"], (lines[-1][0],))
                 moved += len(lines)
         finally:
@@ -112,11 +121,10 @@ class CommandLogFile:
         # Encoded here, not on the log's thread: encoded there (in that thread's malloc
         # arena), the lines left RSS 4-6 MB higher after a burst, measured with 100,000
         # queued. Encoding a 1000-message line costs the loop 0.3 ms.
-        values = [(e.command_ts, e.endpoint, e.tenant_id, rows.dumps(e.payload),
-                   e.response_status) for e in entries]
+        values = rows.command_lines(entries)
 
         def op(c: sqlite3.Connection) -> list[bool]:
-            _write_lines(c, C["insert_command"], values)
+            _in_transaction(c, lambda: c.executemany(C["insert_command"], values))
             return [True] * len(entries)
 
         return await self._query(op)
@@ -141,11 +149,10 @@ class CommandLogFile:
             lambda c: c.execute(C["prune_commands"], (before_ts,)).rowcount))
 
 
-def _write_lines(conn: sqlite3.Connection, sql: str, values: Sequence[Sequence[Any]]) -> None:
-    """`sql` for each of `values`, in one transaction."""
+def _in_transaction(conn: sqlite3.Connection, fn: Callable[[], object]) -> None:
     conn.execute("BEGIN IMMEDIATE")
     try:
-        conn.executemany(sql, values)
+        fn()
         conn.execute("COMMIT")
     except BaseException:
         conn.execute("ROLLBACK")
@@ -153,6 +160,7 @@ def _write_lines(conn: sqlite3.Connection, sql: str, values: Sequence[Sequence[A
 
 
 def _one_lines_fault(exc: Exception) -> bool:
-    """A group refused by the database is refused for every line; anything else (a payload
-    that cannot be written) may be one line's fault: its calls are retried one by one."""
+    """A group refused by the database is refused for every line; anything else may be one
+    call's fault: its calls are retried one by one. (A line whose payload cannot be encoded
+    is left out by rows.command_lines, not failed.)"""
     return not isinstance(exc, StoreError)

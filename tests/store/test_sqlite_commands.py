@@ -3,10 +3,11 @@ the lines an older version kept in the message database."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 import sqlite3
 from pathlib import Path
+
+import pytest
 
 from mailproxy.model import CommandEntry
 from mailproxy.store.sqlite import SqliteStore
@@ -107,7 +108,8 @@ async def test_a_move_cut_short_is_finished_without_repeating_a_line(
     _legacy_lines(db, [(1, 10), (2, 11), (3, 12)])
     with sqlite3.connect(log_path(str(db))) as conn:
         conn.execute("INSERT INTO command_log (id, command_ts, endpoint, tenant_id, payload,"
-                     " response_status) VALUES (1, 10, 'PUT /tenant', 'acme', '{}', 200)")
+                     " response_status) VALUES (1, 10, 'PUT /tenant', 'acme', ?, 200)",
+                     (json.dumps({"id": "acme", "n": 1}),))
     conn.close()
 
     again = SqliteStore(str(db), cipher)
@@ -121,17 +123,59 @@ async def test_a_move_cut_short_is_finished_without_repeating_a_line(
         await again.close()
 
 
-async def test_a_line_that_cannot_be_written_fails_alone(cipher: Vault) -> None:
+async def test_a_line_that_cannot_be_encoded_is_left_out_not_the_others(
+        cipher: Vault, caplog: pytest.LogCaptureFixture) -> None:
     store = SqliteStore(":memory:", cipher)
     await store.open()
     try:
         bad = CommandEntry(command_ts=1, endpoint="POST /x", tenant_id=None,
                            payload={"x": object()}, response_status=200)
-        outcomes = await asyncio.gather(store.log_commands([_entry(2)]), store.log_commands([bad]),
-                                        store.log_commands([_entry(3)]), return_exceptions=True)
-        assert outcomes[0] is None and outcomes[2] is None
-        assert isinstance(outcomes[1], Exception)
-        total, _ = await _all_lines(store)
-        assert total == 2
+        await store.log_commands([_entry(2), bad, _entry(3)])
+        total, found = await _all_lines(store)
+        assert [e.command_ts for e in found] == [3, 2] and total == 2
+        assert "command log line of POST /x left out" in caplog.text
     finally:
         await store.close()
+
+
+async def test_ids_go_on_after_every_id_the_database_gave(
+        tmp_path: Path, cipher: Vault) -> None:
+    """Lines pruned before the move leave their ids used: a client has seen them."""
+    db = await _schema_only(tmp_path, cipher)
+    Path(log_path(str(db))).unlink()
+    _legacy_lines(db, [(i, 10 + i) for i in range(1, 6)])
+    with sqlite3.connect(db) as conn:
+        conn.execute("DELETE FROM command_log")  # all pruned by retention
+    conn.close()
+    store = SqliteStore(str(db), cipher)
+    await store.open()
+    try:
+        await store.log_commands([_entry(100)])
+        _, found = await _all_lines(store)
+        assert [e.id for e in found] == [6]
+    finally:
+        await store.close()
+
+
+async def test_lines_an_earlier_release_wrote_after_a_downgrade_are_kept(
+        tmp_path: Path, cipher: Vault) -> None:
+    """After a move, a downgraded release writes into the database's table again, with ids
+    the log file has given to other lines meanwhile: those lines get new ids, not lost."""
+    db = await _schema_only(tmp_path, cipher)
+    store = SqliteStore(str(db), cipher)
+    await store.open()
+    await store.log_commands([_entry(100), _entry(101)])  # ids 1 and 2 in the log file
+    await store.close()
+    _legacy_lines(db, [(1, 200), (2, 201)])  # the downgraded release's own ids 1 and 2
+    again = SqliteStore(str(db), cipher)
+    await again.open()
+    try:
+        total, found = await _all_lines(again)
+        assert total == 4
+        assert sorted((e.command_ts, e.endpoint) for e in found) == [
+            (100, "POST /commands/add-messages"), (101, "POST /commands/add-messages"),
+            (200, "PUT /tenant"), (201, "PUT /tenant")]
+        assert len({e.id for e in found}) == 4
+        assert _lines_in(db) == 0
+    finally:
+        await again.close()

@@ -22,9 +22,27 @@ CREATE INDEX IF NOT EXISTS command_log_tenant ON command_log (tenant_id, command
 SELECT id, command_ts, endpoint, tenant_id, payload, response_status FROM main.command_log
 ORDER BY id LIMIT ?;
 
+-- name: legacy_high_water
+SELECT coalesce(max(seq), 0) FROM main.sqlite_sequence WHERE name = 'command_log';
+
+-- name: keep_high_water
+INSERT INTO sqlite_sequence (name, seq) SELECT 'command_log', 0
+WHERE NOT EXISTS (SELECT 1 FROM sqlite_sequence WHERE name = 'command_log');
+
+-- name: raise_high_water
+UPDATE sqlite_sequence SET seq = max(seq, ?) WHERE name = 'command_log';
+
 -- name: copy_line
-INSERT OR IGNORE INTO command_log (id, command_ts, endpoint, tenant_id, payload, response_status)
-VALUES (?, ?, ?, ?, ?, ?);
+-- A line copied before (a move cut short) is not copied again; a line whose id this file
+-- gave to another line (lines written by an earlier release after a downgrade) gets a new id.
+INSERT INTO command_log (id, command_ts, endpoint, tenant_id, payload, response_status)
+SELECT CASE WHEN EXISTS (SELECT 1 FROM command_log WHERE id = :id) THEN NULL ELSE :id END,
+       :command_ts, :endpoint, :tenant_id, :payload, :response_status
+WHERE NOT EXISTS (
+    SELECT 1 FROM command_log
+    WHERE id = :id AND command_ts = :command_ts AND endpoint = :endpoint
+      AND tenant_id IS :tenant_id AND payload IS :payload
+      AND response_status = :response_status);
 
 -- name: forget_legacy_lines
 DELETE FROM main.command_log WHERE id <= ?;
