@@ -166,9 +166,10 @@ class MailService:
             return False
         return True
 
-    async def open_messages(self) -> int:
-        """Messages not final yet, over every tenant (GET /status, any authenticated caller)."""
-        return await self.store.count_open()
+    async def open_messages(self, caller: Caller) -> int:
+        """Messages not final yet (GET /status): over every tenant for the admin, the
+        caller's own for a tenant, which never learns how busy the others are."""
+        return await self.store.count_open(None if caller.admin else caller.tenant_id)
 
     # -- messages ----------------------------------------------------------------------------
 

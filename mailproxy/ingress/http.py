@@ -274,9 +274,9 @@ async def health(request: web.Request) -> web.Response:
 
 @documented(Spec("Dispatcher state", "auth", response=StatusResponse))
 async def status(request: web.Request) -> web.Response:
-    await _caller(request)
+    caller = await _caller(request)
     info = request.app[STATUS_INFO]
-    pending = await request.app[SERVICE].open_messages()
+    pending = await request.app[SERVICE].open_messages(caller)
     return _json({"ok": True, "active": info.worker_active(), "version": __version__,
                   "instance_id": info.instance_id, "pending_messages": pending})
 

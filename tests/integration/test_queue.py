@@ -377,6 +377,17 @@ async def test_health_and_status(api: Api) -> None:
     assert len(body["instance_id"]) == 12
 
 
+async def test_a_tenant_sees_only_its_own_pending_count(api: Api, relay: Relay) -> None:
+    acme = await api.tenant()
+    await api.tenant("beta")
+    for tenant_id in ("acme", "beta"):
+        await api.ok("POST", "/commands/suspend", params={"tenant_id": tenant_id})
+        await api.account(relay, tenant_id)
+    await api.send(message(1), message(2), message(3, tenant_id="beta"))
+    assert (await api.ok("GET", "/status"))["pending_messages"] == 3  # the admin: all
+    assert (await api.as_token(acme).ok("GET", "/status"))["pending_messages"] == 2
+
+
 async def test_base64_attachment_is_delivered_and_filesystem_needs_roots(
     api: Api, relay: Relay
 ) -> None:
