@@ -24,13 +24,11 @@ from typing import Any, TypeVar
 from mailproxy.errors import StoreError
 from mailproxy.model import CommandEntry
 from mailproxy.store import rows
-from mailproxy.store.groups import GroupWriter
 from mailproxy.store.queries import load_queries
 
 T = TypeVar("T")
 C = load_queries("sqlite", "commands.sql")
 _SCHEMA = ("create_table", "create_ts_index", "create_tenant_index")
-_GROUP = 1000  # lines per commit at most
 _MOVE_CHUNK = 500  # lines of the message database moved per step
 _LINE = ("id", "command_ts", "endpoint", "tenant_id", "payload", "response_status")
 
@@ -42,14 +40,12 @@ def log_path(database: str) -> str:
 
 class CommandLogFile:
     """log / matching / export / prune of the command log, on a thread and connection of their
-    own; lines arriving while a group is written share the next commit."""
+    own."""
 
     def __init__(self, database: str) -> None:
         self._path = log_path(database)
         self._thread = ThreadPoolExecutor(1, thread_name_prefix="sqlite-command-log")
         self._conn: sqlite3.Connection | None = None
-        self._lines = GroupWriter(self._insert, limit=_GROUP, isolate=_one_lines_fault,
-                                  name="sqlite-command-log")
 
     async def open(self) -> None:
         self._conn = await self._run(self._connect)
@@ -94,7 +90,7 @@ class CommandLogFile:
         return moved
 
     async def close(self) -> None:
-        await self._lines.drain()
+        # the thread runs its work in order: lines handed to it before are written first
         if self._conn is not None:
             await self._run(self._conn.close)
             self._conn = None
@@ -115,19 +111,14 @@ class CommandLogFile:
     # -- the store's command-log calls --------------------------------------------------------
 
     async def log(self, entries: Sequence[CommandEntry]) -> None:
-        await self._lines.submit(entries)
-
-    async def _insert(self, entries: list[CommandEntry]) -> list[bool]:
-        # Encoded here, not on the log's thread: encoded there (in that thread's malloc
-        # arena), the lines left RSS 4-6 MB higher after a burst, measured with 100,000
-        # queued. Encoding a 1000-message line costs the loop 0.3 ms.
+        """One transaction for the lines of a call (the service's queue, auditlog.LaterLines,
+        gathers them); calls are written in the order they came, by the one thread.
+        Encoded here, not on the log's thread: encoded there (in that thread's malloc
+        arena), the lines left RSS 4-6 MB higher after a burst, measured with 100,000
+        queued. Encoding a 1000-message line costs the loop 0.3 ms."""
         values = rows.command_lines(entries)
-
-        def op(c: sqlite3.Connection) -> list[bool]:
-            _in_transaction(c, lambda: c.executemany(C["insert_command"], values))
-            return [True] * len(entries)
-
-        return await self._query(op)
+        await self._query(
+            lambda c: _in_transaction(c, lambda: c.executemany(C["insert_command"], values)))
 
     async def matching(self, args: dict[str, Any]) -> tuple[int, list[CommandEntry]]:
         """Matching lines newest first, and the number of all matches."""
@@ -158,9 +149,3 @@ def _in_transaction(conn: sqlite3.Connection, fn: Callable[[], object]) -> None:
         conn.execute("ROLLBACK")
         raise
 
-
-def _one_lines_fault(exc: Exception) -> bool:
-    """A group refused by the database is refused for every line; anything else may be one
-    call's fault: its calls are retried one by one. (A line whose payload cannot be encoded
-    is left out by rows.command_lines, not failed.)"""
-    return not isinstance(exc, StoreError)
